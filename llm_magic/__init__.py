@@ -1,0 +1,139 @@
+"""llm_magic: language models inside Jupyter.
+
+``%load_ext llm_magic`` adds the ``%%llm`` and ``%llm`` magics; ``import
+llm_magic as lm`` gives the same features as Python calls. Models load once
+and stay resident in the kernel, shared by every cell, widget and call.
+
+Importing this package is cheap: torch and transformers load with the first
+model.
+
+Examples
+--------
+>>> import llm_magic as lm
+>>> demo = lm.load("demo")                                  # doctest: +SKIP
+>>> print(lm.generate("The import statement", max_new_tokens=30))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import (
+    BudgetExceededError,
+    InvalidOptionError,
+    LLMMagicError,
+    LLMMagicWarning,
+    MissingDependencyError,
+    ModelConflictError,
+    ModelNotFoundError,
+    ModelNotLoadedError,
+    NotAvailableError,
+    PromptTooLongError,
+)
+from .generation import Generation, GenerationStats, generate, generate_batch
+from .manager import ModelHandle, ModelInfo, ModelTable, UnloadReport, get_manager
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BudgetExceededError",
+    "Generation",
+    "GenerationStats",
+    "InvalidOptionError",
+    "LLMMagicError",
+    "LLMMagicWarning",
+    "MissingDependencyError",
+    "ModelConflictError",
+    "ModelHandle",
+    "ModelInfo",
+    "ModelNotFoundError",
+    "ModelNotLoadedError",
+    "ModelTable",
+    "NotAvailableError",
+    "PromptTooLongError",
+    "UnloadReport",
+    "__version__",
+    "generate",
+    "generate_batch",
+    "get_manager",
+    "last",
+    "load",
+    "load_ipython_extension",
+    "models",
+    "unload",
+    "unload_ipython_extension",
+    "use",
+]
+
+
+def load(
+    source: str,
+    *,
+    name: str | None = None,
+    revision: str | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    reload: bool = False,
+    pin: bool = False,
+) -> ModelHandle:
+    """Load a model (or return the resident one); see :meth:`ModelManager.load`.
+
+    Examples
+    --------
+    >>> import llm_magic as lm
+    >>> lm.load("demo")  # doctest: +SKIP
+    <model 'demo': GPT2LMHeadModel, ...>
+    """
+    return get_manager().load(
+        source, name=name, revision=revision, dtype=dtype, device=device,
+        trust_remote_code=trust_remote_code, reload=reload, pin=pin,
+    )
+
+
+def unload(name: str | None = None, *, all: bool = False) -> Any:
+    """Unload ``name`` (returns an :class:`UnloadReport`) or every model (a list of them).
+
+    Examples
+    --------
+    >>> import llm_magic as lm
+    >>> lm.unload("demo").freed  # doctest: +SKIP
+    True
+    """
+    reports = get_manager().unload(name, all=all)
+    return reports if all else reports[0]
+
+
+def models() -> ModelTable:
+    """The loaded models; renders as a table in a notebook.
+
+    Examples
+    --------
+    >>> import llm_magic as lm
+    >>> lm.models()  # doctest: +SKIP
+    """
+    return get_manager().models()
+
+
+def use(name: str) -> ModelHandle:
+    """Make ``name`` the default model for calls and cells that name none."""
+    return get_manager().use(name)
+
+
+def last() -> Generation | None:
+    """The latest generation, including one cut short by an interrupt."""
+    return get_manager().last_generation
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext llm_magic``: register the magics (imports nothing heavy)."""
+    from .magics import load_ipython_extension as _load
+
+    _load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext llm_magic``."""
+    from .magics import unload_ipython_extension as _unload
+
+    _unload(ipython)

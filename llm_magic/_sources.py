@@ -1,0 +1,81 @@
+"""Classify a model source and derive a readable default name."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from .errors import InvalidOptionError, ModelNotFoundError
+
+__all__ = ["classify", "default_name", "check_name"]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
+_NAME = re.compile(r"^[A-Za-z0-9_][\w.\-:/]*$")
+
+
+def classify(source: str) -> tuple[str, str | None]:
+    """Return ``(kind, path)``: kind is "demo", "local", "hub" or "url".
+
+    Examples
+    --------
+    >>> classify("gpt2")
+    ('hub', None)
+    >>> classify("http://127.0.0.1:8000/v1")
+    ('url', None)
+    """
+    if not isinstance(source, str) or not source.strip():
+        raise InvalidOptionError("Name a model to load: 'demo', a local directory or a hub id.")
+    source = source.strip()
+    if source == "demo":
+        from .demo import MODEL_DIR
+
+        return "demo", str(MODEL_DIR)
+    if source.startswith(("http://", "https://")):
+        return "url", None
+    path = os.path.expanduser(source)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ModelNotFoundError(
+                f"Directory {source!r} has no config.json, so it is not a transformers model "
+                "directory. Point at the folder that holds config.json and the weights."
+            )
+        return "local", os.path.abspath(path)
+    looks_like_path = source.startswith(("/", "./", "../", "~", "\\")) or os.sep + os.sep in source
+    if looks_like_path or os.path.exists(path) or source.count("/") > 1:
+        raise ModelNotFoundError(
+            f"No model directory at {source!r}. Check the path, or give a hub id like 'gpt2'."
+        )
+    if not _HUB_ID.match(source):
+        raise ModelNotFoundError(
+            f"{source!r} is neither a local directory, nor a hub id (like 'org/model'), nor "
+            "'demo', nor an http(s) URL."
+        )
+    return "hub", None
+
+
+def default_name(source: str, kind: str, path: str | None) -> str:
+    """A short, readable name: 'demo', a directory's or a hub repo's last part, a URL's host."""
+    if kind == "demo":
+        return "demo"
+    if kind == "url":
+        from urllib.parse import urlparse
+
+        parsed = urlparse(source)
+        return parsed.netloc or source
+    if kind == "local" and path is not None:
+        parts = os.path.normpath(path).split(os.sep)
+        # A cache snapshot: .../models--org--name/snapshots/<commit>
+        if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+            return parts[-3].split("--")[-1]
+        return parts[-1]
+    return source.rstrip("/").split("/")[-1]
+
+
+def check_name(name: str) -> str:
+    """Validate a user-chosen model name."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidOptionError(
+            f"Model name {name!r} is not usable: use letters, digits and _ . - : / "
+            "without spaces."
+        )
+    return name

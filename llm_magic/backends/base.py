@@ -1,0 +1,123 @@
+"""The interface every backend satisfies.
+
+A backend is one loaded model. It never assumes that a model is a torch
+module, so a remote, OpenAI-compatible server can satisfy it as well.
+
+Generation is split in two so that the notebook thread stays responsive:
+:meth:`GenerationJob.run` blocks in a worker thread and hands raw chunks to
+``put``; :meth:`GenerationJob.decode` turns them into text in the caller's
+thread.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Backend", "BatchResult", "GenerationJob", "GenerationRequest", "LoadSpec"]
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What the user asked to load, normalised.
+
+    ``dtype`` and ``device`` are still the user's words ("auto" included);
+    the backend resolves them and reports what it chose in :meth:`Backend.describe`.
+    """
+
+    source: str
+    name: str
+    kind: str  # "demo", "local", "hub" or "url"
+    path: str | None = None
+    revision: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Validated sampling settings for one prompt."""
+
+    prompt: str
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    system: str | None = None
+    chat: bool | None = None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One prompt's outcome in a batch."""
+
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    stop_reason: str
+
+
+class GenerationJob(abc.ABC):
+    """One generation, prepared and ready to run.
+
+    Attributes
+    ----------
+    prompt_tokens : int
+        Length of the prompt as the model sees it (after any chat template).
+    """
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    stop_reason: str = "length"
+
+    @abc.abstractmethod
+    def run(self, put: Callable[[Any], None]) -> None:
+        """Generate, calling ``put(chunk)`` for each new piece. Runs in a worker thread."""
+
+    @abc.abstractmethod
+    def decode(self, chunk: Any) -> str:
+        """Turn a chunk from :meth:`run` into new text (the caller's thread)."""
+
+    def flush(self) -> str:
+        """Text held back by an incremental decoder at the end."""
+        return ""
+
+
+class Backend(abc.ABC):
+    """A loaded model."""
+
+    kind: str = "base"
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Facts for ``lm.models()``: device, dtype, parameters, memory, context_length, chat."""
+
+    @abc.abstractmethod
+    def prepare(self, request: GenerationRequest, stop_event: threading.Event) -> GenerationJob:
+        """Check and tokenize a request; raise :class:`~llm_magic.errors.LLMMagicError` if unfit."""
+
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], stop_event: threading.Event
+    ) -> list[BatchResult]:
+        """Generate several prompts at once; by default one after another."""
+        results = []
+        for request in requests:
+            job = self.prepare(request, stop_event)
+            chunks: list[Any] = []
+            job.run(chunks.append)
+            text = "".join(job.decode(c) for c in chunks) + job.flush()
+            results.append(BatchResult(text, job.prompt_tokens, job.new_tokens, job.stop_reason))
+        return results
+
+    def memory_owner(self) -> object | None:
+        """The object whose death means the memory is free (a torch module), or None."""
+        return None
+
+    def close(self) -> None:
+        """Drop every reference the backend holds."""

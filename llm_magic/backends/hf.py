@@ -1,0 +1,633 @@
+"""The transformers backend: causal language models run inside the kernel.
+
+This is the only module (with the attention capture it serves) that imports
+torch and transformers, and it does so only when a model is loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import logging
+import os
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from ..errors import (
+    BackendError,
+    InvalidOptionError,
+    LLMMagicWarning,
+    MissingDependencyError,
+    ModelNotFoundError,
+    NotAvailableError,
+    PromptTooLongError,
+)
+from .base import Backend, BatchResult, GenerationJob, GenerationRequest, LoadSpec
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "HFBackend",
+    "release_memory",
+    "resolve_device",
+    "resolve_dtype",
+    "resolve_hub",
+]
+
+log = logging.getLogger("llm_magic.hf")
+
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - torch is a dependency
+        raise MissingDependencyError(
+            "The transformers backend needs PyTorch. Install it with `pip install torch`."
+        ) from exc
+    return torch
+
+
+def resolve_device(device: str) -> str:
+    """Turn ``"auto"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"cpu"`` into a concrete device.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    'cpu'
+    """
+    torch = _torch()
+    wanted = (device or "auto").strip().lower()
+    if wanted == "auto":
+        if torch.cuda.is_available():
+            return "cuda:0"
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return "mps"
+        return "cpu"
+    if wanted == "cpu":
+        return "cpu"
+    if wanted == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise NotAvailableError("Apple MPS is not available on this machine; use device='cpu'.")
+        return "mps"
+    if wanted == "gpu":
+        wanted = "cuda"
+    if wanted.startswith("cuda"):
+        index_text = wanted[4:].lstrip(":") or "0"
+        if not index_text.isdigit():
+            raise InvalidOptionError(f"Unknown device {device!r}: write 'cuda' or 'cuda:N'.")
+        if not torch.cuda.is_available():
+            raise NotAvailableError(
+                f"Device {device!r} asked for, but CUDA is not available here "
+                f"(torch {torch.__version__}). Use device='cpu' or device='auto'."
+            )
+        count = torch.cuda.device_count()
+        if int(index_text) >= count:
+            raise InvalidOptionError(
+                f"Device {device!r} does not exist: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}."
+            )
+        return f"cuda:{int(index_text)}"
+    raise InvalidOptionError(
+        f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
+    )
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """Pick the dtype name for a resolved device: float32 on CPU, bf16 (or fp16) on a GPU.
+
+    Examples
+    --------
+    >>> resolve_dtype("auto", "cpu"), resolve_dtype("bf16", "cpu")
+    ('float32', 'bfloat16')
+    """
+    wanted = (dtype or "auto").strip().lower().removeprefix("torch.")
+    if wanted == "auto":
+        if device.startswith("cuda"):
+            torch = _torch()
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        if device == "mps":
+            return "float16"
+        return "float32"
+    if wanted not in _DTYPES:
+        raise InvalidOptionError(
+            f"Unknown dtype {dtype!r}: use 'auto', 'float32', 'bfloat16' or 'float16'."
+        )
+    return _DTYPES[wanted]
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    parsed = urlparse(url)
+    host = parsed.hostname or "huggingface.co"
+    port = parsed.port or (443 if parsed.scheme != "http" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def commit_of(path: str) -> str | None:
+    """The commit hash of a Hugging Face cache snapshot directory, if ``path`` is one."""
+    parts = os.path.normpath(path).split(os.sep)
+    if len(parts) >= 2 and parts[-2] == "snapshots" and len(parts[-1]) == 40:
+        return parts[-1]
+    return None
+
+
+def resolve_hub(repo_id: str, revision: str | None) -> tuple[str, str | None]:
+    """Find a hub model in the local cache, or download it when the network allows.
+
+    Returns the snapshot directory and its commit hash. Never hangs without a
+    network: the cache is consulted first, and a download is only tried after
+    a three-second reachability check.
+    """
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import (
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+    except ImportError as exc:  # pragma: no cover - comes with transformers
+        raise MissingDependencyError("Loading hub models needs `huggingface_hub`.") from exc
+
+    from huggingface_hub import constants
+
+    cache = constants.HF_HUB_CACHE
+    try:
+        path = snapshot_download(repo_id, revision=revision, local_files_only=True)
+        return path, commit_of(path)
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
+        pass
+    at = f" at revision {revision!r}" if revision else ""
+    if _offline():
+        raise ModelNotFoundError(
+            f"Model {repo_id!r}{at} is not in the local Hugging Face cache ({cache}) and "
+            "HF_HUB_OFFLINE is set, so it cannot be downloaded. Download it where there is a "
+            f"network (`hf download {repo_id}`), or pass a local directory to load."
+        )
+    endpoint = constants.ENDPOINT
+    if not _reachable(endpoint):
+        raise ModelNotFoundError(
+            f"Model {repo_id!r}{at} is not in the local Hugging Face cache ({cache}) and "
+            f"{endpoint} cannot be reached. Pass a local directory, or download the model "
+            "where there is a network; set HF_HUB_OFFLINE=1 to skip this network check."
+        )
+    log.info("Downloading %s%s from %s", repo_id, at, endpoint)
+    try:
+        path = snapshot_download(
+            repo_id,
+            revision=revision,
+            ignore_patterns=["*.onnx", "*.msgpack", "*.h5", "*.ot", "*.tflite", "*.gguf", "original/*"],
+        )
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        raise ModelNotFoundError(f"Model {repo_id!r}{at} was not found on {endpoint}.") from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise ModelNotFoundError(f"Downloading {repo_id!r}{at} failed: {exc}") from exc
+    return path, commit_of(path)
+
+
+def release_memory() -> None:
+    """Return freed memory to the system: empty the CUDA cache and trim the C heap."""
+    gc.collect()
+    torch = __import__("sys").modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class _Interrupted(Exception):
+    """Raised inside the model's forward pass to stop at once."""
+
+
+def _layer_list(model: Any) -> Sequence[Any]:
+    """The model's largest ``ModuleList``: its stack of blocks, where stopping is checked."""
+    torch = _torch()
+    best: Sequence[Any] = ()
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > len(best):
+            best = module
+    return best
+
+
+@contextlib.contextmanager
+def _stop_hooks(model: Any, stop_event: threading.Event) -> Iterator[None]:
+    """Check ``stop_event`` before every block, so an interrupt lands within one layer."""
+
+    def check(_module: Any, _args: Any) -> None:
+        if stop_event.is_set():
+            raise _Interrupted
+
+    handles = [layer.register_forward_pre_hook(check) for layer in _layer_list(model)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class _Detokenizer:
+    """Incremental decoding that never splits a multi-byte character."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0
+        self.read = 0
+
+    def push(self, ids: list[int]) -> str:
+        self.ids.extend(ids)
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        after = decode(self.ids[self.prefix :], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+    def text(self) -> str:
+        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
+
+
+class _Streamer:
+    """transformers streamer that forwards new token ids to a callback."""
+
+    def __init__(self, put: Callable[[Any], None]) -> None:
+        self._put = put
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self._put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        pass
+
+
+class HFJob(GenerationJob):
+    """One prepared generation on a transformers model."""
+
+    def __init__(
+        self,
+        backend: HFBackend,
+        inputs: dict[str, Any],
+        kwargs: dict[str, Any],
+        seed: int | None,
+        stop_event: threading.Event,
+    ) -> None:
+        self.backend = backend
+        self.inputs = inputs
+        self.kwargs = kwargs
+        self.seed = seed
+        self.stop_event = stop_event
+        self.prompt_tokens = int(inputs["input_ids"].shape[-1])
+        self._detok = _Detokenizer(backend.tokenizer)
+        self._eos = set(backend.eos_ids)
+
+    def run(self, put: Callable[[Any], None]) -> None:
+        torch = _torch()
+        model = self.backend.model
+        streamer = _Streamer(put)
+        stopping = _EventCriteria(self.stop_event)
+        if self.seed is not None:
+            torch.manual_seed(self.seed)
+        try:
+            with torch.inference_mode(), _stop_hooks(model, self.stop_event):
+                out = model.generate(
+                    **self.inputs,
+                    **self.kwargs,
+                    streamer=streamer,
+                    stopping_criteria=_criteria_list([stopping]),
+                )
+        except _Interrupted:
+            self.stop_reason = "interrupted"
+            return
+        new = out[0, self.prompt_tokens :].tolist()
+        if self.stop_event.is_set():
+            self.stop_reason = "interrupted"
+        elif new and new[-1] in self._eos:
+            self.stop_reason = "eos"
+
+    def decode(self, chunk: Any) -> str:
+        self.new_tokens += len(chunk)
+        return self._detok.push(chunk)
+
+    def flush(self) -> str:
+        full = self._detok.text()
+        streamed = self._detok.tokenizer.decode(
+            self._detok.ids[: self._detok.read], skip_special_tokens=True
+        )
+        return full[len(streamed) :] if full.startswith(streamed) else ""
+
+    def final_text(self) -> str:
+        """The exact decoding of every new token."""
+        return self._detok.text()
+
+
+def _criteria_list(items: list[Any]) -> Any:
+    from transformers import StoppingCriteriaList
+
+    return StoppingCriteriaList(items)
+
+
+class _EventCriteria:
+    """A ``StoppingCriteria`` that stops the batch once an Event is set."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        torch = _torch()
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
+
+
+class HFBackend(Backend):
+    """A causal LM and its tokenizer, resident in this process."""
+
+    kind = "hf"
+
+    def __init__(self, spec: LoadSpec, model: Any, tokenizer: Any, device: str, dtype: str) -> None:
+        self.spec = spec
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.dtype = dtype
+        self.commit = commit_of(spec.path) if spec.path else None
+        config = model.config
+        limits = [
+            getattr(config, attr, None)
+            for attr in ("max_position_embeddings", "n_positions", "seq_length")
+        ]
+        limits = [n for n in limits if isinstance(n, int) and n > 0]
+        tok_limit = getattr(tokenizer, "model_max_length", None)
+        if not limits and isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
+            limits = [tok_limit]
+        self.context_length: int | None = min(limits) if limits else None
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_ids: tuple[int, ...] = (
+            tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
+        )
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = model.generation_config.pad_token_id
+        if pad is None and self.eos_ids:
+            pad = self.eos_ids[0]
+        self.pad_id: int | None = pad
+
+    # -- loading ---------------------------------------------------------
+
+    @classmethod
+    def load(cls, spec: LoadSpec) -> HFBackend:
+        """Load tokenizer and weights for ``spec`` (whose ``path`` is already resolved)."""
+        torch = _torch()
+        t0 = time.perf_counter()
+        try:
+            import transformers
+            from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        except ImportError as exc:  # pragma: no cover - a dependency
+            raise MissingDependencyError(
+                "The transformers backend needs `transformers`: `pip install transformers`."
+            ) from exc
+        log.debug("imported torch %s and transformers %s in %.3fs",
+                  torch.__version__, transformers.__version__, time.perf_counter() - t0)
+        device = resolve_device(spec.device)
+        dtype = resolve_dtype(spec.dtype, device)
+        path = spec.path
+        assert path is not None
+        remote = spec.trust_remote_code
+        t = time.perf_counter()
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=remote)
+        except ValueError as exc:
+            if "trust_remote_code" in str(exc):
+                raise BackendError(
+                    f"Model {spec.source!r} ships its own code. Read it, then load with "
+                    "trust_remote_code=True (`%llm load ... --trust-remote-code`) if you trust it."
+                ) from exc
+            raise BackendError(f"Cannot read the configuration of {spec.source!r}: {exc}") from exc
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
+        except Exception as exc:
+            raise BackendError(f"Cannot load the tokenizer of {spec.source!r}: {exc}") from exc
+        log.debug("tokenizer loaded in %.3fs", time.perf_counter() - t)
+        t = time.perf_counter()
+        placement: dict[str, Any] = {}
+        if device != "cpu":
+            placement["device_map"] = device
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                path,
+                config=config,
+                dtype=getattr(torch, dtype),
+                trust_remote_code=remote,
+                **placement,
+            )
+        except ValueError as exc:
+            if "Unrecognized configuration class" in str(exc):
+                kind = type(config).__name__
+                raise BackendError(
+                    f"{spec.source!r} is not a causal language model ({kind}); llm_magic "
+                    "generates text with causal LMs (GPT-2, Llama, Qwen, ...)."
+                ) from exc
+            raise BackendError(f"Loading the weights of {spec.source!r} failed: {exc}") from exc
+        except torch.OutOfMemoryError as exc:
+            gc.collect()
+            release_memory()
+            raise BackendError(
+                f"Out of memory while loading {spec.source!r} on {device} in {dtype}. "
+                "Unload other models, choose a smaller dtype, or another device."
+            ) from exc
+        log.debug("weights loaded and placed on %s in %.3fs", device, time.perf_counter() - t)
+        model.eval()
+        return cls(spec, model, tokenizer, device, dtype)
+
+    # -- facts -------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        model = self.model
+        return {
+            "device": self.device,
+            "dtype": self.dtype,
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            "memory": int(model.get_memory_footprint()),
+            "context_length": self.context_length,
+            "chat": bool(getattr(self.tokenizer, "chat_template", None)),
+            "architecture": (getattr(model.config, "architectures", None) or [type(model).__name__])[0],
+            "commit": self.commit,
+        }
+
+    def memory_owner(self) -> object | None:
+        return self.model
+
+    def close(self) -> None:
+        self.model = None
+        self.tokenizer = None
+
+    # -- generation ------------------------------------------------------
+
+    def render_prompt(self, request: GenerationRequest) -> tuple[str, bool]:
+        """The text the model sees and whether it already carries special tokens."""
+        has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        use_chat = has_template if request.chat is None else request.chat
+        if use_chat and not has_template:
+            raise InvalidOptionError(
+                f"Model {self.spec.name!r} has no chat template. Generate without chat "
+                "(chat=False, `--no-chat`)."
+            )
+        if use_chat:
+            messages = []
+            if request.system:
+                messages.append({"role": "system", "content": request.system})
+            messages.append({"role": "user", "content": request.prompt})
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+            return str(text), True
+        if request.system:
+            return f"{request.system}\n\n{request.prompt}", False
+        return request.prompt, False
+
+    def _encode(self, texts: list[str], templated: bool) -> dict[str, Any]:
+        enc = self.tokenizer(
+            texts,
+            return_tensors="pt",
+            padding=len(texts) > 1,
+            add_special_tokens=not templated,
+        )
+        return {k: v.to(self.model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+    def _check_length(self, prompt_tokens: int, max_new_tokens: int) -> int:
+        ctx = self.context_length
+        if ctx is None:
+            return max_new_tokens
+        if prompt_tokens >= ctx:
+            raise PromptTooLongError(
+                f"The prompt is {prompt_tokens} tokens, but model {self.spec.name!r} reads at most "
+                f"{ctx}. Shorten the prompt or use a model with a longer context."
+            )
+        room = ctx - prompt_tokens
+        if max_new_tokens > room:
+            warnings.warn(
+                f"Only {room} new tokens fit after a {prompt_tokens}-token prompt in "
+                f"{self.spec.name!r}'s {ctx}-token context; generating {room}.",
+                LLMMagicWarning,
+                stacklevel=4,
+            )
+            return room
+        return max_new_tokens
+
+    def _generate_kwargs(self, request: GenerationRequest, max_new_tokens: int) -> dict[str, Any]:
+        config = self.model.generation_config.__class__.from_dict(
+            self.model.generation_config.to_dict()
+        )
+        config.max_new_tokens = max_new_tokens
+        config.max_length = None
+        config.min_new_tokens = None
+        config.min_length = 0
+        sample = request.temperature > 0
+        config.do_sample = sample
+        config.temperature = request.temperature if sample else None
+        config.top_p = request.top_p if sample else None
+        config.top_k = request.top_k if sample else None
+        config.pad_token_id = self.pad_id
+        config.eos_token_id = list(self.eos_ids) or None
+        kwargs: dict[str, Any] = {"generation_config": config}
+        if request.stop:
+            kwargs["stop_strings"] = list(request.stop)
+            kwargs["tokenizer"] = self.tokenizer
+        return kwargs
+
+    def prepare(self, request: GenerationRequest, stop_event: threading.Event) -> HFJob:
+        text, templated = self.render_prompt(request)
+        inputs = self._encode([text], templated)
+        n = int(inputs["input_ids"].shape[-1])
+        if n == 0:
+            raise InvalidOptionError("The prompt encodes to no tokens; write some text.")
+        max_new = self._check_length(n, request.max_new_tokens)
+        return HFJob(self, inputs, self._generate_kwargs(request, max_new), request.seed, stop_event)
+
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], stop_event: threading.Event
+    ) -> list[BatchResult]:
+        """Generate all prompts as one left-padded batch (they share sampling settings)."""
+        torch = _torch()
+        first = requests[0]
+        rendered = [self.render_prompt(r) for r in requests]
+        templated = rendered[0][1]
+        tokenizer = self.tokenizer
+        old_side, old_pad = tokenizer.padding_side, tokenizer.pad_token_id
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None and self.pad_id is not None:
+            tokenizer.pad_token_id = self.pad_id
+        try:
+            inputs = self._encode([t for t, _ in rendered], templated)
+        finally:
+            tokenizer.padding_side = old_side
+            if old_pad is None:
+                tokenizer.pad_token_id = old_pad
+        width = int(inputs["input_ids"].shape[-1])
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        max_new = self._check_length(width, first.max_new_tokens)
+        kwargs = self._generate_kwargs(first, max_new)
+        if first.seed is not None:
+            torch.manual_seed(first.seed)
+        interrupted = False
+        with torch.inference_mode(), _stop_hooks(self.model, stop_event):
+            try:
+                out = self.model.generate(
+                    **inputs, **kwargs, stopping_criteria=_criteria_list([_EventCriteria(stop_event)])
+                )
+            except _Interrupted:
+                interrupted = True
+        if interrupted:
+            raise KeyboardInterrupt
+        results = []
+        eos = set(self.eos_ids)
+        for row, prompt_len in zip(out[:, width:].tolist(), lengths, strict=True):
+            ids: list[int] = []
+            reason = "length"
+            for tok in row:
+                if tok in eos:
+                    reason = "eos"
+                    break
+                ids.append(tok)
+            if stop_event.is_set():
+                reason = "interrupted"
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            results.append(BatchResult(text, int(prompt_len), len(ids) + (reason == "eos"), reason))
+        return results

@@ -1,0 +1,69 @@
+"""The llm_magic error family.
+
+Every error raised on purpose by the library is an :class:`LLMMagicError`
+whose message says what happened and what to do next. The magics convert
+these to IPython's ``UsageError`` at the notebook boundary only.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "BudgetExceededError",
+    "InvalidOptionError",
+    "LLMMagicError",
+    "LLMMagicWarning",
+    "MissingDependencyError",
+    "ModelConflictError",
+    "ModelNotFoundError",
+    "ModelNotLoadedError",
+    "NotAvailableError",
+    "PromptTooLongError",
+]
+
+
+class LLMMagicError(Exception):
+    """Base class of every error llm_magic raises on purpose."""
+
+
+class ModelNotFoundError(LLMMagicError):
+    """A model source could not be found locally (and may not be fetched)."""
+
+
+class ModelNotLoadedError(LLMMagicError, KeyError):
+    """A model name refers to no loaded model."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelConflictError(LLMMagicError):
+    """A load asks for a name that is taken by a model with other settings."""
+
+
+class MissingDependencyError(LLMMagicError, ImportError):
+    """An optional package needed for this call is not installed."""
+
+
+class InvalidOptionError(LLMMagicError, ValueError):
+    """An option value is out of range or of the wrong kind."""
+
+
+class PromptTooLongError(InvalidOptionError):
+    """The prompt does not fit in the model's context window."""
+
+
+class BudgetExceededError(LLMMagicError):
+    """A load would not fit in the memory budget even after eviction."""
+
+
+class NotAvailableError(LLMMagicError):
+    """A feature that this version or this machine does not offer."""
+
+
+class BackendError(LLMMagicError):
+    """A backend failed while loading or generating."""
+
+
+class LLMMagicWarning(UserWarning):
+    """Warnings from llm_magic (errors under the project's own tests)."""

@@ -1,0 +1,433 @@
+"""One generation path for every caller: magics, widgets and Python code.
+
+:func:`generate` validates the options, takes the model's lock, runs the
+backend in a worker thread that feeds a queue, and reads that queue here with
+a timeout, so a kernel interrupt stops the worker within a fraction of a
+second. The partial text is kept (``lm.last()``) and the model stays usable.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from html import escape
+from typing import Any, Protocol
+
+from .backends.base import GenerationRequest
+from .errors import BackendError, InvalidOptionError, LLMMagicError, NotAvailableError
+from .manager import ModelManager, get_manager
+
+__all__ = [
+    "Generation",
+    "GenerationStats",
+    "Sink",
+    "generate",
+    "generate_batch",
+    "make_request",
+]
+
+log = logging.getLogger("llm_magic.generation")
+
+_POLL = 0.05  # seconds between checks for an interrupt while waiting on the worker
+_JOIN = 2.0  # how long to wait for an interrupted worker to finish its current step
+
+
+class Sink(Protocol):
+    """Receives streamed text; ``write`` is called with each new piece."""
+
+    def write(self, text: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """Counts and timings of one generation.
+
+    ``time_to_first_token`` and ``duration`` are seconds from the start of the
+    generation (model lock held); ``tokens_per_second`` is new tokens over duration.
+    """
+
+    prompt_tokens: int
+    new_tokens: int
+    time_to_first_token: float | None
+    tokens_per_second: float | None
+    duration: float
+    stop_reason: str
+
+    def __str__(self) -> str:
+        ttft = "-" if self.time_to_first_token is None else f"{self.time_to_first_token * 1000:.0f} ms"
+        tps = "-" if self.tokens_per_second is None else f"{self.tokens_per_second:.1f}"
+        return (f"{self.prompt_tokens} prompt + {self.new_tokens} new tokens, first token {ttft}, "
+                f"{tps} tokens/s, {self.duration:.2f} s ({self.stop_reason})")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The result of one generation. Refers to its model by name only.
+
+    Examples
+    --------
+    >>> import llm_magic as lm
+    >>> g = lm.generate("The import statement", model="demo", max_new_tokens=5)  # doctest: +SKIP
+    >>> g.stats.new_tokens  # doctest: +SKIP
+    5
+    """
+
+    text: str
+    prompt: str
+    model: str
+    stats: GenerationStats
+    params: dict[str, Any] = field(default_factory=dict)
+    attention: Any = None
+    id: int | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stats.stop_reason == "interrupted"
+
+    def __str__(self) -> str:
+        return self.text
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(self.text)
+
+    def _repr_html_(self) -> str:
+        return (f"<pre class='llm-magic-output' style='white-space:pre-wrap'>{escape(self.text)}</pre>"
+                f"<small style='opacity:.7'>{escape(self.model)}: {escape(str(self.stats))}</small>")
+
+
+def _check_number(name: str, value: Any, *, low: float, high: float | None = None,
+                   integer: bool = False, low_open: bool = False) -> None:
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type:
+        raise InvalidOptionError(f"{name} must be {kind}, not {value!r}.")
+    if not math.isfinite(value) or value < low or (low_open and value == low) or (
+        high is not None and value > high
+    ):
+        lo = f"> {low:g}" if low_open else f">= {low:g}"
+        hi = f" and <= {high:g}" if high is not None else ""
+        raise InvalidOptionError(f"{name} must be {lo}{hi}; got {value!r}.")
+
+
+def make_request(
+    prompt: str,
+    *,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    seed: int | None = None,
+    stop: str | Sequence[str] | None = None,
+    system: str | None = None,
+    chat: bool | None = None,
+) -> GenerationRequest:
+    """Validate options into a :class:`GenerationRequest`; raise ``InvalidOptionError`` if unfit."""
+    if not isinstance(prompt, str):
+        raise InvalidOptionError(f"The prompt must be a string, not {type(prompt).__name__}.")
+    if not prompt.strip():
+        raise InvalidOptionError("The prompt is empty: write some text to continue.")
+    _check_number("max_new_tokens", max_new_tokens, low=1, integer=True)
+    _check_number("temperature", temperature, low=0, high=100)
+    if top_p is not None:
+        _check_number("top_p", top_p, low=0, high=1, low_open=True)
+    if top_k is not None:
+        _check_number("top_k", top_k, low=1, integer=True)
+    if seed is not None:
+        _check_number("seed", seed, low=0, high=2**63 - 1, integer=True)
+    stops: tuple[str, ...]
+    if stop is None:
+        stops = ()
+    elif isinstance(stop, str):
+        stops = (stop,)
+    else:
+        stops = tuple(stop)
+    if any(not isinstance(s, str) or s == "" for s in stops):
+        raise InvalidOptionError("Stop strings must be non-empty strings.")
+    if system is not None and not isinstance(system, str):
+        raise InvalidOptionError("system must be a string.")
+    if chat is not None and not isinstance(chat, bool):
+        raise InvalidOptionError("chat must be True, False or None (use the template if any).")
+    return GenerationRequest(
+        prompt=prompt, max_new_tokens=max_new_tokens, temperature=float(temperature),
+        top_p=top_p, top_k=top_k, seed=seed, stop=stops, system=system or None, chat=chat,
+    )
+
+
+class _StopTrimmer:
+    """Withholds streamed text that could be the start of a stop string."""
+
+    def __init__(self, stops: tuple[str, ...], emit: Callable[[str], Any] | None) -> None:
+        self.stops = stops
+        self.emit = emit
+        self.text = ""
+        self.sent = 0
+        self.hit = False
+        self.hold = max((len(s) for s in stops), default=1) - 1
+
+    def feed(self, piece: str) -> None:
+        if self.hit or not piece:
+            return
+        self.text += piece
+        if self.stops:
+            cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
+            if cut >= 0:
+                self.text = self.text[:cut]
+                self.hit = True
+                self._send(len(self.text))
+                return
+        self._send(len(self.text) - self.hold if self.stops else len(self.text))
+
+    def finish(self, final: str | None = None) -> str:
+        if final is not None and not self.hit:
+            # The exact decoding of all tokens wins over the incremental one.
+            cut = min((i for i in (final.find(s) for s in self.stops) if i >= 0), default=-1)
+            if cut >= 0:
+                final, self.hit = final[:cut], True
+            self.text = final
+        self._send(len(self.text))
+        return self.text
+
+    def _send(self, upto: int) -> None:
+        if upto > self.sent:
+            if self.emit is not None:
+                self.emit(self.text[self.sent : upto])
+            self.sent = upto
+
+
+def _sink(stream: bool | Sink | Callable[[str], Any] | None) -> Callable[[str], Any] | None:
+    if stream is None or stream is False:
+        return None
+    if stream is True:
+        def to_stdout(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        return to_stdout
+    write = getattr(stream, "write", None)
+    if callable(write):
+        return write  # type: ignore[no-any-return]
+    if callable(stream):
+        return stream
+    raise InvalidOptionError("stream must be True, False, a callable or an object with .write().")
+
+
+def _run_worker(job: Any, q: queue.Queue[tuple[str, Any]]) -> None:
+    try:
+        job.run(lambda chunk: q.put(("chunk", chunk)))
+    except BaseException as exc:  # handed back to the caller, which re-raises it
+        q.put(("error", exc))
+    finally:
+        q.put(("end", None))
+
+
+def generate(
+    prompt: str,
+    *,
+    model: str | None = None,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    seed: int | None = None,
+    stop: str | Sequence[str] | None = None,
+    system: str | None = None,
+    chat: bool | None = None,
+    attention: bool = False,
+    stream: bool | Sink | Callable[[str], Any] | None = None,
+    stop_event: threading.Event | None = None,
+    manager: ModelManager | None = None,
+) -> Generation:
+    """Generate a continuation of ``prompt`` with a loaded model.
+
+    Parameters
+    ----------
+    prompt : str
+        The text to continue (or the user message, with a chat template).
+    model : str, optional
+        A loaded model's name; the default model when omitted.
+    max_new_tokens : int
+        Upper bound on generated tokens.
+    temperature : float
+        0 means greedy decoding; above 0 samples.
+    top_p, top_k : optional
+        Nucleus and top-k filtering when sampling.
+    seed : int, optional
+        Makes sampling reproducible.
+    stop : str or list of str, optional
+        Stop at the first of these strings (not included in the text).
+    system : str, optional
+        System prompt (chat template) or a preamble (plain models).
+    chat : bool, optional
+        Use the model's chat template; by default when it has one.
+    attention : bool
+        Capture attention maps (not available in this version).
+    stream : bool, callable or object with ``write``
+        Where streamed text goes: True prints to stdout.
+    stop_event : threading.Event, optional
+        Setting it stops the generation, like a Stop button.
+
+    Returns
+    -------
+    Generation
+
+    Raises
+    ------
+    LLMMagicError
+        Bad options, an unknown model, or a prompt that does not fit.
+    KeyboardInterrupt
+        On interrupt, after the worker stopped; the partial result is ``lm.last()``.
+
+    Examples
+    --------
+    >>> import llm_magic as lm
+    >>> lm.load("demo")  # doctest: +SKIP
+    >>> print(lm.generate("The import statement", max_new_tokens=20))  # doctest: +SKIP
+    """
+    manager = manager or get_manager()
+    request = make_request(prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                           top_p=top_p, top_k=top_k, seed=seed, stop=stop, system=system,
+                           chat=chat)
+    if attention:
+        raise NotAvailableError("Attention capture is not available yet in this version.")
+    emit = _sink(stream)
+    name = manager.resolve(model)
+    stop_event = stop_event or threading.Event()
+    with manager.checkout(name) as backend:
+        t0 = time.perf_counter()
+        job = backend.prepare(request, stop_event)
+        log.debug("prompt prepared: %d tokens in %.3fs", job.prompt_tokens, time.perf_counter() - t0)
+        manager.events.emit("generation_start", name, request=request)
+        trimmer = _StopTrimmer(request.stop, emit)
+        q: queue.Queue[tuple[str, Any]] = queue.Queue()
+        worker = threading.Thread(target=_run_worker, args=(job, q), name=f"llm_magic-{name}",
+                                  daemon=True)
+        first: float | None = None
+        error: BaseException | None = None
+        interrupted = False
+        worker.start()
+        try:
+            while True:
+                try:
+                    kind, item = q.get(timeout=_POLL)
+                except queue.Empty:
+                    continue
+                if kind == "chunk":
+                    if first is None:
+                        first = time.perf_counter() - t0
+                        log.debug("first token after %.3fs", first)
+                    trimmer.feed(job.decode(item))
+                    if trimmer.hit:
+                        stop_event.set()
+                elif kind == "error":
+                    error = item
+                else:
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+            stop_event.set()
+            _drain(q, job, trimmer, worker)
+        duration = time.perf_counter() - t0
+        final = getattr(job, "final_text", None)
+        text = trimmer.finish(final() if callable(final) else trimmer.text + job.flush())
+        reason = "stop" if trimmer.hit else job.stop_reason
+        if interrupted:
+            reason = "interrupted"
+        n = job.new_tokens
+        stats = GenerationStats(
+            prompt_tokens=job.prompt_tokens, new_tokens=n, time_to_first_token=first,
+            tokens_per_second=(n / duration) if duration > 0 and n else None,
+            duration=duration, stop_reason=reason,
+        )
+        gen = Generation(text=text, prompt=prompt, model=name, stats=stats,
+                         params=_params(request))
+        manager.last_generation = gen
+        manager.events.emit("generation_end", name, generation=gen,
+                            error=None if error is None else str(error))
+        del job
+    log.debug("generation on %r: %s", name, stats)
+    if interrupted:
+        log.info("generation on %r interrupted after %d tokens; partial text kept", name, n)
+        raise KeyboardInterrupt
+    if error is not None:
+        if isinstance(error, LLMMagicError):
+            raise error
+        raise BackendError(f"Generation on {name!r} failed: {error!r}") from error
+    return gen
+
+
+def _drain(q: queue.Queue[tuple[str, Any]], job: Any, trimmer: _StopTrimmer,
+           worker: threading.Thread) -> None:
+    """After an interrupt: keep what the worker still sends until it ends."""
+    deadline = time.perf_counter() + _JOIN
+    while time.perf_counter() < deadline:
+        try:
+            kind, item = q.get(timeout=_POLL)
+        except queue.Empty:
+            continue
+        if kind == "chunk":
+            trimmer.feed(job.decode(item))
+        elif kind == "end":
+            break
+    worker.join(timeout=max(0.0, deadline - time.perf_counter()))
+    if worker.is_alive():
+        log.warning("generation worker still finishing its current step")
+
+
+def _params(request: GenerationRequest) -> dict[str, Any]:
+    return {
+        "max_new_tokens": request.max_new_tokens, "temperature": request.temperature,
+        "top_p": request.top_p, "top_k": request.top_k, "seed": request.seed,
+        "stop": list(request.stop), "system": request.system, "chat": request.chat,
+    }
+
+
+def generate_batch(
+    prompts: Sequence[str],
+    *,
+    model: str | None = None,
+    stop_event: threading.Event | None = None,
+    manager: ModelManager | None = None,
+    **options: Any,
+) -> list[Generation]:
+    """Generate several prompts as one padded batch with the same options.
+
+    Examples
+    --------
+    >>> import llm_magic as lm
+    >>> [g.text for g in lm.generate_batch(["A list", "A dict"], max_new_tokens=5)]  # doctest: +SKIP
+    """
+    manager = manager or get_manager()
+    if isinstance(prompts, str) or not prompts:
+        raise InvalidOptionError("generate_batch takes a non-empty list of prompts.")
+    if options.pop("attention", False):
+        raise NotAvailableError("Attention capture is not available yet in this version.")
+    requests = [make_request(p, **options) for p in prompts]
+    name = manager.resolve(model)
+    stop_event = stop_event or threading.Event()
+    with manager.checkout(name) as backend:
+        t0 = time.perf_counter()
+        results = backend.generate_batch(requests, stop_event)
+        duration = time.perf_counter() - t0
+    gens = []
+    for request, result in zip(requests, results, strict=True):
+        trimmer = _StopTrimmer(request.stop, None)
+        text = trimmer.finish(result.text)
+        stats = GenerationStats(
+            prompt_tokens=result.prompt_tokens, new_tokens=result.new_tokens,
+            time_to_first_token=None,
+            tokens_per_second=result.new_tokens / duration if duration > 0 else None,
+            duration=duration, stop_reason="stop" if trimmer.hit else result.stop_reason,
+        )
+        gen = Generation(text=text, prompt=request.prompt, model=name, stats=stats,
+                         params=_params(request))
+        manager.events.emit("generation_end", name, generation=gen, error=None)
+        gens.append(gen)
+    if gens:
+        manager.last_generation = gens[-1]
+    return gens

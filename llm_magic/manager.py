@@ -1,0 +1,524 @@
+"""The kernel-resident model manager.
+
+One :class:`ModelManager` per kernel owns every loaded model. It holds the only
+strong reference to each; everything else (handles, generations, widgets)
+refers to a model by name, so ``unload`` really returns the memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from . import _sources
+from ._holders import find_holders
+from .errors import (
+    InvalidOptionError,
+    LLMMagicError,
+    ModelConflictError,
+    ModelNotLoadedError,
+    NotAvailableError,
+)
+from .events import EventBus
+
+if TYPE_CHECKING:
+    from .backends.base import Backend, LoadSpec
+    from .generation import Generation
+
+__all__ = ["ModelHandle", "ModelInfo", "ModelManager", "ModelTable", "UnloadReport", "get_manager"]
+
+log = logging.getLogger("llm_magic.manager")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the manager knows about one loaded model.
+
+    ``memory`` is the measured size of its weights and buffers; ``estimate`` the
+    figure predicted before loading (None when no estimate was possible).
+    """
+
+    name: str
+    source: str
+    backend: str
+    device: str
+    dtype: str
+    parameters: int
+    memory: int
+    revision: str | None = None
+    commit: str | None = None
+    estimate: int | None = None
+    load_seconds: float = 0.0
+    loaded_at: float = 0.0
+    last_used: float = 0.0
+    pinned: bool = False
+    generating: bool = False
+    context_length: int | None = None
+    chat: bool = False
+    architecture: str = ""
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
+def _count(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+def _ago(t: float) -> str:
+    if not t:
+        return "never"
+    dt = time.time() - t
+    if dt < 60:
+        return f"{dt:.0f}s ago"
+    if dt < 3600:
+        return f"{dt / 60:.0f}m ago"
+    return f"{dt / 3600:.1f}h ago"
+
+
+class ModelTable(tuple):  # type: ignore[type-arg]
+    """The loaded models, a tuple of :class:`ModelInfo` that renders as a table."""
+
+    columns = ("name", "source", "backend", "device", "dtype", "params", "memory",
+               "estimate", "revision", "last used")
+
+    def rows(self) -> list[tuple[str, ...]]:
+        out = []
+        for m in self:
+            rev = m.commit[:10] if m.commit else (m.revision or "-")
+            name = m.name + (" (pinned)" if m.pinned else "") + (" *" if m.generating else "")
+            out.append((name, m.source, m.backend, m.device, m.dtype, _count(m.parameters),
+                        _size(m.memory), _size(m.estimate), rev, _ago(m.last_used)))
+        return out
+
+    def __str__(self) -> str:
+        if not self:
+            return "No models loaded. Load one with lm.load('demo') or `%llm load demo`."
+        rows = [self.columns, *self.rows()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(self.columns))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                 for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(str(self))
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        if not self:
+            return f"<p>{escape(str(self))}</p>"
+        head = "".join(f"<th>{escape(c)}</th>" for c in self.columns)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{escape(v)}</td>" for v in row) + "</tr>" for row in self.rows()
+        )
+        return f"<table class='llm-magic-models'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+@dataclass(frozen=True)
+class UnloadReport:
+    """The outcome of unloading one model.
+
+    ``freed`` is True only when the model object is verifiably gone; otherwise
+    ``holders`` says what still refers to it.
+    """
+
+    name: str
+    memory: int
+    freed: bool
+    holders: tuple[str, ...] = ()
+
+    @property
+    def message(self) -> str:
+        if self.freed:
+            return f"Unloaded {self.name!r}; {_size(self.memory)} freed."
+        held = "; ".join(self.holders) or "an object outside llm_magic"
+        return (
+            f"Unloaded {self.name!r} from the manager, but its memory ({_size(self.memory)}) is "
+            f"still held by: {held}. Delete those references to free it."
+        )
+
+    def __str__(self) -> str:
+        return self.message
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(self.message)
+
+
+@dataclass
+class _Entry:
+    spec: LoadSpec
+    key: tuple[Any, ...]
+    backend: Backend
+    info: ModelInfo
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class ModelHandle:
+    """A reference to a loaded model by name (it does not keep the model alive).
+
+    Examples
+    --------
+    >>> import llm_magic as lm
+    >>> demo = lm.load("demo")            # doctest: +SKIP
+    >>> demo.generate("The import statement", max_new_tokens=8).text  # doctest: +SKIP
+    """
+
+    __slots__ = ("name", "_manager")
+
+    def __init__(self, name: str, manager: ModelManager) -> None:
+        self.name = name
+        self._manager = manager
+
+    @property
+    def info(self) -> ModelInfo:
+        """Current facts about the model (raises if it was unloaded)."""
+        return self._manager.info(self.name)
+
+    @property
+    def loaded(self) -> bool:
+        return self._manager.is_loaded(self.name)
+
+    def generate(self, prompt: str, **kwargs: Any) -> Generation:
+        """``lm.generate(prompt, model=self.name, **kwargs)``."""
+        from .generation import generate
+
+        return generate(prompt, model=self.name, manager=self._manager, **kwargs)
+
+    @property
+    def model(self) -> Any:
+        """The raw model object. Your variable keeps it alive: ``del`` it before unloading."""
+        return self._manager.backend(self.name).memory_owner()
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer of a transformers model."""
+        return getattr(self._manager.backend(self.name), "tokenizer", None)
+
+    def unload(self) -> UnloadReport:
+        return self._manager.unload(self.name)[0]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ModelHandle) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        if not self.loaded:
+            return f"<model {self.name!r} (not loaded)>"
+        i = self.info
+        return (f"<model {i.name!r}: {i.architecture or i.backend}, {_count(i.parameters)} params, "
+                f"{i.device}, {i.dtype}, {_size(i.memory)}>")
+
+
+class ModelManager:
+    """Loads, shares, tracks and frees models for one kernel.
+
+    Use :func:`get_manager` for the kernel's manager; the functions of
+    ``llm_magic`` are shortcuts to it.
+    """
+
+    def __init__(self) -> None:
+        self.events = EventBus()
+        self._entries: dict[str, _Entry] = {}
+        self._registry_lock = threading.RLock()
+        self._load_lock = threading.RLock()
+        self._default: str | None = None
+        self.last_generation: Generation | None = None
+
+    # -- queries -----------------------------------------------------------
+
+    def is_loaded(self, name: str) -> bool:
+        return name in self._entries
+
+    def names(self) -> list[str]:
+        with self._registry_lock:
+            return list(self._entries)
+
+    def _entry(self, name: str) -> _Entry:
+        entry = self._entries.get(name)
+        if entry is None:
+            loaded = ", ".join(sorted(self._entries)) or "none"
+            raise ModelNotLoadedError(
+                f"Model {name!r} is not loaded (loaded: {loaded}). "
+                f"Load it with lm.load({name!r}) or `%llm load {name}`."
+            )
+        return entry
+
+    def info(self, name: str) -> ModelInfo:
+        entry = self._entry(name)
+        return replace(entry.info, generating=entry.lock.locked())
+
+    def backend(self, name: str) -> Backend:
+        return self._entry(name).backend
+
+    def models(self) -> ModelTable:
+        """All loaded models, most recently used first."""
+        with self._registry_lock:
+            infos = [self.info(n) for n in self._entries]
+        return ModelTable(sorted(infos, key=lambda i: i.last_used or i.loaded_at, reverse=True))
+
+    def memory_by_model(self) -> dict[str, int]:
+        """Measured memory per loaded model, in bytes."""
+        with self._registry_lock:
+            return {n: e.info.memory for n, e in self._entries.items()}
+
+    @property
+    def default(self) -> str | None:
+        """The model used when a call names none: set by :meth:`use`, else the latest load."""
+        if self._default in self._entries:
+            return self._default
+        return None
+
+    def use(self, name: str) -> ModelHandle:
+        """Make ``name`` the default model."""
+        self._entry(name)
+        self._default = name
+        self.events.emit("default_changed", name)
+        return ModelHandle(name, self)
+
+    def resolve(self, name: str | None) -> str:
+        """The name of the model a call means: ``name``, or the default."""
+        if name is not None:
+            self._entry(name)
+            return name
+        default = self.default
+        if default is None:
+            raise ModelNotLoadedError(
+                "No model is loaded. Load one first: lm.load('demo') or `%llm load demo`."
+            )
+        return default
+
+    # -- loading -----------------------------------------------------------
+
+    def load(
+        self,
+        source: str,
+        *,
+        name: str | None = None,
+        revision: str | None = None,
+        dtype: str = "auto",
+        device: str = "auto",
+        trust_remote_code: bool = False,
+        reload: bool = False,
+        pin: bool = False,
+    ) -> ModelHandle:
+        """Load a model, or return the resident one loaded with the same settings.
+
+        Parameters
+        ----------
+        source : str
+            ``"demo"``, a local directory, or a Hugging Face hub id (from the local
+            cache, or downloaded when a network is there).
+        name : str, optional
+            What to call it; defaults to the last part of the source.
+        revision : str, optional
+            Branch, tag or commit of a hub model; the resolved commit is recorded.
+        dtype, device : str
+            ``"auto"`` picks float32 on CPU and bf16/fp16 on a GPU; both can be forced.
+        trust_remote_code : bool
+            Run code shipped with the model. Off unless you turn it on for this load.
+        reload : bool
+            Replace a model of the same name loaded with other settings.
+        pin : bool
+            Never evict this model to make room for another.
+
+        Returns
+        -------
+        ModelHandle
+
+        Examples
+        --------
+        >>> import llm_magic as lm
+        >>> lm.load("demo")  # doctest: +SKIP
+        <model 'demo': GPT2LMHeadModel, ...>
+        """
+        from .backends.base import LoadSpec
+
+        kind, path = _sources.classify(source)
+        if kind == "url":
+            raise NotAvailableError(
+                "Serving models over an OpenAI-compatible URL is not available yet in this "
+                "version; load a local directory, a cached hub id or 'demo'."
+            )
+        if revision is not None and kind != "hub":
+            raise InvalidOptionError(
+                f"revision={revision!r} applies to hub models; {source!r} is a local model."
+            )
+        if not isinstance(trust_remote_code, bool):
+            raise InvalidOptionError("trust_remote_code must be True or False.")
+        name = _sources.check_name(name) if name is not None else _sources.default_name(
+            source, kind, path
+        )
+        from .backends import hf
+
+        with self._load_lock:
+            resolved_device = hf.resolve_device(device)
+            resolved_dtype = hf.resolve_dtype(dtype, resolved_device)
+            canonical = path if kind == "local" else source.strip()
+            key = (canonical, revision, resolved_dtype, resolved_device)
+            existing = self._entries.get(name)
+            if existing is not None:
+                if existing.key == key and not reload:
+                    return self._touch(name, pin)
+                if not reload:
+                    was = existing.key
+                    raise ModelConflictError(
+                        f"{name!r} is already loaded from {was[0]!r} (revision {was[1]}, "
+                        f"{was[2]}, {was[3]}). Unload it first, pick another name, or reload "
+                        "explicitly (reload=True, `%llm load ... --reload`)."
+                    )
+                self.unload(name)
+            for other, entry in self._entries.items():
+                if entry.key == key and not reload:
+                    log.info("%s is already resident as %r; not loading a second copy", source, other)
+                    return self._touch(other, pin)
+            t0 = time.perf_counter()
+            commit = None
+            if kind == "hub":
+                path, commit = hf.resolve_hub(source.strip(), revision)
+                log.debug("resolved %s to %s in %.3fs", source, path, time.perf_counter() - t0)
+            spec = LoadSpec(source=source.strip(), name=name, kind=kind, path=path,
+                            revision=revision, dtype=resolved_dtype, device=resolved_device,
+                            trust_remote_code=trust_remote_code)
+            estimate = self._plan(spec)
+            self.events.emit("loading", name, source=spec.source, estimate=estimate)
+            try:
+                backend = hf.HFBackend.load(spec)
+            except BaseException as exc:
+                gc.collect()
+                hf.release_memory()
+                self.events.emit("load_failed", name, error=str(exc))
+                if isinstance(exc, (LLMMagicError, KeyboardInterrupt)):
+                    raise
+                raise LLMMagicError(f"Loading {source!r} failed: {exc}") from exc
+            seconds = time.perf_counter() - t0
+            facts = backend.describe()
+            now = time.time()
+            info = ModelInfo(
+                name=name, source=spec.source, backend=backend.kind, device=facts["device"],
+                dtype=facts["dtype"], parameters=facts["parameters"], memory=facts["memory"],
+                revision=revision, commit=commit or facts.get("commit"), estimate=estimate,
+                load_seconds=seconds, loaded_at=now, last_used=now, pinned=pin,
+                context_length=facts.get("context_length"), chat=facts.get("chat", False),
+                architecture=facts.get("architecture", ""),
+            )
+            with self._registry_lock:
+                self._entries[name] = _Entry(spec, key, backend, info)
+                self._default = name
+            log.debug("loaded %s as %r in %.3fs: %s", source, name, seconds, facts)
+            self.events.emit("loaded", name, info=info)
+            return ModelHandle(name, self)
+
+    def _touch(self, name: str, pin: bool) -> ModelHandle:
+        entry = self._entries[name]
+        entry.info = replace(entry.info, last_used=time.time(), pinned=entry.info.pinned or pin)
+        self._default = name
+        return ModelHandle(name, self)
+
+    def _plan(self, spec: LoadSpec) -> int | None:
+        """Estimate a load's memory before reading weights (and make room for it)."""
+        return None
+
+    # -- unloading ---------------------------------------------------------
+
+    def unload(self, name: str | None = None, *, all: bool = False) -> list[UnloadReport]:
+        """Drop models and verify that their memory is really returned.
+
+        Returns one :class:`UnloadReport` per model; a report with ``freed=False``
+        names what still holds the model (a variable, ``Out``, a traceback).
+        """
+        with self._registry_lock:
+            if all:
+                names = list(self._entries)
+            elif name is None:
+                raise InvalidOptionError("Name the model to unload, or pass all=True.")
+            else:
+                self._entry(name)
+                names = [name]
+            for n in names:
+                if self._entries[n].lock.locked():
+                    raise LLMMagicError(
+                        f"Model {n!r} is generating. Stop that generation first, then unload."
+                    )
+            reports = [self._drop(n, reason=None) for n in names]
+        return reports
+
+    def _drop(self, name: str, reason: str | None) -> UnloadReport:
+        ref, memory = self._detach(name)
+        gc.collect()
+        from .backends import hf
+
+        hf.release_memory()
+        obj = ref() if ref is not None else None
+        holders: tuple[str, ...] = ()
+        if obj is not None:
+            holders = tuple(find_holders(obj))
+        del obj
+        report = UnloadReport(name, memory, freed=ref is None or ref() is None, holders=holders)
+        if reason:
+            self.events.emit("evicted", name, reason=reason, report=report)
+        self.events.emit("unloaded", name, freed=report.freed, report=report)
+        log.debug("%s", report.message)
+        return report
+
+    def _detach(self, name: str) -> tuple[weakref.ref[Any] | None, int]:
+        """Remove the entry and close its backend; keep only a weak reference."""
+        entry = self._entries.pop(name)
+        if self._default == name:
+            self._default = None
+        owner = entry.backend.memory_owner()
+        ref = weakref.ref(owner) if owner is not None else None
+        memory = entry.info.memory
+        del owner
+        entry.backend.close()
+        return ref, memory
+
+    # -- generation support ------------------------------------------------
+
+    @contextlib.contextmanager
+    def checkout(self, name: str) -> Iterator[Backend]:
+        """Hold ``name``'s lock for one generation: no two generations interleave on a model."""
+        entry = self._entry(name)
+        entry.lock.acquire()
+        try:
+            if self._entries.get(name) is not entry:
+                raise ModelNotLoadedError(f"Model {name!r} was unloaded while waiting.")
+            entry.info = replace(entry.info, last_used=time.time())
+            yield entry.backend
+        finally:
+            entry.info = replace(entry.info, last_used=time.time())
+            entry.lock.release()
+
+
+_manager: ModelManager | None = None
+_manager_lock = threading.Lock()
+
+
+def get_manager() -> ModelManager:
+    """The kernel's model manager (created on first use)."""
+    global _manager
+    with _manager_lock:
+        if _manager is None:
+            _manager = ModelManager()
+        return _manager

@@ -1,0 +1,58 @@
+"""Build tiny random causal LMs and their tokenizers, offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _corpus() -> list[str]:
+    import pydoc_data.topics
+
+    return [t for _, t in sorted(pydoc_data.topics.topics.items())][:60]
+
+
+def build_tokenizer(out: Path, vocab_size: int = 512, chat_template: str | None = None):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    if chat_template:
+        fast.chat_template = chat_template
+    fast.save_pretrained(out)
+    return fast
+
+
+def build_tiny_model(out: Path, arch: str = "gpt2", chat_template: str | None = None,
+                     n_embd: int = 32, n_layer: int = 2, vocab_size: int = 512,
+                     context: int = 128, seed: int = 0) -> Path:
+    """Write a random model of ``arch`` ("gpt2" or "llama") with a tokenizer into ``out``."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    tok = build_tokenizer(out, vocab_size, chat_template)
+    eos = tok.eos_token_id
+    torch.manual_seed(seed)
+    if arch == "gpt2":
+        config = GPT2Config(vocab_size=len(tok), n_embd=n_embd, n_layer=n_layer, n_head=4,
+                            n_positions=context, bos_token_id=eos, eos_token_id=eos)
+        model = GPT2LMHeadModel(config)
+    else:
+        config = LlamaConfig(vocab_size=len(tok), hidden_size=n_embd, intermediate_size=2 * n_embd,
+                             num_hidden_layers=n_layer, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=context,
+                             bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+        model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = eos
+    model.save_pretrained(out)
+    return out
