@@ -36,6 +36,7 @@ log = logging.getLogger("llm_magic.generation")
 
 _POLL = 0.05  # seconds between checks for an interrupt while waiting on the worker
 _JOIN = 2.0  # how long to wait for an interrupted worker to finish its current step
+DEFAULT_MAX_NEW_TOKENS = 128
 
 
 class Sink(Protocol):
@@ -118,7 +119,7 @@ def _check_number(name: str, value: Any, *, low: float, high: float | None = Non
 def make_request(
     prompt: str,
     *,
-    max_new_tokens: int = 128,
+    max_new_tokens: int | None = None,
     temperature: float = 0.0,
     top_p: float | None = None,
     top_k: int | None = None,
@@ -132,6 +133,9 @@ def make_request(
         raise InvalidOptionError(f"The prompt must be a string, not {type(prompt).__name__}.")
     if not prompt.strip():
         raise InvalidOptionError("The prompt is empty: write some text to continue.")
+    explicit = max_new_tokens is not None
+    if max_new_tokens is None:
+        max_new_tokens = DEFAULT_MAX_NEW_TOKENS
     _check_number("max_new_tokens", max_new_tokens, low=1, integer=True)
     _check_number("temperature", temperature, low=0, high=100)
     if top_p is not None:
@@ -156,6 +160,7 @@ def make_request(
     return GenerationRequest(
         prompt=prompt, max_new_tokens=max_new_tokens, temperature=float(temperature),
         top_p=top_p, top_k=top_k, seed=seed, stop=stops, system=system or None, chat=chat,
+        explicit_length=explicit,
     )
 
 
@@ -230,7 +235,7 @@ def generate(
     prompt: str,
     *,
     model: str | None = None,
-    max_new_tokens: int = 128,
+    max_new_tokens: int | None = None,
     temperature: float = 0.0,
     top_p: float | None = None,
     top_k: int | None = None,
@@ -251,8 +256,8 @@ def generate(
         The text to continue (or the user message, with a chat template).
     model : str, optional
         A loaded model's name; the default model when omitted.
-    max_new_tokens : int
-        Upper bound on generated tokens.
+    max_new_tokens : int, optional
+        Upper bound on generated tokens; by default 128, or what fits in the context.
     temperature : float
         0 means greedy decoding; above 0 samples.
     top_p, top_k : optional

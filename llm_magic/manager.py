@@ -286,9 +286,12 @@ class ModelManager:
     @property
     def default(self) -> str | None:
         """The model used when a call names none: set by :meth:`use`, else the latest load."""
-        if self._default in self._entries:
-            return self._default
-        return None
+        with self._registry_lock:
+            if self._default in self._entries:
+                return self._default
+            if not self._entries:
+                return None
+            return max(self._entries.values(), key=lambda e: e.info.last_used).info.name
 
     def use(self, name: str) -> ModelHandle:
         """Make ``name`` the default model."""

@@ -51,6 +51,8 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     system: str | None = None
     chat: bool | None = None
+    #: False when max_new_tokens is the default: then it is fitted to the context quietly.
+    explicit_length: bool = True
 
 
 @dataclass(frozen=True)

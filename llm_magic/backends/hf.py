@@ -225,6 +225,29 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+_NOT_CAUSAL_HEADS = ("ForMaskedLM", "ForSequenceClassification", "ForTokenClassification",
+                     "ForQuestionAnswering", "ForMultipleChoice", "ForPreTraining")
+
+
+def _check_causal(source: str, config: Any) -> None:
+    """Refuse encoders and seq2seq models before their weights are read.
+
+    transformers maps some encoders (BERT, RoBERTa) to a causal head, which
+    would generate noise from freshly initialised weights.
+    """
+    archs = list(getattr(config, "architectures", None) or [])
+    encoder_only = bool(archs) and all(
+        a.endswith(_NOT_CAUSAL_HEADS) or (a.endswith("Model") and not a.endswith("LMHeadModel"))
+        for a in archs
+    )
+    if getattr(config, "is_encoder_decoder", False) or encoder_only:
+        what = ", ".join(archs) or type(config).__name__
+        raise BackendError(
+            f"{source!r} is not a causal language model ({what}); llm_magic generates text "
+            "with causal LMs (GPT-2, Llama, Qwen, ...)."
+        )
+
+
 class _Interrupted(Exception):
     """Raised inside the model's forward pass to stop at once."""
 
@@ -319,17 +342,11 @@ class HFJob(GenerationJob):
         torch = _torch()
         model = self.backend.model
         streamer = _Streamer(put)
-        stopping = _EventCriteria(self.stop_event)
         if self.seed is not None:
             torch.manual_seed(self.seed)
         try:
             with torch.inference_mode(), _stop_hooks(model, self.stop_event):
-                out = model.generate(
-                    **self.inputs,
-                    **self.kwargs,
-                    streamer=streamer,
-                    stopping_criteria=_criteria_list([stopping]),
-                )
+                out = model.generate(**self.inputs, **self.kwargs, streamer=streamer)
         except _Interrupted:
             self.stop_reason = "interrupted"
             return
@@ -372,6 +389,28 @@ class _EventCriteria:
         return torch.full(
             (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
         )
+
+
+class _StopStrings:
+    """Stop a row once its *generated* text contains a stop string.
+
+    transformers' own ``stop_strings`` also matches across the end of the
+    prompt; a user's stop string is about the new text only.
+    """
+
+    def __init__(self, tokenizer: Any, prompt_len: int, stops: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+        self.stops = tuple(stops)
+        # A character is at most 4 byte-level tokens; one more token for a boundary.
+        self.window = 4 * max(len(s) for s in stops) + 1
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        torch = _torch()
+        new = input_ids[:, self.prompt_len :]
+        tails = self.tokenizer.batch_decode(new[:, -self.window :], skip_special_tokens=True)
+        done = [any(s in tail for s in self.stops) for tail in tails]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class HFBackend(Backend):
@@ -440,6 +479,7 @@ class HFBackend(Backend):
                     "trust_remote_code=True (`%llm load ... --trust-remote-code`) if you trust it."
                 ) from exc
             raise BackendError(f"Cannot read the configuration of {spec.source!r}: {exc}") from exc
+        _check_causal(spec.source, config)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
         except Exception as exc:
@@ -531,7 +571,7 @@ class HFBackend(Backend):
         )
         return {k: v.to(self.model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
-    def _check_length(self, prompt_tokens: int, max_new_tokens: int) -> int:
+    def _check_length(self, prompt_tokens: int, max_new_tokens: int, explicit: bool = True) -> int:
         ctx = self.context_length
         if ctx is None:
             return max_new_tokens
@@ -542,6 +582,8 @@ class HFBackend(Backend):
             )
         room = ctx - prompt_tokens
         if max_new_tokens > room:
+            if not explicit:
+                return room
             warnings.warn(
                 f"Only {room} new tokens fit after a {prompt_tokens}-token prompt in "
                 f"{self.spec.name!r}'s {ctx}-token context; generating {room}.",
@@ -566,11 +608,14 @@ class HFBackend(Backend):
         config.top_k = request.top_k if sample else None
         config.pad_token_id = self.pad_id
         config.eos_token_id = list(self.eos_ids) or None
-        kwargs: dict[str, Any] = {"generation_config": config}
+        return {"generation_config": config}
+
+    def _criteria(self, request: GenerationRequest, prompt_len: int,
+                  stop_event: threading.Event) -> Any:
+        items: list[Any] = [_EventCriteria(stop_event)]
         if request.stop:
-            kwargs["stop_strings"] = list(request.stop)
-            kwargs["tokenizer"] = self.tokenizer
-        return kwargs
+            items.append(_StopStrings(self.tokenizer, prompt_len, request.stop))
+        return _criteria_list(items)
 
     def prepare(self, request: GenerationRequest, stop_event: threading.Event) -> HFJob:
         text, templated = self.render_prompt(request)
@@ -578,8 +623,10 @@ class HFBackend(Backend):
         n = int(inputs["input_ids"].shape[-1])
         if n == 0:
             raise InvalidOptionError("The prompt encodes to no tokens; write some text.")
-        max_new = self._check_length(n, request.max_new_tokens)
-        return HFJob(self, inputs, self._generate_kwargs(request, max_new), request.seed, stop_event)
+        max_new = self._check_length(n, request.max_new_tokens, request.explicit_length)
+        kwargs = self._generate_kwargs(request, max_new)
+        kwargs["stopping_criteria"] = self._criteria(request, n, stop_event)
+        return HFJob(self, inputs, kwargs, request.seed, stop_event)
 
     def generate_batch(
         self, requests: Sequence[GenerationRequest], stop_event: threading.Event
@@ -602,7 +649,7 @@ class HFBackend(Backend):
                 tokenizer.pad_token_id = old_pad
         width = int(inputs["input_ids"].shape[-1])
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
-        max_new = self._check_length(width, first.max_new_tokens)
+        max_new = self._check_length(width, first.max_new_tokens, first.explicit_length)
         kwargs = self._generate_kwargs(first, max_new)
         if first.seed is not None:
             torch.manual_seed(first.seed)
@@ -610,7 +657,7 @@ class HFBackend(Backend):
         with torch.inference_mode(), _stop_hooks(self.model, stop_event):
             try:
                 out = self.model.generate(
-                    **inputs, **kwargs, stopping_criteria=_criteria_list([_EventCriteria(stop_event)])
+                    **inputs, **kwargs, stopping_criteria=self._criteria(first, width, stop_event)
                 )
             except _Interrupted:
                 interrupted = True

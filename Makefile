@@ -1,0 +1,39 @@
+# The two entry points: `make lab` (the main job) and `make test` (the whole suite).
+# Both create .venv on first use; nothing outside the repository is changed.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.llm_magic-setup
+# The CPU build of PyTorch that the test setup is pinned to.
+TORCH ?= torch==2.13.0
+
+.PHONY: setup lab test lint bench demo-model clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lab: setup
+	HF_HUB_OFFLINE=1 $(PY) -m jupyter lab notebooks/01_quickstart.ipynb
+
+test: setup
+	$(PY) -m pytest -p no:cacheprovider tests notebooks --nbval-lax
+
+lint: setup
+	$(PY) -m ruff check llm_magic tests benchmarks
+	$(PY) -m mypy llm_magic
+
+bench: setup
+	$(PY) benchmarks/generate.py
+
+demo-model: setup
+	$(PY) -m llm_magic.demo.train
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info
