@@ -1,16 +1,16 @@
 """One generation path for every caller: magics, widgets and Python code.
 
 :func:`generate` validates the options, takes the model's lock, runs the
-backend in a worker thread that feeds a queue, and reads that queue here with
+backend in a worker thread that feeds a queue, and drains that queue here with
 a timeout, so a kernel interrupt stops the worker within a fraction of a
 second. The partial text is kept (``lm.last()``) and the model stays usable.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
-import queue
 import sys
 import threading
 import time
@@ -34,7 +34,7 @@ __all__ = [
 
 log = logging.getLogger("llm_magic.generation")
 
-_POLL = 0.05  # seconds between checks for an interrupt while waiting on the worker
+_POLL = 0.02  # seconds between drains of the worker's output (and checks for an interrupt)
 _JOIN = 2.0  # how long to wait for an interrupted worker to finish its current step
 DEFAULT_MAX_NEW_TOKENS = 128
 
@@ -222,13 +222,37 @@ def _sink(stream: bool | Sink | Callable[[str], Any] | None) -> Callable[[str], 
     raise InvalidOptionError("stream must be True, False, a callable or an object with .write().")
 
 
-def _run_worker(job: Any, q: queue.Queue[tuple[str, Any]]) -> None:
-    try:
-        job.run(lambda chunk: q.put(("chunk", chunk)))
-    except BaseException as exc:  # handed back to the caller, which re-raises it
-        q.put(("error", exc))
-    finally:
-        q.put(("end", None))
+class _Channel:
+    """The worker's queue to the caller's thread.
+
+    The worker appends without waking anyone; the caller drains it every
+    ``_POLL`` seconds (or at the end). Waking the kernel thread for every token
+    would cost measurable tokens/s through thread switches and the GIL.
+    """
+
+    def __init__(self) -> None:
+        self.items: collections.deque[tuple[float, Any]] = collections.deque()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.ended: float | None = None
+
+    def put(self, chunk: Any) -> None:
+        self.items.append((time.perf_counter(), chunk))
+
+    def run(self, job: Any) -> None:
+        try:
+            job.run(self.put)
+        except BaseException as exc:  # handed back to the caller, which re-raises it
+            self.error = exc
+        finally:
+            self.ended = time.perf_counter()
+            self.done.set()
+
+    def drain(self) -> list[tuple[float, Any]]:
+        out = []
+        while self.items:
+            out.append(self.items.popleft())
+        return out
 
 
 def generate(
@@ -309,35 +333,37 @@ def generate(
         log.debug("prompt prepared: %d tokens in %.3fs", job.prompt_tokens, time.perf_counter() - t0)
         manager.events.emit("generation_start", name, request=request)
         trimmer = _StopTrimmer(request.stop, emit)
-        q: queue.Queue[tuple[str, Any]] = queue.Queue()
-        worker = threading.Thread(target=_run_worker, args=(job, q), name=f"llm_magic-{name}",
+        channel = _Channel()
+        worker = threading.Thread(target=channel.run, args=(job,), name=f"llm_magic-{name}",
                                   daemon=True)
         first: float | None = None
-        error: BaseException | None = None
         interrupted = False
+        # Without a sink the text is decoded once at the end; the worker's own
+        # stopping criteria enforce stop strings.
+        incremental = emit is not None
         worker.start()
         try:
             while True:
-                try:
-                    kind, item = q.get(timeout=_POLL)
-                except queue.Empty:
-                    continue
-                if kind == "chunk":
-                    if first is None:
-                        first = time.perf_counter() - t0
-                        log.debug("first token after %.3fs", first)
-                    trimmer.feed(job.decode(item))
-                    if trimmer.hit:
-                        stop_event.set()
-                elif kind == "error":
-                    error = item
-                else:
+                finished = channel.done.wait(_POLL)
+                chunks = channel.drain()
+                if chunks and first is None:
+                    first = chunks[0][0] - t0
+                    log.debug("first token after %.3fs", first)
+                for _, chunk in chunks:
+                    piece = job.decode(chunk) if incremental else job.count(chunk)
+                    trimmer.feed(piece)
+                if finished and not channel.items:
                     break
         except KeyboardInterrupt:
             interrupted = True
             stop_event.set()
-            _drain(q, job, trimmer, worker)
-        duration = time.perf_counter() - t0
+            worker.join(_JOIN)
+            if worker.is_alive():
+                log.warning("generation worker still finishing its current step")
+            for _, chunk in channel.drain():
+                job.count(chunk)
+        error = channel.error
+        duration = (channel.ended or time.perf_counter()) - t0
         final = getattr(job, "final_text", None)
         text = trimmer.finish(final() if callable(final) else trimmer.text + job.flush())
         reason = "stop" if trimmer.hit else job.stop_reason
@@ -364,24 +390,6 @@ def generate(
             raise error
         raise BackendError(f"Generation on {name!r} failed: {error!r}") from error
     return gen
-
-
-def _drain(q: queue.Queue[tuple[str, Any]], job: Any, trimmer: _StopTrimmer,
-           worker: threading.Thread) -> None:
-    """After an interrupt: keep what the worker still sends until it ends."""
-    deadline = time.perf_counter() + _JOIN
-    while time.perf_counter() < deadline:
-        try:
-            kind, item = q.get(timeout=_POLL)
-        except queue.Empty:
-            continue
-        if kind == "chunk":
-            trimmer.feed(job.decode(item))
-        elif kind == "end":
-            break
-    worker.join(timeout=max(0.0, deadline - time.perf_counter()))
-    if worker.is_alive():
-        log.warning("generation worker still finishing its current step")
 
 
 def _params(request: GenerationRequest) -> dict[str, Any]:

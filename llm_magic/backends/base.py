@@ -86,6 +86,10 @@ class GenerationJob(abc.ABC):
     def decode(self, chunk: Any) -> str:
         """Turn a chunk from :meth:`run` into new text (the caller's thread)."""
 
+    def count(self, chunk: Any) -> str:
+        """Take a chunk without decoding it now (nobody is watching); returns ""."""
+        return self.decode(chunk)
+
     def flush(self) -> str:
         """Text held back by an incremental decoder at the end."""
         return ""
