@@ -360,6 +360,11 @@ class HFJob(GenerationJob):
         self.new_tokens += len(chunk)
         return self._detok.push(chunk)
 
+    def count(self, chunk: Any) -> str:
+        self.new_tokens += len(chunk)
+        self._detok.ids.extend(chunk)
+        return ""
+
     def flush(self) -> str:
         full = self._detok.text()
         streamed = self._detok.tokenizer.decode(
