@@ -54,7 +54,8 @@ def find_holders(obj: Any) -> list[str]:
         if isinstance(out, dict):
             out_cache = out
         for key, value in list(ns.items()):
-            if key in {"_", "__", "___", "Out", "_oh"} or (key.startswith("_") and key[1:].isdigit()):
+            history = key in {"_", "__", "___", "Out", "_oh"} or key[1:].isdigit()
+            if history:
                 continue
             if _refers_to(value, obj):
                 found.append(f"the variable `{key}` (run `del {key}`)")

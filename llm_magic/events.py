@@ -75,7 +75,9 @@ class EventBus:
         self._lock = threading.Lock()
         self._listeners: list[tuple[Listener, frozenset[str] | None]] = []
 
-    def subscribe(self, listener: Listener, kinds: Iterable[str] | None = None) -> Callable[[], None]:
+    def subscribe(
+        self, listener: Listener, kinds: Iterable[str] | None = None
+    ) -> Callable[[], None]:
         """Call ``listener(event)`` for every event (or only ``kinds``); returns an unsubscriber."""
         wanted = None if kinds is None else frozenset(kinds)
         if wanted is not None and not wanted <= EVENT_KINDS:

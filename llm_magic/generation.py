@@ -61,7 +61,8 @@ class GenerationStats:
     stop_reason: str
 
     def __str__(self) -> str:
-        ttft = "-" if self.time_to_first_token is None else f"{self.time_to_first_token * 1000:.0f} ms"
+        first = self.time_to_first_token
+        ttft = "-" if first is None else f"{first * 1000:.0f} ms"
         tps = "-" if self.tokens_per_second is None else f"{self.tokens_per_second:.1f}"
         return (f"{self.prompt_tokens} prompt + {self.new_tokens} new tokens, first token {ttft}, "
                 f"{tps} tokens/s, {self.duration:.2f} s ({self.stop_reason})")
@@ -98,8 +99,10 @@ class Generation:
         p.text(self.text)
 
     def _repr_html_(self) -> str:
-        return (f"<pre class='llm-magic-output' style='white-space:pre-wrap'>{escape(self.text)}</pre>"
-                f"<small style='opacity:.7'>{escape(self.model)}: {escape(str(self.stats))}</small>")
+        text = escape(self.text)
+        about = f"{escape(self.model)}: {escape(str(self.stats))}"
+        return (f"<pre class='llm-magic-output' style='white-space:pre-wrap'>{text}</pre>"
+                f"<small style='opacity:.7'>{about}</small>")
 
 
 def _check_number(name: str, value: Any, *, low: float, high: float | None = None,
@@ -330,7 +333,8 @@ def generate(
     with manager.checkout(name) as backend:
         t0 = time.perf_counter()
         job = backend.prepare(request, stop_event)
-        log.debug("prompt prepared: %d tokens in %.3fs", job.prompt_tokens, time.perf_counter() - t0)
+        log.debug("prompt processed: %d tokens in %.3fs", job.prompt_tokens,
+                  time.perf_counter() - t0)
         manager.events.emit("generation_start", name, request=request)
         trimmer = _StopTrimmer(request.stop, emit)
         channel = _Channel()
@@ -413,7 +417,7 @@ def generate_batch(
     Examples
     --------
     >>> import llm_magic as lm
-    >>> [g.text for g in lm.generate_batch(["A list", "A dict"], max_new_tokens=5)]  # doctest: +SKIP
+    >>> gens = lm.generate_batch(["A list", "A dict"], max_new_tokens=5)  # doctest: +SKIP
     """
     manager = manager or get_manager()
     if isinstance(prompts, str) or not prompts:

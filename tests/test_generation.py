@@ -90,7 +90,8 @@ def test_stop_string_cuts_text_and_stream(request, manager, fixture):
     request.getfixturevalue(fixture)
     full = generate("class", max_new_tokens=40, chat=False, manager=manager).text
     # a stop string whose first occurrence is well inside the greedy continuation
-    stop = next(full[i : i + 2] for i in range(4, len(full) - 2) if full.index(full[i : i + 2]) == i)
+    stop = next(full[i : i + 2] for i in range(4, len(full) - 2)
+                if full.index(full[i : i + 2]) == i)
     pieces: list[str] = []
     g = generate("class", max_new_tokens=40, stop=[stop, "never-there"], stream=pieces.append,
                  chat=False, manager=manager)

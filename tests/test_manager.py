@@ -203,7 +203,7 @@ def test_unload_frees_and_verifies(manager, tiny_gpt2):
     assert "freed" in report.message
     assert not handle.loaded and "not loaded" in repr(handle)
     with pytest.raises(ModelNotLoadedError):
-        handle.info
+        _ = handle.info
     with pytest.raises(ModelNotLoadedError, match="'tiny' is not loaded"):
         manager.unload("tiny")
 

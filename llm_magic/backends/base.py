@@ -125,5 +125,5 @@ class Backend(abc.ABC):
         """The object whose death means the memory is free (a torch module), or None."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Drop every reference the backend holds."""
