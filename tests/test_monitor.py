@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
-from llm_magic import monitor
+from llm_magic import _nvml, monitor
 from llm_magic.errors import InvalidOptionError
 from llm_magic.monitor import GPUSample, Sample, Sampler, get_sampler
 
@@ -371,7 +371,7 @@ def fake_nvml(monkeypatch):
     """Install a fake pynvml with the given GPUs; torch is kept out of the picture."""
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
-    monkeypatch.setattr(monitor, "_torch_cuda", lambda: None)
+    monkeypatch.setattr(_nvml, "_torch_cuda", lambda: None)
 
     def install(gpus: list[FakeGPU], **kwargs: Any) -> FakeNVML:
         fake = FakeNVML(gpus, **kwargs)
@@ -549,7 +549,7 @@ class FakeCuda:
 ], ids=["uuid", "pci"])
 def test_torch_cuda_index_is_mapped_to_nvml(fake_nvml, monkeypatch, props):
     fake_nvml(PHYSICAL)
-    monkeypatch.setattr(monitor, "_torch_cuda", lambda: FakeCuda([props]))
+    monkeypatch.setattr(_nvml, "_torch_cuda", lambda: FakeCuda([props]))
     (g,) = _one_sample().gpus
     assert (g.index, g.nvml_index, g.uuid) == (0, 1, PHYSICAL[1].uuid)
     assert (g.torch_allocated, g.torch_reserved) == (100, 200)
@@ -558,12 +558,12 @@ def test_torch_cuda_index_is_mapped_to_nvml(fake_nvml, monkeypatch, props):
 
 def test_torch_cuda_is_read_only_when_already_initialised(monkeypatch):
     monkeypatch.delitem(sys.modules, "torch", raising=False)
-    assert monitor._torch_cuda() is None
+    assert _nvml._torch_cuda() is None
     cuda = SimpleNamespace(is_initialized=lambda: False)
     monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda))
-    assert monitor._torch_cuda() is None
+    assert _nvml._torch_cuda() is None
     cuda.is_initialized = lambda: True
-    assert monitor._torch_cuda() is cuda
+    assert _nvml._torch_cuda() is cuda
 
 
 def test_a_mig_slice_is_found_by_uuid(fake_nvml, monkeypatch):
@@ -574,7 +574,7 @@ def test_a_mig_slice_is_found_by_uuid(fake_nvml, monkeypatch):
     (g,) = _one_sample().gpus
     assert (g.index, g.nvml_index, g.uuid) == (0, 1, mig.uuid)
     assert (g.memory_total, g.utilization, g.power) == (10 * 2**30, None, None)
-    monkeypatch.setattr(monitor, "_torch_cuda", lambda: FakeCuda(
+    monkeypatch.setattr(_nvml, "_torch_cuda", lambda: FakeCuda(
         [SimpleNamespace(uuid="cccccccc-2222-2222-2222-222222222222")]))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     (g,) = _one_sample().gpus
