@@ -32,11 +32,14 @@ from .errors import (
 )
 from .generation import Generation, GenerationStats, generate, generate_batch
 from .manager import ModelHandle, ModelInfo, ModelTable, UnloadReport, get_manager
+from .resources import Budget, Estimate, budget, estimate, set_threads, threads
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Budget",
     "BudgetExceededError",
+    "Estimate",
     "Generation",
     "GenerationStats",
     "InvalidOptionError",
@@ -53,6 +56,8 @@ __all__ = [
     "PromptTooLongError",
     "UnloadReport",
     "__version__",
+    "budget",
+    "estimate",
     "generate",
     "generate_batch",
     "get_manager",
@@ -60,6 +65,9 @@ __all__ = [
     "load",
     "load_ipython_extension",
     "models",
+    "pin",
+    "set_threads",
+    "threads",
     "unload",
     "unload_ipython_extension",
     "use",
@@ -118,6 +126,18 @@ def models() -> ModelTable:
 def use(name: str) -> ModelHandle:
     """Make ``name`` the default model for calls and cells that name none."""
     return get_manager().use(name)
+
+
+def pin(name: str, pinned: bool = True) -> ModelInfo:
+    """Pin a loaded model so that no load evicts it (``pinned=False`` unpins it).
+
+    Examples
+    --------
+    >>> import llm_magic as lm
+    >>> lm.pin("demo").pinned  # doctest: +SKIP
+    True
+    """
+    return get_manager().pin(name, pinned)
 
 
 def last() -> Generation | None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
+import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -20,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 from . import _sources
 from ._holders import find_holders
 from .errors import (
+    BudgetExceededError,
     InvalidOptionError,
     LLMMagicError,
+    LLMMagicWarning,
     ModelConflictError,
     ModelNotLoadedError,
     NotAvailableError,
@@ -31,6 +36,7 @@ from .events import EventBus
 if TYPE_CHECKING:
     from .backends.base import Backend, LoadSpec
     from .generation import Generation
+    from .resources import Estimate, Placement
 
 __all__ = ["ModelHandle", "ModelInfo", "ModelManager", "ModelTable", "UnloadReport", "get_manager"]
 
@@ -43,6 +49,8 @@ class ModelInfo:
 
     ``memory`` is the measured size of its weights and buffers; ``estimate`` the
     figure predicted before loading (None when no estimate was possible).
+    ``placement`` gives the measured bytes per device (one entry unless the
+    model is spread over several devices).
     """
 
     name: str
@@ -63,6 +71,7 @@ class ModelInfo:
     context_length: int | None = None
     chat: bool = False
     architecture: str = ""
+    placement: tuple[tuple[str, int], ...] = ()
 
 
 def _size(n: int | None) -> str:
@@ -81,6 +90,15 @@ def _count(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.1f}{unit}"
     return str(n)
+
+
+def _outside_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside llm_magic."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _ago(t: float) -> str:
@@ -227,8 +245,9 @@ class ModelHandle:
         if not self.loaded:
             return f"<model {self.name!r} (not loaded)>"
         i = self.info
+        estimated = f" (estimated {_size(i.estimate)})" if i.estimate is not None else ""
         return (f"<model {i.name!r}: {i.architecture or i.backend}, {_count(i.parameters)} params, "
-                f"{i.device}, {i.dtype}, {_size(i.memory)}>")
+                f"{i.device}, {i.dtype}, {_size(i.memory)}{estimated}>")
 
 
 class ModelManager:
@@ -245,6 +264,8 @@ class ModelManager:
         self._load_lock = threading.RLock()
         self._default: str | None = None
         self.last_generation: Generation | None = None
+        #: Budget per device as ``lm.budget`` set it: bytes, or a fraction of the device.
+        self.limits: dict[str, int | float] = {}
 
     # -- queries -----------------------------------------------------------
 
@@ -404,10 +425,13 @@ class ModelManager:
             spec = LoadSpec(source=source.strip(), name=name, kind=kind, path=path,
                             revision=revision, dtype=resolved_dtype, device=resolved_device,
                             trust_remote_code=trust_remote_code)
-            estimate = self._plan(spec)
+            estimated, placement = self._plan(spec, device)
+            if placement is not None and placement.device_map is None:
+                spec = replace(spec, device=placement.device)  # "auto" may pick another GPU
+            estimate = None if estimated is None else estimated.memory
             self.events.emit("loading", name, source=spec.source, estimate=estimate)
             try:
-                backend = hf.HFBackend.load(spec)
+                backend = hf.HFBackend.load(spec, placement)
             except BaseException as exc:
                 gc.collect()
                 hf.release_memory()
@@ -425,6 +449,7 @@ class ModelManager:
                 load_seconds=seconds, loaded_at=now, last_used=now, pinned=pin,
                 context_length=facts.get("context_length"), chat=facts.get("chat", False),
                 architecture=facts.get("architecture", ""),
+                placement=tuple(facts.get("placement", {}).items()),
             )
             with self._registry_lock:
                 self._entries[name] = _Entry(spec, key, backend, info)
@@ -439,9 +464,71 @@ class ModelManager:
         self._default = name
         return ModelHandle(name, self)
 
-    def _plan(self, spec: LoadSpec) -> int | None:
-        """Estimate a load's memory before reading weights (and make room for it)."""
-        return None
+    def _plan(
+        self, spec: LoadSpec, requested_device: str = "auto"
+    ) -> tuple[Estimate | None, Placement | None]:
+        """Estimate a load's memory before reading weights, and make room for it.
+
+        Idle models leave, least recently used first, when the budget needs it
+        (never a pinned or generating one). When even that would not make room,
+        :class:`~llm_magic.errors.BudgetExceededError` says why and nothing is
+        evicted. ``device="auto"`` on GPUs may spread the model (accelerate's
+        ``device_map="auto"`` with ``max_memory`` from the budget).
+        """
+        from . import resources
+
+        estimate = resources.estimate_spec(spec)
+        if estimate is None:
+            return None, None
+        log.info("loading %r: %s", spec.name, estimate)
+        with self._registry_lock:
+            placement = resources.plan_load(self, spec, requested_device, estimate)
+            if placement.evict:
+                self._evict(placement.evict, spec.name, estimate)
+        if placement.device_map is not None:
+            log.info("placing %r with %s", spec.name, placement)
+        return estimate, placement
+
+    def _evict(self, names: tuple[str, ...], newcomer: str, estimate: Estimate) -> None:
+        """Unload idle models to make room, and say so (log, event, warning)."""
+        entries = [self._entries[n] for n in names]
+        taken: list[_Entry] = []
+        try:
+            for entry in entries:
+                if not entry.lock.acquire(blocking=False):  # it started generating meanwhile
+                    raise BudgetExceededError(
+                        f"{entry.info.name!r} started generating while room was being made for "
+                        f"{newcomer!r}; nothing was evicted. Load again when it has finished."
+                    )
+                taken.append(entry)
+            infos = [e.info for e in entries]
+            reason = f"to make room for {newcomer!r} ({_size(estimate.memory)})"
+            reports = [self._drop(n, reason=reason) for n in names]
+        finally:
+            for entry in taken:
+                entry.lock.release()
+        gone = ", ".join(f"{i.name!r} ({_size(i.memory)}, last used {_ago(i.last_used)})"
+                         for i in infos)
+        message = (f"Evicted {gone}, least recently used first, to make room for {newcomer!r} "
+                   f"(about {_size(estimate.memory)} in {estimate.dtype}).")
+        for report in reports:
+            if not report.freed:
+                message += f" But {report.message}"
+        log.info("%s", message)
+        warnings.warn(message, LLMMagicWarning, stacklevel=_outside_stacklevel())
+
+    def pin(self, name: str, pinned: bool = True) -> ModelInfo:
+        """Pin a model (never evicted to make room) or unpin it.
+
+        Examples
+        --------
+        >>> import llm_magic as lm
+        >>> lm.get_manager().pin("demo")  # doctest: +SKIP
+        """
+        with self._registry_lock:
+            entry = self._entry(name)
+            entry.info = replace(entry.info, pinned=bool(pinned))
+        return self.info(name)
 
     # -- unloading ---------------------------------------------------------
 
@@ -524,4 +611,8 @@ def get_manager() -> ModelManager:
     with _manager_lock:
         if _manager is None:
             _manager = ModelManager()
+            from .monitor import get_sampler
+
+            # The gauges and %llm list show each model's memory through the sampler.
+            get_sampler().set_model_memory_provider(_manager.memory_by_model)
         return _manager

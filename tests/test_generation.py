@@ -33,10 +33,20 @@ def llama(manager, tiny_llama):
 
 @pytest.fixture(scope="module")
 def long_model(tmp_path_factory):
-    """A tiny model with a long context, so a generation can run for seconds."""
+    """A tiny model with a long context and an end token it can never emit.
+
+    A generation on it runs until stopped, so interrupts are tested mid-stream.
+    """
+    import json
+
     from _models import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("long"), arch="llama", context=8192)
+    out = build_tiny_model(tmp_path_factory.mktemp("long"), arch="llama", context=8192)
+    for name in ("config.json", "generation_config.json"):
+        config = json.loads((out / name).read_text())
+        config["eos_token_id"] = 10**6  # outside the vocabulary
+        (out / name).write_text(json.dumps(config))
+    return out
 
 
 def raw_greedy(handle, prompt: str, n: int) -> str:
