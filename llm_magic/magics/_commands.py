@@ -1,0 +1,272 @@
+"""The ``%llm`` subcommands: one small function each, dispatched from a table.
+
+Each subcommand is a function ``(magics, args)`` whose arguments are declared
+with :mod:`IPython.core.magic_arguments`; its docstring's first line is its
+summary in ``%llm help``. A subcommand whose feature is not there yet answers
+"not available yet" and stays out of the help.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from argparse import Namespace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
+from IPython.display import display
+
+from .. import load, models, unload, use
+from ..errors import LLMMagicError
+from ._output import ModelSummary
+from ._prompt import text
+
+if TYPE_CHECKING:
+    from ._magics import LLMMagics
+
+__all__ = ["COMMANDS", "LATER", "Command", "find", "help_lines", "parse", "set_debug",
+           "usage_errors"]
+
+Run = Callable[["LLMMagics", Namespace], None]
+
+#: Subcommands that later versions fill; until then they answer "not available yet".
+LATER = ("monitor", "panel", "attention", "history")
+
+
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """Turn library errors into IPython's one-line ``UsageError`` (the notebook boundary)."""
+    try:
+        yield
+    except LLMMagicError as exc:
+        raise UsageError(" ".join(str(exc).split())) from exc
+
+
+def parse(parser: MagicArgumentParser, line: str, usage: str) -> Namespace:
+    """Parse a magic's options; every mistake is a ``UsageError`` that points at ``usage``."""
+    try:
+        return parser.parse_argstring(line)
+    except ValueError as exc:  # shlex: an unclosed quote
+        raise UsageError(f"Cannot split the options ({exc}); close the quote.") from exc
+    except UsageError as exc:
+        raise UsageError(f"{exc}. See `{usage}` for the options.") from exc
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``%llm`` subcommand.
+
+    Attributes
+    ----------
+    name : str
+        What follows ``%llm``.
+    run : callable
+        ``run(magics, args)``, declared with ``magic_arguments``.
+    synopsis : str
+        The arguments in short, for ``%llm help``.
+    available : callable
+        False while the feature behind it is missing.
+    """
+
+    name: str
+    run: Run
+    synopsis: str = ""
+    available: Callable[[], bool] = lambda: True
+
+    @property
+    def parser(self) -> MagicArgumentParser:
+        return self.run.parser  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def summary(self) -> str:
+        return (self.parser.description or "").strip().splitlines()[0]
+
+    @property
+    def usage(self) -> str:
+        return f"%llm {self.name} {self.synopsis}".rstrip()
+
+
+# -- load, unload, list, use ----------------------------------------------
+
+
+@magic_arguments("llm load")
+@argument("source", type=text, help="'demo', a local model directory or a Hugging Face hub id")
+@argument("--as", dest="name", type=text, metavar="NAME",
+          help="the name to refer to it by (default: the last part of SOURCE)")
+@argument("--revision", type=text, help="branch, tag or commit of a hub model")
+@argument("--dtype", type=text, default="auto", help="auto, float32, bfloat16 or float16")
+@argument("--device", type=text, default="auto", help="auto, cpu, cuda, cuda:N or mps")
+@argument("--trust-remote-code", action="store_true",
+          help="run code shipped with the model (only for models you trust)")
+@argument("--reload", action="store_true",
+          help="replace a model of the same name loaded with other settings")
+@argument("--pin", action="store_true", help="never evict this model to make room for another")
+def _load(magics: LLMMagics, args: Namespace) -> None:
+    """Load a model (or find it resident) and show its summary."""
+    started = time.time()
+    with usage_errors():
+        info = load(args.source, name=args.name, revision=args.revision, dtype=args.dtype,
+                    device=args.device, trust_remote_code=args.trust_remote_code,
+                    reload=args.reload, pin=args.pin).info
+    display(ModelSummary(info, resident=info.loaded_at < started))
+
+
+@magic_arguments("llm unload")
+@argument("name", nargs="?", type=text, help="the model to unload")
+@argument("--all", action="store_true", help="unload every model")
+def _unload(magics: LLMMagics, args: Namespace) -> None:
+    """Unload a model (or --all) and say whether its memory was really freed."""
+    if (args.name is None) != args.all:
+        raise UsageError("Name the model to unload, or pass --all (not both).")
+    with usage_errors():
+        reports = unload(all=True) if args.all else [unload(args.name)]
+    for report in reports:
+        print(report.message)
+    if not reports:
+        print("No models were loaded.")
+
+
+@magic_arguments("llm list")
+def _list(magics: LLMMagics, args: Namespace) -> None:
+    """Show the loaded models: device, dtype, parameters, memory, last use."""
+    display(models())
+
+
+@magic_arguments("llm use")
+@argument("name", type=text, help="a loaded model's name")
+def _use(magics: LLMMagics, args: Namespace) -> None:
+    """Make a loaded model the one that cells without MODEL use."""
+    with usage_errors():
+        use(args.name)
+    magics.follow_manager()
+    print(f"Cells without a model now use {args.name!r}.")
+
+
+@magic_arguments("llm help")
+def _help(magics: LLMMagics, args: Namespace) -> None:
+    """List the subcommands, one line each."""
+    print("\n".join(help_lines()))
+
+
+# -- debug ------------------------------------------------------------------
+
+
+class _CellStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is at each record, so output lands in the running cell."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+_HANDLER = _CellStderr()
+_LOGGER = logging.getLogger("llm_magic")
+
+
+def set_debug(on: bool) -> None:
+    """Show (or stop showing) the ``llm_magic`` logger's DEBUG records in the running cell."""
+    if on:
+        if _HANDLER not in _LOGGER.handlers:
+            _LOGGER.addHandler(_HANDLER)
+        _LOGGER.setLevel(logging.DEBUG)
+    elif _HANDLER in _LOGGER.handlers:
+        _LOGGER.removeHandler(_HANDLER)
+        _LOGGER.setLevel(logging.NOTSET)
+
+
+@magic_arguments("llm debug")
+@argument("state", nargs="?", choices=("on", "off"), help="on or off; none shows the state")
+def _debug(magics: LLMMagics, args: Namespace) -> None:
+    """Show what the manager and backends decide, and how long each phase takes."""
+    if args.state is not None:
+        set_debug(args.state == "on")
+    print(f"llm_magic debug logging is {'on' if _HANDLER in _LOGGER.handlers else 'off'}.")
+
+
+# -- budget (llm_magic.resources, when it is there) -----------------------
+
+
+def _budget_api() -> Callable[..., Any] | None:
+    try:
+        from .. import resources  # type: ignore[attr-defined]
+    except ModuleNotFoundError as exc:
+        if exc.name != "llm_magic.resources":
+            raise
+        return None
+    budget = getattr(resources, "budget", None)
+    return budget if callable(budget) else None
+
+
+def _limit(item: str) -> tuple[str, str]:
+    device, sep, value = item.partition("=")
+    if not sep or not device.isidentifier() or not value:
+        raise UsageError(f"Write each limit as DEVICE=SIZE (cpu=8GB, cuda0=0.5), not {item!r}.")
+    return device, text(value)
+
+
+@magic_arguments("llm budget")
+@argument("limits", nargs="*", type=text, metavar="DEVICE=SIZE",
+          help="limits to set, like cpu=8GB cuda0=20GB or a fraction cuda0=0.5; none shows it")
+def _budget(magics: LLMMagics, args: Namespace) -> None:
+    """Show the memory budget per device, or set limits (cpu=8GB cuda0=0.5)."""
+    api = _budget_api()
+    if api is None:
+        raise UsageError("`%llm budget` is not available yet in this version.")
+    limits = dict(_limit(item) for item in args.limits)
+    with usage_errors():
+        display(api(**limits))
+
+
+# -- the table --------------------------------------------------------------
+
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in (
+        Command("load", _load, "SOURCE [--as NAME] [options]"),
+        Command("unload", _unload, "NAME | --all"),
+        Command("list", _list),
+        Command("use", _use, "NAME"),
+        Command("budget", _budget, "[DEVICE=SIZE ...]",
+                available=lambda: _budget_api() is not None),
+        Command("debug", _debug, "[on|off]"),
+        Command("help", _help),
+    )
+}
+
+
+def find(name: str) -> Command:
+    """The subcommand called ``name``; a ``UsageError`` that lists them if there is none."""
+    command = COMMANDS.get(name)
+    if command is not None and command.available():
+        return command
+    if command is not None or name in LATER:
+        raise UsageError(f"`%llm {name}` is not available yet in this version.")
+    known = ", ".join(c.name for c in COMMANDS.values() if c.available())
+    raise UsageError(
+        f"Unknown subcommand {name!r}; use one of: {known}. A prompt goes in a cell that "
+        "starts with `%%llm`."
+    )
+
+
+def help_lines() -> list[str]:
+    """One line per magic and available subcommand."""
+    commands = [c for c in COMMANDS.values() if c.available()]
+    rows = [("%%llm [MODEL] [options]", "Generate from the cell's text (`%%llm?` for options).")]
+    rows += [(c.usage, c.summary) for c in commands]
+    width = max(len(u) for u, _ in rows)
+    return [f"{u.ljust(width)}  {s}" for u, s in rows] + [
+        "Every option of every subcommand: `%llm?`."
+    ]

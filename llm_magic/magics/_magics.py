@@ -1,0 +1,295 @@
+"""The :class:`LLMMagics` class: ``%%llm`` generates, ``%llm`` runs subcommands.
+
+Each magic parses its options, calls the Python API and renders the result;
+settings are traitlets, so ``%config LLMMagics.x = ...`` and
+``ipython_config.py`` work.
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from dataclasses import dataclass, field
+from typing import Any
+
+from IPython.core import magic_arguments as ma
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode, validate
+
+from .. import load
+from ..generation import DEFAULT_MAX_NEW_TOKENS, Generation, generate, generate_batch, make_request
+from ..manager import get_manager
+from . import _commands
+from ._output import FORMATS, CellOutput, open_output
+from ._prompt import check_variable, interpolate, split_batch, stop_text, text
+
+__all__ = ["CellJob", "LLMMagics"]
+
+_CELL_HELP = """\
+Generate text with a language model; the cell's body is the prompt.
+
+MODEL is a loaded model's name, or a source to load on first use ('demo', a
+model directory, a hub id). Without MODEL, a cell uses LLMMagics.default_model
+once it is set (%config, ipython_config.py), else the model chosen with
+`%llm use` or loaded last, else it loads 'demo'.
+
+Text streams into the cell as it is generated, then renders by --format. The
+result is kept in `_llm` (and in VAR with --out): a Generation with .text,
+.stats, .prompt and .model; a list of them with --batch. An interrupt stops
+the generation within a fraction of a second, keeps the partial text in
+`_llm`, and fails the cell so that "Run all" stops.
+
+Interpolation: {name} in the body becomes the value of the variable `name`
+when it exists. Nothing is evaluated, and only whole fields of existing names
+change: {x.y}, {0}, {x!r}, {'a': 1}, unknown names, and any field touching
+another brace ({{name}}, {{ }}) stay exactly as written. --no-interpolate
+keeps the whole body literal. (The options line gets IPython's usual $name
+expansion.) Leading and trailing blank lines of the body are dropped.
+
+Defaults of the options are LLMMagics traits: see `%config LLMMagics`.
+"""
+
+_CELL_EXAMPLES = """\
+Examples (each is a cell):
+
+%%llm -n 40
+The import statement
+
+%%llm tiny --temperature 0.8 --top-p 0.9 --seed 1 --out story
+Once upon a time in {place}
+
+%%llm --batch -n 20
+A list comprehension
+---
+A dict comprehension
+"""
+
+_LINE_HELP = """\
+Manage models and settings: `%llm SUBCOMMAND [options]`.
+
+Subcommands (one line each; all their options follow):
+"""
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """A validated ``%%llm`` cell, ready to run.
+
+    Attributes
+    ----------
+    prompts : list of str
+        One prompt, or several with ``--batch``.
+    options : dict
+        Keyword arguments of :func:`llm_magic.generate` (sampling and chat).
+    batch, stream, attention : bool
+        How to generate.
+    fmt : str
+        How the final output renders: "text", "markdown" or "code".
+    out : str or None
+        A variable that receives the result, besides ``_llm``.
+    """
+
+    prompts: list[str]
+    options: dict[str, Any] = field(default_factory=dict)
+    batch: bool = False
+    stream: bool = True
+    attention: bool = False
+    fmt: str = "text"
+    out: str | None = None
+
+    def run(self, model: str, output: CellOutput) -> Generation | list[Generation]:
+        """Generate with ``model``, streaming into ``output`` unless told not to."""
+        if self.batch:
+            return generate_batch(self.prompts, model=model, attention=self.attention,
+                                  **self.options)
+        return generate(self.prompts[0], model=model, attention=self.attention,
+                        stream=output if self.stream else None, **self.options)
+
+
+@magics_class
+class LLMMagics(Magics):
+    """The ``%%llm`` and ``%llm`` magics (``%load_ext llm_magic``).
+
+    Examples
+    --------
+    >>> from IPython.core.interactiveshell import InteractiveShell
+    >>> ip = InteractiveShell.instance()             # doctest: +SKIP
+    >>> ip.run_line_magic("load_ext", "llm_magic")   # doctest: +SKIP
+    >>> ip.run_cell_magic("llm", "-n 10", "The import statement")  # doctest: +SKIP
+    """
+
+    default_model = Unicode(
+        "demo",
+        help="Model of cells that name none: a loaded name or a source, loaded on first use. "
+        "Until this is set, cells use the model of `%llm use` or the latest loaded, and load "
+        "'demo' when none is loaded. Set it to '' to go back to that.",
+    ).tag(config=True)
+    max_new_tokens = Integer(
+        DEFAULT_MAX_NEW_TOKENS, min=1,
+        help="Most new tokens per cell (-n). At the default, a model with a short context "
+        "generates what fits without a warning.",
+    ).tag(config=True)
+    temperature = Float(0.0, min=0.0, help="Sampling temperature (-t); 0 means greedy.").tag(
+        config=True
+    )
+    stream = Bool(True, help="Show tokens as they are generated (--no-stream).").tag(config=True)
+    format = CaselessStrEnum(
+        FORMATS, default_value="text", help="How the final output renders (--format)."
+    ).tag(config=True)
+    interpolate = Bool(
+        True, help="Replace {name} in the cell by the variable name (--no-interpolate)."
+    ).tag(config=True)
+    chat = Bool(
+        None, allow_none=True,
+        help="Use the model's chat template: None uses it when the model has one (--chat).",
+    ).tag(config=True)
+    system = Unicode("", help="System prompt, or a preamble for models without chat.").tag(
+        config=True
+    )
+    throttle = Float(
+        0.1, min=0.0, help="Seconds between updates of the streamed output in a notebook."
+    ).tag(config=True)
+
+    _default_set = False
+
+    @validate("default_model")
+    def _note_default(self, proposal: Any) -> str:
+        self._default_set = bool(proposal["value"])
+        return str(proposal["value"])
+
+    @property
+    def _shell(self) -> Any:
+        if self.shell is None:
+            raise RuntimeError("LLMMagics works inside an IPython shell.")
+        return self.shell
+
+    def follow_manager(self) -> None:
+        """Let cells without MODEL use the manager's default (``%llm use``, latest load)."""
+        self._default_set = False
+
+    # -- %%llm ----------------------------------------------------------------
+
+    @ma.magic_arguments("%llm")
+    @ma.kwds(description=_CELL_HELP, epilog=_CELL_EXAMPLES)
+    @ma.argument("model", nargs="?", type=text, metavar="MODEL",
+                 help="a loaded model's name or a source to load (default: see above)")
+    @ma.argument("-n", "--max-new-tokens", type=int, metavar="N", help="most new tokens")
+    @ma.argument("-t", "--temperature", type=float, metavar="T",
+                 help="sampling temperature; 0 is greedy (the default)")
+    @ma.argument("--top-p", type=float, metavar="P", help="nucleus sampling: keep this mass")
+    @ma.argument("--top-k", type=int, metavar="K", help="sample among the K likeliest tokens")
+    @ma.argument("--seed", type=int, help="makes sampling reproducible")
+    @ma.argument("--stop", action="append", type=stop_text, metavar="TEXT",
+                 help=r"stop before this text (repeatable; \n and \t are understood)")
+    @ma.argument("--system", type=text, metavar="TEXT",
+                 help="system prompt (chat) or preamble (plain models)")
+    @ma.argument("--chat", dest="chat", action="store_const", const=True,
+                 help="use the chat template (the default when the model has one)")
+    @ma.argument("--no-chat", dest="chat", action="store_const", const=False,
+                 help="feed the text as it is, without the chat template")
+    @ma.argument("-o", "--out", metavar="VAR", help="also store the result in this variable")
+    @ma.argument("--no-stream", dest="stream", action="store_const", const=False,
+                 help="show the output only when it is complete")
+    @ma.argument("--format", type=str.lower, choices=FORMATS,
+                 help="how the final output renders: text, markdown or code")
+    @ma.argument("--no-interpolate", dest="interpolate", action="store_const", const=False,
+                 help="keep {name} in the body literal")
+    @ma.argument("--batch", action="store_true",
+                 help="several prompts separated by lines of ---, generated as one batch")
+    @ma.argument("--attention", action="store_true", help="capture attention maps")
+    @cell_magic("llm")  # type: ignore[arg-type]  # IPython types the named form loosely
+    def llm_cell(self, line: str, cell: str) -> None:
+        """Generate text from the cell's body (the usage is built by magic_arguments)."""
+        args = _commands.parse(self.llm_cell.parser, line, "%%llm?")
+        job = self.cell_job(args, cell)
+        model = self._model(args.model)
+        output = open_output(self.shell, fmt=job.fmt, throttle=self.throttle)
+        self._keep(job, self._generate(job, model, output), output)
+
+    def cell_job(self, args: Namespace, cell: str) -> CellJob:
+        """Check a cell's options and body into a :class:`CellJob`; nothing runs yet."""
+        out = check_variable(args.out, self._shell.user_ns_hidden) if args.out else None
+        body = cell.strip("\r\n")
+        if not body.strip():
+            raise UsageError("The cell is empty: write the prompt below the `%%llm` line.")
+        prompts = split_batch(body) if args.batch else [body]
+        if self.interpolate if args.interpolate is None else args.interpolate:
+            prompts = [interpolate(p, self._shell.user_ns) for p in prompts]
+        options = {
+            "max_new_tokens": self._length(args.max_new_tokens),
+            "temperature": self.temperature if args.temperature is None else args.temperature,
+            "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed, "stop": args.stop,
+            "system": self.system if args.system is None else args.system,
+            "chat": self.chat if args.chat is None else args.chat,
+        }
+        with _commands.usage_errors():
+            for prompt in prompts:
+                make_request(prompt, **options)
+        stream = self.stream if args.stream is None else args.stream
+        return CellJob(prompts, options, batch=args.batch, stream=stream and not args.batch,
+                       attention=args.attention, fmt=args.format or self.format.lower(), out=out)
+
+    def _length(self, given: int | None) -> int | None:
+        if given is not None:
+            return given
+        # None lets the API fit its default length to a short context without a warning.
+        return None if self.max_new_tokens == DEFAULT_MAX_NEW_TOKENS else self.max_new_tokens
+
+    def _generate(self, job: CellJob, model: str,
+                  output: CellOutput) -> Generation | list[Generation]:
+        """Run ``job``; on an interrupt keep and show the partial result, then re-raise."""
+        manager = get_manager()
+        before = manager.last_generation
+        try:
+            with _commands.usage_errors():
+                return job.run(model, output)
+        except KeyboardInterrupt:
+            partial = manager.last_generation
+            if partial is not None and partial is not before and partial.interrupted:
+                self._keep(job, partial, output)
+            raise
+
+    def _model(self, name: str | None) -> str:
+        """The model a cell means, loaded now if it is a source that is not loaded yet."""
+        manager = get_manager()
+        configured = self.default_model if self._default_set else None
+        wanted = name or configured or manager.default or self.default_model or "demo"
+        if manager.is_loaded(wanted):
+            return wanted
+        try:
+            with _commands.usage_errors():
+                return load(wanted).name
+        except UsageError as exc:
+            if name is None and configured:
+                raise UsageError(f"{exc} (LLMMagics.default_model is {wanted!r}.)") from exc
+            loaded = ", ".join(manager.names()) or "none"
+            raise UsageError(f"{exc} (Loaded models: {loaded}.)") from exc
+
+    def _keep(self, job: CellJob, result: Generation | list[Generation],
+              output: CellOutput) -> None:
+        """Store the result in ``_llm`` (and ``--out``), then show it."""
+        self._shell.user_ns["_llm"] = result
+        if job.out:
+            self._shell.user_ns[job.out] = result
+        output.finish(result)
+
+    # -- %llm -------------------------------------------------------------------
+
+    @line_magic("llm")  # type: ignore[arg-type]
+    def llm_line(self, line: str) -> None:
+        """Run a subcommand: `%llm help` lists them, `%llm?` shows every option."""
+        name, *rest = line.split(None, 1) or ["help"]
+        command = _commands.find(name)
+        args = _commands.parse(command.parser, "".join(rest), "%llm?")
+        command.run(self, args)
+
+
+def _line_doc() -> str:
+    """The full usage of ``%llm``: what ``%llm?`` shows (only available subcommands)."""
+    commands = [c for c in _commands.COMMANDS.values() if c.available()]
+    return "\n".join([_LINE_HELP, *_commands.help_lines(), "",
+                      *(c.parser.format_help() for c in commands)])
+
+
+# IPython's `?` asks an object for getdoc() first: the usage follows what is available.
+LLMMagics.llm_line.getdoc = _line_doc  # type: ignore[attr-defined, assignment]

@@ -1,0 +1,133 @@
+"""%%llm in a real Jupyter kernel: display updates while streaming, and a kernel interrupt."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+jupyter_client = pytest.importorskip("jupyter_client")
+
+TIMEOUT = 120
+WORKERS = ("[t.name for t in __import__('threading').enumerate() "
+           "if t.name.startswith('llm_magic-') and t.name != 'llm_magic-monitor']")
+
+
+@pytest.fixture(scope="module")
+def long_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small GPT-2 with a long context whose greedy output from "Hello" never ends early."""
+    from _models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("kernel-model"), arch="gpt2",
+                            context=8192, seed=0, n_embd=64)
+
+
+@pytest.fixture(scope="module")
+def kernel(long_model: Path) -> Iterator[tuple[Any, Any]]:
+    """A kernel of this virtual environment with llm_magic loaded and the model resident."""
+    km = jupyter_client.KernelManager(kernel_name="python3")
+    # "python" in the kernel spec means this interpreter: jupyter_client puts sys.executable there.
+    assert km.kernel_spec.argv[:3] == ["python", "-m", "ipykernel_launcher"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    km.start_kernel(env=env)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=TIMEOUT)
+        run(kc, "%load_ext llm_magic")
+        run(kc, f"%llm load {long_model} --as long")
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def collect(kc: Any, msg_id: str, timeout: float = TIMEOUT) -> list[tuple[float, dict[str, Any]]]:
+    """The iopub messages of one execution, each with the time it arrived, up to idle."""
+    out = []
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        out.append((time.perf_counter(), msg))
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            return out
+
+
+def reply_to(kc: Any, msg_id: str) -> dict[str, Any]:
+    """The shell reply to one request (earlier replies, such as kernel_info's, are skipped)."""
+    while True:
+        reply = kc.get_shell_msg(timeout=TIMEOUT)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply  # type: ignore[no-any-return]
+
+
+def run(kc: Any, code: str) -> list[dict[str, Any]]:
+    """Execute ``code``; fail the test with the kernel's traceback if it fails."""
+    msg_id = kc.execute(code)
+    msgs = [m for _, m in collect(kc, msg_id)]
+    reply = reply_to(kc, msg_id)
+    errors = [m["content"] for m in msgs if m["msg_type"] == "error"]
+    assert reply["content"]["status"] == "ok", errors
+    return msgs
+
+
+def value(kc: Any, expression: str) -> str:
+    """The printed value of ``expression`` in the kernel."""
+    msgs = run(kc, f"print({expression})")
+    return "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream").strip()
+
+
+def displays(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m for m in msgs if m["msg_type"] in ("display_data", "update_display_data")]
+
+
+def test_streaming_arrives_as_display_updates(kernel):
+    _, kc = kernel
+    msgs = run(kc, "%%llm -n 300 --no-chat\nHello")
+    shown = displays(msgs)
+    assert shown[0]["msg_type"] == "display_data"
+    updates = shown[1:]
+    assert len(updates) >= 3 and all(m["msg_type"] == "update_display_data" for m in updates)
+    display_id = shown[0]["content"]["transient"]["display_id"]
+    assert all(m["content"]["transient"]["display_id"] == display_id for m in updates)
+    texts = [m["content"]["data"]["text/plain"] for m in shown]
+    final = value(kc, "repr(_llm.text)")
+    assert repr(texts[-1]) == final
+    assert all(eval(final).startswith(t) for t in texts)  # each update extends the last
+    assert not [m for m in msgs if m["msg_type"] == "execute_result"]  # Out stays empty
+    assert value(kc, WORKERS) == "[]"
+
+
+def test_interrupt_stops_generation_keeps_text_and_the_kernel_goes_on(kernel):
+    km, kc = kernel
+    msg_id = kc.execute("%%llm -n 6000 --no-chat\nHello")
+    msgs: list[tuple[float, dict[str, Any]]] = []
+    deadline = time.monotonic() + TIMEOUT
+    while not any(m["msg_type"] == "update_display_data" for _, m in msgs):
+        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if msg["parent_header"].get("msg_id") == msg_id:
+            msgs.append((time.perf_counter(), msg))
+    time.sleep(1.0)
+    interrupted = time.perf_counter()
+    km.interrupt_kernel()
+    msgs += collect(kc, msg_id)
+    reply = reply_to(kc, msg_id)
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    error_at = next(t for t, m in msgs if m["msg_type"] == "error")
+    assert error_at - interrupted < 1.0, f"stopped {error_at - interrupted:.2f} s after interrupt"
+    shown = displays([m for _, m in msgs])
+    partial = shown[-1]["content"]["data"]["text/plain"]
+    assert partial and repr(partial) == value(kc, "repr(_llm.text)")
+    assert value(kc, "_llm.stats.stop_reason") == "interrupted"
+    assert 0 < int(value(kc, "_llm.stats.new_tokens")) < 6000
+    assert value(kc, WORKERS) == "[]"
+    after = run(kc, "%%llm -n 3 --no-chat\nHello")
+    assert displays(after) and value(kc, "_llm.stats.new_tokens") == "3"
