@@ -8,7 +8,6 @@ refers to a model by name, so ``unload`` really returns the memory.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import sys
@@ -119,7 +118,7 @@ class ModelTable(tuple):  # type: ignore[type-arg]
                "estimate", "revision", "last used")
 
     def rows(self) -> list[tuple[str, ...]]:
-        out = []
+        out: list[tuple[str, ...]] = []
         for m in self:
             rev = m.commit[:10] if m.commit else (m.revision or "-")
             name = m.name + (" (pinned)" if m.pinned else "") + (" *" if m.generating else "")
@@ -149,7 +148,8 @@ class ModelTable(tuple):  # type: ignore[type-arg]
         body = "".join(
             "<tr>" + "".join(f"<td>{escape(v)}</td>" for v in row) + "</tr>" for row in self.rows()
         )
-        return f"<table class='llm-magic-models'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return (f"<table class='llm-magic-models'><thead><tr>{head}</tr></thead>"
+                f"<tbody>{body}</tbody></table>")
 
 
 @dataclass(frozen=True)
@@ -415,7 +415,8 @@ class ModelManager:
                 self.unload(name)
             for other, entry in self._entries.items():
                 if entry.key == key and not reload:
-                    log.info("%s is already resident as %r; not loading a second copy", source, other)
+                    log.info("%s is already resident as %r; not loading a second copy",
+                             source, other)
                     return self._touch(other, pin)
             t0 = time.perf_counter()
             commit = None
@@ -433,7 +434,6 @@ class ModelManager:
             try:
                 backend = hf.HFBackend.load(spec, placement)
             except BaseException as exc:
-                gc.collect()
                 hf.release_memory()
                 self.events.emit("load_failed", name, error=str(exc))
                 if isinstance(exc, (LLMMagicError, KeyboardInterrupt)):
@@ -556,7 +556,6 @@ class ModelManager:
 
     def _drop(self, name: str, reason: str | None) -> UnloadReport:
         ref, memory = self._detach(name)
-        gc.collect()
         from .backends import hf
 
         hf.release_memory()

@@ -210,7 +210,8 @@ def resolve_hub(repo_id: str, revision: str | None) -> tuple[str, str | None]:
         path = snapshot_download(
             repo_id,
             revision=revision,
-            ignore_patterns=["*.onnx", "*.msgpack", "*.h5", "*.ot", "*.tflite", "*.gguf", "original/*"],
+            ignore_patterns=["*.onnx", "*.msgpack", "*.h5", "*.ot", "*.tflite", "*.gguf",
+                             "original/*"],
         )
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
         raise ModelNotFoundError(f"Model {repo_id!r}{at} was not found on {endpoint}.") from exc
@@ -542,11 +543,9 @@ class HFBackend(Backend):
         self.dtype = dtype
         self.commit = commit_of(spec.path) if spec.path else None
         config = model.config
-        limits = [
-            getattr(config, attr, None)
-            for attr in ("max_position_embeddings", "n_positions", "seq_length")
-        ]
-        limits = [n for n in limits if isinstance(n, int) and n > 0]
+        found = (getattr(config, attr, None)
+                 for attr in ("max_position_embeddings", "n_positions", "seq_length"))
+        limits: list[int] = [n for n in found if isinstance(n, int) and n > 0]
         tok_limit = getattr(tokenizer, "model_max_length", None)
         if not limits and isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
             limits = [tok_limit]
@@ -692,7 +691,8 @@ class HFBackend(Backend):
             "memory": int(model.get_memory_footprint()),
             "context_length": self.context_length,
             "chat": bool(getattr(self.tokenizer, "chat_template", None)),
-            "architecture": (getattr(model.config, "architectures", None) or [type(model).__name__])[0],
+            "architecture": (getattr(model.config, "architectures", None)
+                             or [type(model).__name__])[0],
             "commit": self.commit,
             "placement": _bytes_per_device(model, self.device),
         }
@@ -735,7 +735,8 @@ class HFBackend(Backend):
             padding=len(texts) > 1,
             add_special_tokens=not templated,
         )
-        return {k: v.to(self.model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        keep = ("input_ids", "attention_mask")
+        return {k: v.to(self.model.device) for k, v in enc.items() if k in keep}
 
     def _check_length(self, prompt_tokens: int, max_new_tokens: int, explicit: bool = True) -> int:
         ctx = self.context_length
