@@ -1,4 +1,4 @@
-"""Byte sizes as people write them: ``"8GB"``, ``"512 MiB"``, ``0.5`` (a fraction)."""
+"""Byte sizes as people write them (``"8GB"``, ``"512 MiB"``, ``0.5``), and text tables."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 from .errors import InvalidOptionError
 
-__all__ = ["format_size", "parse_limit"]
+__all__ = ["format_size", "parse_limit", "text_table"]
 
 _UNITS = {
     "": 1, "b": 1,
@@ -93,3 +93,13 @@ def _positive_bytes(number: float, value: object) -> int:
     if n < 1:
         raise InvalidOptionError(f"A memory budget must be at least one byte; got {value!r}.")
     return n
+
+
+def text_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns under a dashed rule, for terminals and ``print``."""
+    rows = [columns, *rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

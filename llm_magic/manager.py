@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _sources
 from ._holders import find_holders
+from ._sizes import text_table
 from .errors import (
     BudgetExceededError,
     InvalidOptionError,
@@ -129,12 +130,7 @@ class ModelTable(tuple):  # type: ignore[type-arg]
     def __str__(self) -> str:
         if not self:
             return "No models loaded. Load one with lm.load('demo') or `%llm load demo`."
-        rows = [self.columns, *self.rows()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(self.columns))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                 for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        return text_table(self.columns, self.rows())
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         p.text(str(self))

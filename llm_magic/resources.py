@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _sysmem
 from ._placement import DeviceRoom, Placement, Resident, budget_keyword, plan_placement
-from ._sizes import format_size, parse_limit
+from ._sizes import format_size, parse_limit, text_table
 from .errors import InvalidOptionError, LLMMagicError, LLMMagicWarning
 
 if TYPE_CHECKING:
@@ -352,12 +352,7 @@ class Budget(tuple):  # type: ignore[type-arg]
                 for b in self]
 
     def __str__(self) -> str:
-        rows = [self.columns, *self.rows()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(self.columns))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                 for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        return text_table(self.columns, self.rows())
 
     def __repr__(self) -> str:
         return str(self)
