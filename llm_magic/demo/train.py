@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 __all__ = [
     "MODULES",
@@ -372,7 +373,7 @@ class TrainResult:
     greedy: str
     sampled: str
     corpus: dict[str, int] = field(default_factory=dict)
-    config: dict[str, object] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 def _encode(tokenizer, chunks: Sequence[str]) -> list[int]:
@@ -586,6 +587,9 @@ def train(
         greedy = _continue(model, tokenizer, seed=None)
         sampled = _continue(model, tokenizer, seed=seed)
         weights = out / "model.safetensors"
+        umask = os.umask(0)
+        os.umask(umask)
+        weights.chmod(0o666 & ~umask)  # safetensors writes it private (0600)
         result = TrainResult(
             out_dir=str(out),
             parameters=parameters,
