@@ -357,6 +357,9 @@ class TrainResult:
         Wall time of the whole run (corpus, tokenizer, training, evaluation, saving).
     greedy, sampled : str
         Continuations of :data:`PROMPT`, greedy and sampled (seeded).
+    load_average : float
+        The machine's 15-minute load average when training ended (0 where unknown): runs on a
+        shared machine take longer.
     """
 
     out_dir: str
@@ -372,6 +375,7 @@ class TrainResult:
     total_seconds: float
     greedy: str
     sampled: str
+    load_average: float = 0.0
     corpus: dict[str, int] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -579,6 +583,7 @@ def train(
             if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
                 say(f"  validation loss {_evaluate(model, val_ids, context, batch_size):.3f}")
         train_seconds = time.perf_counter() - loop_started
+        load_average = os.getloadavg()[2] if hasattr(os, "getloadavg") else 0.0
 
         val_loss = _evaluate(model, val_ids, context, batch_size)
         model.eval()
@@ -604,6 +609,7 @@ def train(
             total_seconds=time.perf_counter() - started,
             greedy=greedy,
             sampled=sampled,
+            load_average=load_average,
             corpus={
                 "chunks": len(chunks),
                 "characters": sum(map(len, chunks)),
@@ -712,7 +718,8 @@ warmup then cosine decay to a tenth, gradient clipping at 1.0, dropout {c['dropo
 {result.steps:,} steps of {c['batch_size']} random windows of {c['context']} tokens
 ({result.steps * c['batch_size'] * c['context']:,} tokens), seed {result.seed},
 {result.threads} CPU thread(s). Optimisation took {minutes:.1f} minutes
-(the whole run {result.total_seconds / 60:.1f} minutes) with torch {torch.__version__},
+(the whole run {result.total_seconds / 60:.1f} minutes; 15-minute load average
+{result.load_average:.1f} on {os.cpu_count()} CPUs at the end) with torch {torch.__version__},
 transformers {transformers.__version__}, tokenizers {tokenizers.__version__}.
 
 Final training loss {result.train_loss:.3f}; **validation loss {result.val_loss:.3f} nats per
