@@ -34,7 +34,7 @@ __all__ = [
 
 log = logging.getLogger("llm_magic.generation")
 
-_POLL = 0.02  # seconds between drains of the worker's output (and checks for an interrupt)
+_POLL = 0.05  # seconds between drains of the worker's output (and checks for an interrupt)
 _JOIN = 2.0  # how long to wait for an interrupted worker to finish its current step
 DEFAULT_MAX_NEW_TOKENS = 128
 
@@ -353,9 +353,10 @@ def generate(
                 if chunks and first is None:
                     first = chunks[0][0] - t0
                     log.debug("first token after %.3fs", first)
-                for _, chunk in chunks:
-                    piece = job.decode(chunk) if incremental else job.count(chunk)
-                    trimmer.feed(piece)
+                if incremental:
+                    trimmer.feed(job.decode([chunk for _, chunk in chunks]))
+                else:
+                    job.count([chunk for _, chunk in chunks])
                 if finished and not channel.items:
                     break
         except KeyboardInterrupt:
@@ -364,12 +365,10 @@ def generate(
             worker.join(_JOIN)
             if worker.is_alive():
                 log.warning("generation worker still finishing its current step")
-            for _, chunk in channel.drain():
-                job.count(chunk)
+            job.count([chunk for _, chunk in channel.drain()])
         error = channel.error
         duration = (channel.ended or time.perf_counter()) - t0
-        final = getattr(job, "final_text", None)
-        text = trimmer.finish(final() if callable(final) else trimmer.text + job.flush())
+        text = trimmer.finish(job.final_text())
         reason = "stop" if trimmer.hit else job.stop_reason
         if interrupted:
             reason = "interrupted"

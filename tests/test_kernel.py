@@ -105,6 +105,33 @@ def test_streaming_arrives_as_display_updates(kernel):
     assert value(kc, WORKERS) == "[]"
 
 
+def test_printed_text_and_the_stream_stay_in_order(kernel):
+    _, kc = kernel
+    msgs = run(kc, "print('before')\n"
+                   "get_ipython().run_cell_magic('llm', '-n 300 --no-chat', 'Hello')\n"
+                   "print('after')")
+    order = [m["content"]["text"].strip() if m["msg_type"] == "stream" else m["msg_type"]
+             for m in msgs if m["msg_type"] in ("stream", "display_data", "update_display_data")]
+    assert order[0] == "before" and order[1] == "display_data" and order[-1] == "after"
+    assert set(order[2:-1]) == {"update_display_data"}
+
+
+def test_display_hooks_see_every_streamed_update(kernel):
+    """A registered display hook (as output-capturing tools use) gets every update."""
+    _, kc = kernel
+    run(kc, "_seen = []\n"
+            "def _hook(msg):\n"
+            "    _seen.append(msg['header']['msg_type'])\n"
+            "    return msg\n"
+            "get_ipython().display_pub.register_hook(_hook)")
+    try:
+        msgs = run(kc, "%%llm -n 300 --no-chat\nHello")
+        sent = [m["msg_type"] for m in displays(msgs)]
+        assert len(sent) >= 3 and value(kc, "_seen") == repr(sent)
+    finally:
+        run(kc, "get_ipython().display_pub.unregister_hook(_hook)")
+
+
 def test_interrupt_stops_generation_keeps_text_and_the_kernel_goes_on(kernel):
     km, kc = kernel
     msg_id = kc.execute("%%llm -n 6000 --no-chat\nHello")

@@ -83,16 +83,20 @@ class GenerationJob(abc.ABC):
         """Generate, calling ``put(chunk)`` for each new piece. Runs in a worker thread."""
 
     @abc.abstractmethod
-    def decode(self, chunk: Any) -> str:
-        """Turn a chunk from :meth:`run` into new text (the caller's thread)."""
+    def decode(self, chunks: Sequence[Any]) -> str:
+        """Take the chunks from :meth:`run` that arrived since the last call; return new text.
 
-    def count(self, chunk: Any) -> str:
-        """Take a chunk without decoding it now (nobody is watching); returns ""."""
-        return self.decode(chunk)
+        Called in the caller's thread with every chunk drained at once, so a
+        backend decodes once per drain rather than once per token.
+        """
 
-    def flush(self) -> str:
-        """Text held back by an incremental decoder at the end."""
-        return ""
+    def count(self, chunks: Sequence[Any]) -> None:
+        """Take chunks without decoding them now (nobody is watching)."""
+        self.decode(chunks)
+
+    @abc.abstractmethod
+    def final_text(self) -> str:
+        """The exact decoding of everything generated, once :meth:`run` has returned."""
 
 
 class Backend(abc.ABC):
@@ -117,8 +121,9 @@ class Backend(abc.ABC):
             job = self.prepare(request, stop_event)
             chunks: list[Any] = []
             job.run(chunks.append)
-            text = "".join(job.decode(c) for c in chunks) + job.flush()
-            results.append(BatchResult(text, job.prompt_tokens, job.new_tokens, job.stop_reason))
+            job.count(chunks)
+            results.append(BatchResult(job.final_text(), job.prompt_tokens, job.new_tokens,
+                                       job.stop_reason))
         return results
 
     def memory_owner(self) -> object | None:

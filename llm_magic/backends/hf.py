@@ -468,21 +468,15 @@ class HFJob(GenerationJob):
         elif new and new[-1] in self._eos:
             self.stop_reason = "eos"
 
-    def decode(self, chunk: Any) -> str:
-        self.new_tokens += len(chunk)
-        return self._detok.push(chunk)
+    def decode(self, chunks: Sequence[Any]) -> str:
+        ids = [i for chunk in chunks for i in chunk]
+        self.new_tokens += len(ids)
+        return self._detok.push(ids) if ids else ""
 
-    def count(self, chunk: Any) -> str:
-        self.new_tokens += len(chunk)
-        self._detok.ids.extend(chunk)
-        return ""
-
-    def flush(self) -> str:
-        full = self._detok.text()
-        streamed = self._detok.tokenizer.decode(
-            self._detok.ids[: self._detok.read], skip_special_tokens=True
-        )
-        return full[len(streamed) :] if full.startswith(streamed) else ""
+    def count(self, chunks: Sequence[Any]) -> None:
+        for chunk in chunks:
+            self.new_tokens += len(chunk)
+            self._detok.ids.extend(chunk)
 
     def final_text(self) -> str:
         """The exact decoding of every new token."""

@@ -147,7 +147,10 @@ class LLMMagics(Magics):
         config=True
     )
     throttle = Float(
-        0.1, min=0.0, help="Seconds between updates of the streamed output in a notebook."
+        0.2, min=0.0,
+        help="Seconds between updates of the streamed output in a notebook. Each update is "
+             "a message through the kernel and a re-render in the browser, which take time "
+             "from the model on a small machine; 0.2 s reads as live.",
     ).tag(config=True)
 
     _default_set = False

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
 from typing import TYPE_CHECKING, Any
@@ -133,12 +134,41 @@ class CellOutput:
         """Show the final result."""
 
 
+def _quiet_updater(shell: Any) -> Callable[[dict[str, str], str], None] | None:
+    """A sender of ``update_display_data`` that skips the flush of stdout and stderr.
+
+    ipykernel's display path flushes both streams before every message, and each
+    flush waits for a round trip through the kernel's IOPub thread. While a model
+    generates in another thread that holds the GIL, that costs about 2 ms of
+    generation per update. Streaming updates do without it; the first display and
+    the final render still take the full path, so printed text stays in order.
+    None where the publisher is not ipykernel's or something intercepts displays.
+    """
+    pub: Any = getattr(shell, "display_pub", None)
+    session = getattr(pub, "session", None)
+    socket = getattr(pub, "pub_socket", None)
+    hooks = getattr(pub, "_hooks", None)
+    if type(pub).__name__ != "ZMQDisplayPublisher" or session is None or socket is None:
+        return None
+    if hooks is None or len(hooks):
+        return None
+
+    def send(bundle: dict[str, str], display_id: str) -> None:
+        content = {"data": bundle, "metadata": {}, "transient": {"display_id": display_id}}
+        session.send(socket, "update_display_data", content, parent=pub.parent_header,
+                     ident=pub.topic)
+
+    return send
+
+
 class _LiveOutput(CellOutput):
     """One output area in a notebook, updated in place and throttled."""
 
-    def __init__(self, fmt: str, throttle: float) -> None:
+    def __init__(self, fmt: str, throttle: float,
+                 quiet: Callable[[dict[str, str], str], None] | None = None) -> None:
         self.fmt = fmt
         self.throttle = throttle
+        self.quiet = quiet
         self.parts: list[str] = []
         self.handle: Any = None
         self.shown = -float("inf")
@@ -149,13 +179,15 @@ class _LiveOutput(CellOutput):
         now = time.monotonic()
         if now - self.shown >= self.throttle:
             self.shown = now
-            self._show({"text/plain": "".join(self.parts),
-                        "text/html": _PRE.format(escape("".join(self.parts)))})
+            text = "".join(self.parts)
+            self._show({"text/plain": text, "text/html": _PRE.format(escape(text))}, live=True)
 
-    def _show(self, bundle: dict[str, str]) -> None:
+    def _show(self, bundle: dict[str, str], live: bool = False) -> None:
         self.updates += 1
         if self.handle is None:
             self.handle = display(bundle, raw=True, display_id=True)
+        elif live and self.quiet is not None:
+            self.quiet(bundle, self.handle.display_id)
         else:
             self.handle.update(bundle, raw=True)
 
@@ -190,7 +222,9 @@ class _PlainOutput(CellOutput):
 
 def open_output(shell: Any, *, fmt: str, throttle: float) -> CellOutput:
     """The output of one cell: live in a notebook, plain text elsewhere."""
-    return _LiveOutput(fmt, throttle) if in_notebook(shell) else _PlainOutput()
+    if in_notebook(shell):
+        return _LiveOutput(fmt, throttle, _quiet_updater(shell))
+    return _PlainOutput()
 
 
 @dataclass(frozen=True)
