@@ -36,46 +36,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from _common import table  # noqa: E402
+from _cuda import allocated, warm_cublas  # noqa: E402
 
 PROMPT = "The import statement and the class definition"
 MiB = 2**20
-
-
-def _allocated() -> int:
-    import torch
-
-    torch.cuda.synchronize()
-    return int(torch.cuda.memory_allocated(0))
-
-
-def _warm_cublas() -> None:
-    """First matrix products, in this thread and a worker thread (as lm.generate runs)."""
-    import threading
-
-    import torch
-
-    def products() -> None:
-        for dtype in (torch.float32, torch.bfloat16, torch.float16):
-            a = torch.ones(64, 64, device="cuda:0", dtype=dtype)
-            torch.nn.functional.linear(a, a, a[0]).sum().item()
-
-    products()
-    worker = threading.Thread(target=products)
-    worker.start()
-    worker.join()
 
 
 def _unload_row(manager, name: str, base: int, reserved0: int) -> tuple[str, bool]:
     import torch
 
     report = manager.unload(name)[0]
-    left = _allocated() - base
+    left = allocated() - base
     text = (f"freed={report.freed}; allocated - baseline = {left} bytes; reserved "
             f"{_mb(torch.cuda.memory_reserved(0))} (before load {_mb(reserved0)})")
     clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
     if left and clear is not None:  # tell a leak from cuBLAS workspaces made meanwhile
         clear()
-        text += f"; after clearing cuBLAS workspaces {_allocated() - base} bytes"
+        text += f"; after clearing cuBLAS workspaces {allocated() - base} bytes"
     return text, report.freed and left <= 0
 
 
@@ -164,9 +141,9 @@ def main() -> None:  # noqa: C901 - one linear script, one table
                             context=2048)
     built = time.perf_counter() - t0
     manager = ModelManager()
-    _warm_cublas()  # cuBLAS workspaces live for the process: in the baseline, not the model
+    warm_cublas()  # cuBLAS workspaces live for the process: in the baseline, not the model
     torch.cuda.empty_cache()
-    base = _allocated()
+    base = allocated()
     reserved0 = torch.cuda.memory_reserved(0)
 
     # 1. estimate vs measured, bf16
@@ -174,7 +151,7 @@ def main() -> None:  # noqa: C901 - one linear script, one table
     t0 = time.perf_counter()
     handle = manager.load(str(path), name="a", dtype="bfloat16", device="cuda:0")
     load_s = time.perf_counter() - t0
-    grown = _allocated() - base
+    grown = allocated() - base
     info = handle.info
     row("model", f"Llama {_count(info.parameters)} params, built in {built:.0f} s, "
         f"loaded in {load_s:.1f} s", "", None)
@@ -222,7 +199,7 @@ def main() -> None:  # noqa: C901 - one linear script, one table
         manager.load(str(path), name="b", dtype="float16", device="cuda:0")
     evicted = [str(w.message).split(",")[0] for w in caught]
     row("budget 1.5 models: 2nd load", f"resident {manager.names()}; {evicted}; allocated "
-        f"{_mb(_allocated() - base)}", "'a' evicted", manager.names() == ["b"])
+        f"{_mb(allocated() - base)}", "'a' evicted", manager.names() == ["b"])
     try:
         manager.load(str(path), name="c", dtype="float32", device="cuda:0")
         refused = "loaded (not refused)"

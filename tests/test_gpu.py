@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from _cuda import allocated, warm_cublas
 
 import llm_magic as lm
 from llm_magic.errors import BackendError, BudgetExceededError, LLMMagicWarning
@@ -32,40 +33,15 @@ def gpu_model(tmp_path_factory):
                             context=1024)
 
 
-def warm_cublas() -> None:
-    """Make cuBLAS allocate its workspaces now, for this thread and for a worker thread.
-
-    cuBLAS keeps a workspace per handle in torch's allocator for the life of the
-    process (handles are pooled across threads), so ``memory_allocated`` grows
-    with the first matrix product of each kind. Baselines are taken after that.
-    """
-    import threading
-
-    def products() -> None:
-        for dtype in (torch.float32, torch.bfloat16, torch.float16):
-            a = torch.ones(64, 64, device="cuda:0", dtype=dtype)
-            torch.nn.functional.linear(a, a, a[0]).sum().item()
-
-    products()
-    worker = threading.Thread(target=products)
-    worker.start()
-    worker.join()
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _warm_cuda() -> None:
     warm_cublas()
 
 
-def _allocated() -> int:
-    torch.cuda.synchronize()
-    return int(torch.cuda.memory_allocated(0))
-
-
 @pytest.fixture
 def baseline(manager) -> Iterator[int]:
     torch.cuda.empty_cache()
-    yield _allocated()
+    yield allocated()
     torch.cuda.set_per_process_memory_fraction(1.0, 0)
 
 
@@ -84,7 +60,7 @@ def _gpu_limited_to(extra: int) -> Iterator[None]:
 def test_estimate_matches_the_cuda_allocation_in_bf16(manager, baseline, gpu_model):
     e = lm.estimate(str(gpu_model), dtype="bfloat16", device="cuda:0")
     handle = manager.load(str(gpu_model), name="g", dtype="bfloat16", device="cuda:0")
-    measured = _allocated() - baseline
+    measured = allocated() - baseline
     assert abs(e.memory - measured) <= 0.15 * measured, (e.memory, measured)
     info = handle.info
     assert info.device == "cuda:0" and info.dtype == "bfloat16"
@@ -97,7 +73,7 @@ def test_unload_returns_the_allocator_to_its_baseline(manager, baseline, gpu_mod
     lm.generate("The import statement", model="g", max_new_tokens=16, manager=manager)
     report = manager.unload("g")[0]
     assert report.freed
-    assert _allocated() == baseline
+    assert allocated() == baseline
     assert torch.cuda.memory_reserved(0) <= reserved  # the cache was emptied too
 
 
@@ -108,7 +84,7 @@ def test_a_gpu_budget_evicts_and_refuses(manager, baseline, gpu_model):
     with pytest.warns(LLMMagicWarning, match="Evicted 'a'"):
         manager.load(str(gpu_model), name="b", dtype="float16", device="cuda:0")
     assert manager.names() == ["b"]
-    assert _allocated() - baseline <= 1.15 * size
+    assert allocated() - baseline <= 1.15 * size
     with pytest.raises(BudgetExceededError, match="cuda:0 budget"):
         manager.load(str(gpu_model), name="c", dtype="float32", device="cuda:0")
     assert manager.names() == ["b"]
@@ -118,13 +94,13 @@ def test_out_of_memory_while_loading_leaves_nothing_behind(manager, baseline, gp
     with _gpu_limited_to(8 * 2**20), pytest.raises(BackendError, match="Out of memory while"):
         manager.load(str(gpu_model), name="g", dtype="float32", device="cuda:0")
     assert manager.names() == []
-    assert _allocated() == baseline
+    assert allocated() == baseline
     assert manager.load(str(gpu_model), name="g", dtype="bfloat16", device="cuda:0").loaded
 
 
 def test_out_of_memory_while_generating_keeps_the_model(manager, baseline, gpu_model):
     handle = manager.load(str(gpu_model), name="g", dtype="bfloat16", device="cuda:0")
-    loaded = _allocated()
+    loaded = allocated()
     words = "the import statement and the class definition " * 200
     ids = handle.tokenizer(words).input_ids[:900]
     prompt = handle.tokenizer.decode(ids)
@@ -133,7 +109,7 @@ def test_out_of_memory_while_generating_keeps_the_model(manager, baseline, gpu_m
     assert manager.names() == ["g"] and not manager.info("g").generating
     # The KV cache and activations were returned (the prompt's ids, a few KB, stay with the
     # error's traceback while it lives).
-    assert _allocated() - loaded < 2**20
+    assert allocated() - loaded < 2**20
     assert lm.generate("The import", model="g", max_new_tokens=4, manager=manager).text
 
 
@@ -145,10 +121,10 @@ def test_auto_offloads_to_cpu_when_the_gpu_budget_is_smaller(manager, baseline, 
     placement = dict(info.placement)
     assert info.device == "cuda:0+cpu" and set(placement) == {"cuda:0", "cpu"}
     assert placement["cuda:0"] <= size // 2
-    assert _allocated() - baseline <= size // 2 + 4 * 2**20
+    assert allocated() - baseline <= size // 2 + 4 * 2**20
     assert lm.generate("The import", model="g", max_new_tokens=8, manager=manager).stats.new_tokens
     manager.unload("g")
-    assert _allocated() == baseline
+    assert allocated() == baseline
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
