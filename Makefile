@@ -7,8 +7,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.llm_magic-setup
 # The CPU build of PyTorch that the test setup is pinned to.
 TORCH ?= torch==2.13.0
+# The browser tests drive Debian's Chromium; it is installed with apt-get when missing.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup lab test lint bench demo-model clean
+.PHONY: setup browser lab test lint bench demo-model clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,11 +22,17 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+browser:
+	@test -x $(CHROMIUM) || command -v apt-get >/dev/null || { echo "The browser tests need \
+	Chromium: install it, then run make test CHROMIUM=/path/to/chromium"; exit 1; }
+	test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
 lab: setup
 	HF_HUB_OFFLINE=1 $(PY) -m jupyter lab notebooks/01_quickstart.ipynb
 
-test: setup
-	$(PY) -m pytest -p no:cacheprovider tests notebooks --nbval-lax
+test: setup browser
+	LLM_MAGIC_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -p no:cacheprovider tests notebooks --nbval-lax
 
 lint: setup
 	$(PY) -m ruff check llm_magic tests benchmarks
