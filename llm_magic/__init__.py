@@ -31,6 +31,7 @@ from .errors import (
     PromptTooLongError,
 )
 from .generation import Generation, GenerationStats, generate, generate_batch
+from .history import HistoryRow, HistoryTable, RerunResult, history, rerun
 from .manager import ModelHandle, ModelInfo, ModelTable, UnloadReport, get_manager
 from .resources import Budget, Estimate, budget, estimate, set_threads, threads
 
@@ -42,6 +43,8 @@ __all__ = [
     "Estimate",
     "Generation",
     "GenerationStats",
+    "HistoryRow",
+    "HistoryTable",
     "InvalidOptionError",
     "LLMMagicError",
     "LLMMagicWarning",
@@ -54,6 +57,7 @@ __all__ = [
     "ModelTable",
     "NotAvailableError",
     "PromptTooLongError",
+    "RerunResult",
     "UnloadReport",
     "__version__",
     "budget",
@@ -61,11 +65,13 @@ __all__ = [
     "generate",
     "generate_batch",
     "get_manager",
+    "history",
     "last",
     "load",
     "load_ipython_extension",
     "models",
     "pin",
+    "rerun",
     "set_threads",
     "threads",
     "unload",

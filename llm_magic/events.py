@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Event", "EventBus", "EVENT_KINDS"]
+__all__ = ["Event", "EventBus", "EVENT_KINDS", "subscribe_everywhere"]
 
 log = logging.getLogger("llm_magic.events")
 
@@ -52,6 +52,44 @@ class Event:
 
 Listener = Callable[[Event], None]
 
+# Listeners of every bus in the process (the history store records the
+# generations of every manager, the kernel's and any other).
+_everywhere: list[tuple[Listener, frozenset[str] | None]] = []
+_everywhere_lock = threading.Lock()
+
+
+def _wanted(kinds: Iterable[str] | None) -> frozenset[str] | None:
+    wanted = None if kinds is None else frozenset(kinds)
+    if wanted is not None and not wanted <= EVENT_KINDS:
+        raise ValueError(f"Unknown event kinds: {sorted(wanted - EVENT_KINDS)}")
+    return wanted
+
+
+def subscribe_everywhere(
+    listener: Listener, kinds: Iterable[str] | None = None
+) -> Callable[[], None]:
+    """Call ``listener(event)`` for the events of every :class:`EventBus`; returns an unsubscriber.
+
+    Examples
+    --------
+    >>> seen = []
+    >>> stop = subscribe_everywhere(seen.append, kinds={"unloaded"})
+    >>> EventBus().emit("unloaded", "demo")
+    >>> [e.model for e in seen]
+    ['demo']
+    >>> stop()
+    """
+    entry = (listener, _wanted(kinds))
+    with _everywhere_lock:
+        _everywhere.append(entry)
+
+    def unsubscribe() -> None:
+        with _everywhere_lock:
+            if entry in _everywhere:
+                _everywhere.remove(entry)
+
+    return unsubscribe
+
 
 class EventBus:
     """A thread-safe list of listeners.
@@ -79,10 +117,7 @@ class EventBus:
         self, listener: Listener, kinds: Iterable[str] | None = None
     ) -> Callable[[], None]:
         """Call ``listener(event)`` for every event (or only ``kinds``); returns an unsubscriber."""
-        wanted = None if kinds is None else frozenset(kinds)
-        if wanted is not None and not wanted <= EVENT_KINDS:
-            raise ValueError(f"Unknown event kinds: {sorted(wanted - EVENT_KINDS)}")
-        entry = (listener, wanted)
+        entry = (listener, _wanted(kinds))
         with self._lock:
             self._listeners.append(entry)
 
@@ -97,6 +132,8 @@ class EventBus:
         """Send an event to every interested listener."""
         with self._lock:
             listeners = list(self._listeners)
+        with _everywhere_lock:
+            listeners += _everywhere
         if not listeners:
             return
         event = Event(kind, model, data)

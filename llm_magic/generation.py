@@ -14,6 +14,7 @@ import math
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from html import escape
@@ -21,11 +22,12 @@ from typing import Any, Protocol
 
 from .backends.base import GenerationRequest
 from .errors import BackendError, InvalidOptionError, LLMMagicError, NotAvailableError
-from .manager import ModelManager, get_manager
+from .manager import ModelInfo, ModelManager, get_manager
 
 __all__ = [
     "Generation",
     "GenerationStats",
+    "PendingGeneration",
     "Sink",
     "generate",
     "generate_batch",
@@ -103,6 +105,43 @@ class Generation:
         about = f"{escape(self.model)}: {escape(str(self.stats))}"
         return (f"<pre class='llm-magic-output' style='white-space:pre-wrap'>{text}</pre>"
                 f"<small style='opacity:.7'>{about}</small>")
+
+
+@dataclass
+class PendingGeneration:
+    """A generation that has started, as the ``generation_start`` event carries it.
+
+    ``info`` is the model's facts at the start (source, backend, revision,
+    commit, dtype, device); ``progress()`` returns the text streamed so far
+    and the count of new tokens, and may be called from any thread. ``id`` is
+    set by the listener that records the generation (the history store) and
+    becomes :attr:`Generation.id`; it stays None when nothing records it.
+    """
+
+    prompt: str
+    model: str
+    request: GenerationRequest
+    info: ModelInfo | None
+    started: float
+    progress: Callable[[], tuple[str, int]] = lambda: ("", 0)
+    id: int | None = None
+
+
+def _progress(trimmer: _StopTrimmer, job: Any) -> Callable[[], tuple[str, int]]:
+    """What a generation has produced so far, without keeping its job (and model) alive."""
+    ref = weakref.ref(job)
+
+    def progress() -> tuple[str, int]:
+        alive = ref()
+        return trimmer.text[: trimmer.sent], (alive.new_tokens if alive is not None else 0)
+
+    return progress
+
+
+def _started(manager: ModelManager, name: str, request: GenerationRequest,
+             progress: Callable[[], tuple[str, int]]) -> PendingGeneration:
+    return PendingGeneration(request.prompt, name, request, manager.info(name), time.time(),
+                             progress)
 
 
 def _check_number(name: str, value: Any, *, low: float, high: float | None = None,
@@ -335,8 +374,9 @@ def generate(
         job = backend.prepare(request, stop_event)
         log.debug("prompt processed: %d tokens in %.3fs", job.prompt_tokens,
                   time.perf_counter() - t0)
-        manager.events.emit("generation_start", name, request=request)
         trimmer = _StopTrimmer(request.stop, emit)
+        pending = _started(manager, name, request, _progress(trimmer, job))
+        manager.events.emit("generation_start", name, request=request, generation=pending)
         channel = _Channel()
         worker = threading.Thread(target=channel.run, args=(job,), name=f"llm_magic-{name}",
                                   daemon=True)
@@ -379,7 +419,7 @@ def generate(
             duration=duration, stop_reason=reason,
         )
         gen = Generation(text=text, prompt=prompt, model=name, stats=stats,
-                         params=_params(request))
+                         params=_params(request), id=pending.id)
         manager.last_generation = gen
         manager.events.emit("generation_end", name, generation=gen,
                             error=None if error is None else str(error))
@@ -427,11 +467,19 @@ def generate_batch(
     name = manager.resolve(model)
     stop_event = stop_event or threading.Event()
     with manager.checkout(name) as backend:
+        pendings = [_started(manager, name, r, lambda: ("", 0)) for r in requests]
+        for pending in pendings:
+            manager.events.emit("generation_start", name, request=pending.request,
+                                generation=pending)
         t0 = time.perf_counter()
-        results = backend.generate_batch(requests, stop_event)
+        try:
+            results = backend.generate_batch(requests, stop_event)
+        except BaseException as exc:
+            _batch_failed(manager, name, pendings, exc, time.perf_counter() - t0)
+            raise
         duration = time.perf_counter() - t0
     gens = []
-    for request, result in zip(requests, results, strict=True):
+    for request, result, pending in zip(requests, results, pendings, strict=True):
         trimmer = _StopTrimmer(request.stop, None)
         text = trimmer.finish(result.text)
         stats = GenerationStats(
@@ -441,9 +489,23 @@ def generate_batch(
             duration=duration, stop_reason="stop" if trimmer.hit else result.stop_reason,
         )
         gen = Generation(text=text, prompt=request.prompt, model=name, stats=stats,
-                         params=_params(request))
+                         params=_params(request), id=pending.id)
         manager.events.emit("generation_end", name, generation=gen, error=None)
         gens.append(gen)
     if gens:
         manager.last_generation = gens[-1]
     return gens
+
+
+def _batch_failed(manager: ModelManager, name: str, pendings: list[PendingGeneration],
+                  exc: BaseException, duration: float) -> None:
+    """End the started generations of a batch that stopped or failed: nothing came out."""
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    for pending in pendings:
+        stats = GenerationStats(prompt_tokens=0, new_tokens=0, time_to_first_token=None,
+                                tokens_per_second=None, duration=duration,
+                                stop_reason="interrupted" if interrupted else "error")
+        gen = Generation(text="", prompt=pending.prompt, model=name, stats=stats,
+                         params=_params(pending.request), id=pending.id)
+        manager.events.emit("generation_end", name, generation=gen,
+                            error=None if interrupted else str(exc) or repr(exc))

@@ -13,6 +13,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = os.path.join(_HOME, "hf")
 os.environ["IPYTHONDIR"] = os.path.join(_HOME, "ipython")
 os.environ["JUPYTER_CONFIG_DIR"] = os.path.join(_HOME, "jupyter")
+# Every generation of every test (and of the kernels they start) is recorded here.
+os.environ["LLM_MAGIC_HISTORY"] = os.path.join(_HOME, "history.sqlite")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402

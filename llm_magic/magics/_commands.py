@@ -21,7 +21,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
 from IPython.display import display
 
-from .. import load, models, unload, use
+from .. import history, load, models, rerun, unload, use
 from ..errors import LLMMagicError
 from ._output import ModelSummary
 from ._prompt import text
@@ -35,7 +35,7 @@ __all__ = ["COMMANDS", "LATER", "Command", "find", "help_lines", "parse", "set_d
 Run = Callable[["LLMMagics", Namespace], None]
 
 #: Subcommands that later versions fill; until then they answer "not available yet".
-LATER = ("monitor", "panel", "attention", "history")
+LATER = ("monitor", "panel", "attention")
 
 
 @contextlib.contextmanager
@@ -153,6 +153,30 @@ def _help(magics: LLMMagics, args: Namespace) -> None:
     print("\n".join(help_lines()))
 
 
+# -- history and rerun -------------------------------------------------------
+
+
+@magic_arguments("llm history")
+@argument("-n", type=int, default=20, metavar="N", help="how many generations, newest first")
+@argument("--search", type=text, metavar="TEXT",
+          help="only generations whose prompt, system prompt or output contains TEXT")
+@argument("--model", type=text, metavar="NAME", help="only generations of this model")
+def _history(magics: LLMMagics, args: Namespace) -> None:
+    """Show past generations (id, time, model, status, output), newest first."""
+    with usage_errors():
+        display(history(args.n, search=args.search, model=args.model))
+
+
+@magic_arguments("llm rerun")
+@argument("id", type=int, help="the generation's id, as `%%llm history` shows it")
+def _rerun(magics: LLMMagics, args: Namespace) -> None:
+    """Run a past generation again (same model, settings, seed) and say if it matches."""
+    with usage_errors():
+        result = rerun(args.id)
+    magics._shell.user_ns["_llm"] = result.generation
+    display(result)
+
+
 # -- debug ------------------------------------------------------------------
 
 
@@ -241,6 +265,8 @@ COMMANDS: dict[str, Command] = {
         Command("use", _use, "NAME"),
         Command("budget", _budget, "[DEVICE=SIZE ...]",
                 available=lambda: _budget_api() is not None),
+        Command("history", _history, "[-n N] [--search TEXT] [--model NAME]"),
+        Command("rerun", _rerun, "ID"),
         Command("debug", _debug, "[on|off]"),
         Command("help", _help),
     )

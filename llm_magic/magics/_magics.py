@@ -14,10 +14,11 @@ from typing import Any
 from IPython.core import magic_arguments as ma
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode, validate
+from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode, observe, validate
 
 from .. import load
 from ..generation import DEFAULT_MAX_NEW_TOKENS, Generation, generate, generate_batch, make_request
+from ..history import configure as configure_history
 from ..manager import get_manager
 from . import _commands
 from ._output import FORMATS, CellOutput, open_output
@@ -153,7 +154,23 @@ class LLMMagics(Magics):
              "from the model on a small machine; 0.2 s reads as live.",
     ).tag(config=True)
 
+    history_enabled = Bool(
+        True, help="Record every generation in the history database (`%llm history`).",
+    ).tag(config=True)
+    history_path = Unicode(
+        "", help="The history database file. '' uses $LLM_MAGIC_HISTORY, else a file in the "
+        "per-user data directory.",
+    ).tag(config=True)
+
     _default_set = False
+
+    @observe("history_enabled", "history_path")
+    def _history_settings(self, change: Any) -> None:
+        with _commands.usage_errors():
+            if change["name"] == "history_enabled":
+                configure_history(enabled=change["new"])
+            else:
+                configure_history(path=change["new"])
 
     @validate("default_model")
     def _note_default(self, proposal: Any) -> str:

@@ -1,0 +1,267 @@
+"""The history database: schema, migrations, connections and retries.
+
+Private to :mod:`llm_magic.history`. The schema is versioned with SQLite's
+``user_version``; :data:`MIGRATIONS` lists the steps from an empty file, applied
+in order inside one write transaction, so two processes opening the same new
+file never apply a step twice. The journal is WAL: readers never block the
+writer, and a process killed at any point leaves every committed row intact.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import LLMMagicError
+
+__all__ = ["COLUMNS", "MIGRATIONS", "HistoryError", "Problem", "complete", "connect", "insert",
+           "migrate", "problem_of", "progress", "select", "version_of"]
+
+T = TypeVar("T")
+
+#: One tuple of statements per schema version: step ``i`` takes version ``i`` to ``i + 1``.
+#: Never edit a released step; append a new one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: one row per generation, written at its start and completed at its end.
+    ("""
+     CREATE TABLE generations (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         started_at REAL NOT NULL,
+         ended_at REAL,
+         status TEXT NOT NULL DEFAULT 'running'
+             CHECK (status IN ('running', 'ok', 'interrupted', 'error')),
+         error TEXT,
+         model TEXT NOT NULL,
+         source TEXT,
+         backend TEXT,
+         endpoint TEXT,
+         revision TEXT,
+         commit_hash TEXT,
+         dtype TEXT,
+         device TEXT,
+         params TEXT NOT NULL DEFAULT '{}',
+         seed INTEGER,
+         system TEXT,
+         prompt TEXT NOT NULL,
+         output TEXT NOT NULL DEFAULT '',
+         prompt_tokens INTEGER,
+         new_tokens INTEGER NOT NULL DEFAULT 0,
+         time_to_first_token REAL,
+         duration REAL,
+         tokens_per_second REAL,
+         stop_reason TEXT,
+         llm_magic_version TEXT,
+         torch_version TEXT,
+         transformers_version TEXT
+     )
+     """,),
+    # 2: reads filter by model and order by time.
+    ("CREATE INDEX generations_model ON generations (model, id)",
+     "CREATE INDEX generations_started ON generations (started_at)"),
+)
+
+#: The columns of a row, in the order :func:`select` returns them.
+COLUMNS = (
+    "id", "started_at", "ended_at", "status", "error", "model", "source", "backend", "endpoint",
+    "revision", "commit_hash", "dtype", "device", "params", "seed", "system", "prompt", "output",
+    "prompt_tokens", "new_tokens", "time_to_first_token", "duration", "tokens_per_second",
+    "stop_reason", "llm_magic_version", "torch_version", "transformers_version",
+)
+_END_COLUMNS = ("ended_at", "status", "error", "output", "prompt_tokens", "new_tokens",
+                "time_to_first_token", "duration", "tokens_per_second", "stop_reason")
+
+_RETRIES = 10  # attempts of a write that finds the database busy, after the busy timeout
+_BUSY_TIMEOUT = 5.0  # seconds SQLite itself waits for another writer
+
+
+class HistoryError(LLMMagicError):
+    """The history database cannot be read (or has no such generation)."""
+
+
+class Problem(Exception):
+    """A failure of the history database, sorted into what the user can do about it.
+
+    ``kind`` is "damaged", "read-only", "full", "newer" or "other"; ``str()``
+    is the sentence for the warning.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def problem_of(exc: BaseException, path: Path) -> Problem:
+    """Sort an error of SQLite or the file system into a :class:`Problem` with a clear message."""
+    if isinstance(exc, Problem):
+        return exc
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    detail = str(exc) or type(exc).__name__
+    lowered = detail.lower()
+    elsewhere = ("point LLM_MAGIC_HISTORY (or %config LLMMagics.history_path) at another file, "
+                 "or turn history off")
+    if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or "not a database" in lowered \
+            or "malformed" in lowered:
+        return Problem("damaged", (
+            f"The history database {path} is damaged or not an SQLite file ({detail}). "
+            f"Generations go on without history: move the file away (a new one is made) or "
+            f"{elsewhere}."))
+    if name.startswith("SQLITE_FULL") or "disk is full" in lowered or \
+            getattr(exc, "errno", None) == 28:
+        return Problem("full", (
+            f"The disk holding the history database {path} is full ({detail}); this "
+            "generation is not recorded. Free some space: history resumes by itself."))
+    if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")) or \
+            isinstance(exc, PermissionError) or "readonly" in lowered or "read-only" in lowered \
+            or "unable to open" in lowered:
+        return Problem("read-only", (
+            f"The history database {path} cannot be written ({detail}). Generations go on "
+            f"without history: make it writable, or {elsewhere}."))
+    return Problem("other", (
+        f"The history database {path} failed ({detail}); this generation is not recorded."))
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(exc)
+
+
+def retried(fn: Callable[[], T], attempts: int = _RETRIES) -> T:
+    """Run ``fn``; when the database stays busy past SQLite's own wait, back off and retry."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(min(1.0, 0.02 * 2**attempt) * random.uniform(0.5, 1.5))
+    raise AssertionError("unreachable")
+
+
+def write(con: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``fn(con)`` in one immediate write transaction, retried while the file is busy."""
+
+    def attempt() -> T:
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(con)
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        return result
+
+    return retried(attempt)
+
+
+def version_of(con: sqlite3.Connection) -> int:
+    return int(con.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(con: sqlite3.Connection,
+            steps: Sequence[tuple[str, ...]] = MIGRATIONS) -> int:
+    """Bring the schema up to ``len(steps)``; returns the version it was at."""
+    found = version_of(con)
+    if found > len(steps):
+        raise Problem("newer", (
+            f"The history database was written by a newer llm_magic (schema version {found}; "
+            f"this one knows {len(steps)}): generations are not recorded there. Upgrade "
+            "llm_magic, or point LLM_MAGIC_HISTORY at another file."))
+    if found == len(steps):
+        return found
+
+    def apply(con: sqlite3.Connection) -> int:
+        at = version_of(con)  # another process may have migrated meanwhile
+        for step in steps[at:]:
+            for statement in step:
+                con.execute(statement)
+        con.execute(f"PRAGMA user_version = {len(steps)}")
+        return at
+
+    return write(con, apply)
+
+
+def connect(path: Path, steps: Sequence[tuple[str, ...]] = MIGRATIONS) -> sqlite3.Connection:
+    """Open (creating if needed) the database at ``path``, in WAL mode, migrated.
+
+    The connection is in autocommit mode (transactions are explicit) and may be
+    used from any thread under the caller's lock.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(str(path), timeout=_BUSY_TIMEOUT, isolation_level=None,
+                          check_same_thread=False)
+    try:
+        mode = retried(lambda: con.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"attempt to write a readonly database (journal {mode})")
+        # In WAL mode NORMAL loses no committed row when the process dies; only a
+        # power cut can take the last transactions.
+        con.execute("PRAGMA synchronous=NORMAL")
+        migrate(con, steps)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def insert(con: sqlite3.Connection, values: dict[str, Any]) -> int:
+    """Add a row; returns its id."""
+    names = [c for c in COLUMNS if c in values]
+    sql = (f"INSERT INTO generations ({', '.join(names)}) "
+           f"VALUES ({', '.join('?' for _ in names)})")
+    row = [_cell(values[n]) for n in names]
+    cursor = write(con, lambda c: c.execute(sql, row))
+    assert cursor.lastrowid is not None
+    return int(cursor.lastrowid)
+
+
+def progress(con: sqlite3.Connection, updates: Sequence[tuple[int, str, int]]) -> None:
+    """Write the partial output of running generations: ``(id, text, new_tokens)`` each."""
+    write(con, lambda c: c.executemany(
+        "UPDATE generations SET output = ?, new_tokens = ? WHERE id = ? AND status = 'running'",
+        [(text, tokens, row_id) for row_id, text, tokens in updates]))
+
+
+def complete(con: sqlite3.Connection, row_id: int, values: dict[str, Any]) -> None:
+    """Fill in the end of a generation (status, output, counts and timings)."""
+    names = [c for c in _END_COLUMNS if c in values]
+    sql = f"UPDATE generations SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?"
+    row = [_cell(values[n]) for n in names] + [row_id]
+    write(con, lambda c: c.execute(sql, row))
+
+
+def select(con: sqlite3.Connection, *, limit: int | None = 20, search: str | None = None,
+           model: str | None = None, row_id: int | None = None) -> list[tuple[Any, ...]]:
+    """Rows newest first, filtered by a text in the prompt, system or output, and a model."""
+    where: list[str] = []
+    args: list[Any] = []
+    if row_id is not None:
+        where.append("id = ?")
+        args.append(row_id)
+    if model is not None:
+        where.append("model = ?")
+        args.append(model)
+    if search:
+        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where.append("(prompt LIKE ? ESCAPE '\\' OR output LIKE ? ESCAPE '\\' "
+                     "OR system LIKE ? ESCAPE '\\')")
+        args += [pattern] * 3
+    sql = f"SELECT {', '.join(COLUMNS)} FROM generations"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY id DESC"
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(limit)
+    return retried(lambda: con.execute(sql, args).fetchall())
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return value

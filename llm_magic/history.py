@@ -1,0 +1,601 @@
+"""Every generation, kept in SQLite: find it again, see what made it, run it again.
+
+The history store listens to the ``generation_start`` and ``generation_end``
+events of every manager in the process (:func:`llm_magic.events.subscribe_everywhere`),
+so magics, widgets and Python calls are all recorded without knowing about it.
+A row is written when a generation starts (its id becomes
+:attr:`~llm_magic.generation.Generation.id`), its partial output is written
+about once a second while it runs, and it is completed when it ends: an
+interrupted generation, or one whose process died, is still there with the
+status it had. Only the start is written in the caller's thread, before any
+token; everything else is written by one background thread.
+
+The database lives in the per-user data directory (``platformdirs``) unless
+``LLM_MAGIC_HISTORY`` names a file (or ``off``), ``%config
+LLMMagics.history_path`` names one, or :func:`configure` is called. A database
+that cannot be written (read-only, damaged, disk full) costs one
+:class:`~llm_magic.errors.LLMMagicWarning`; generation goes on.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import logging
+import os
+import queue
+import shlex
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ._history_read import HistoryRow, HistoryTable, RerunResult, rerun_options
+from .errors import InvalidOptionError, LLMMagicWarning, ModelNotLoadedError
+from .events import Event, subscribe_everywhere
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from .generation import Generation, PendingGeneration
+    from .manager import ModelInfo, ModelManager
+
+__all__ = ["ENV", "HistoryRow", "HistorySettings", "HistoryTable", "RerunResult", "configure",
+           "history", "rerun", "settings"]
+
+log = logging.getLogger("llm_magic.history")
+
+#: The environment variable naming the database file (or ``off``).
+ENV = "LLM_MAGIC_HISTORY"
+_FILE = "history.sqlite"
+
+
+# -- settings -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class HistorySettings:
+    """Whether and where generations are recorded.
+
+    ``origin`` says which setting chose the path: ``"configure"`` (a call or
+    ``%config LLMMagics.history_path``), ``"LLM_MAGIC_HISTORY"`` or ``"default"``
+    (the per-user data directory).
+    """
+
+    enabled: bool
+    path: Path
+    origin: str
+    flush_interval: float
+
+    def __str__(self) -> str:
+        state = "on" if self.enabled else "off"
+        return f"History is {state}: {self.path} ({self.origin})."
+
+
+_lock = threading.Lock()
+_explicit: dict[str, Any] = {"enabled": None, "path": None, "flush_interval": 1.0}
+
+
+def settings() -> HistorySettings:
+    """The history settings in force now.
+
+    Examples
+    --------
+    >>> from llm_magic.history import settings
+    >>> settings().enabled  # doctest: +SKIP
+    True
+    """
+    with _lock:
+        enabled, path, flush = (_explicit["enabled"], _explicit["path"],
+                                _explicit["flush_interval"])
+    env = os.environ.get(ENV, "").strip()
+    off = env.lower() == "off"
+    if path is not None:
+        origin = "configure"
+    elif env and not off:
+        path, origin = Path(env).expanduser(), ENV
+    else:
+        import platformdirs
+
+        path = platformdirs.user_data_path("llm_magic", appauthor=False) / _FILE
+        origin = "default"
+    return HistorySettings(enabled=(not off) if enabled is None else enabled,
+                           path=Path(path).absolute(), origin=origin, flush_interval=flush)
+
+
+def configure(*, enabled: bool | None = None, path: str | os.PathLike[str] | None = None,
+              flush_interval: float | None = None) -> HistorySettings:
+    """Turn history on or off, or move it to another file; returns the settings now.
+
+    Parameters
+    ----------
+    enabled : bool, optional
+        False stops recording (reading still works); True records even when
+        ``LLM_MAGIC_HISTORY=off``.
+    path : str or path, optional
+        The database file; ``""`` goes back to ``LLM_MAGIC_HISTORY`` or the default.
+    flush_interval : float, optional
+        Seconds between writes of a running generation's partial output.
+
+    Examples
+    --------
+    >>> from llm_magic.history import configure
+    >>> configure(path="/tmp/my-history.sqlite")  # doctest: +SKIP
+    >>> configure(enabled=False)                  # doctest: +SKIP
+    """
+    if enabled is not None and not isinstance(enabled, bool):
+        raise InvalidOptionError("enabled must be True or False.")
+    if flush_interval is not None and (isinstance(flush_interval, bool) or not isinstance(
+            flush_interval, (int, float)) or not 0 < flush_interval <= 3600):
+        raise InvalidOptionError("flush_interval must be a number of seconds, > 0 and <= 3600.")
+    with _lock:
+        if enabled is not None:
+            _explicit["enabled"] = enabled
+        if path is not None:
+            _explicit["path"] = Path(path).expanduser() if str(path) else None
+        if flush_interval is not None:
+            _explicit["flush_interval"] = float(flush_interval)
+    _recorder.forget_failures()
+    return settings()
+
+
+# -- recording ------------------------------------------------------------------
+
+
+def _outside_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside llm_magic."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+_versions_cache: dict[str, str | None] = {}
+
+
+def versions() -> dict[str, str | None]:
+    """The installed versions of llm_magic, torch and transformers (None when missing)."""
+    if not _versions_cache:
+        from importlib import metadata
+
+        for dist in ("llm_magic", "torch", "transformers"):
+            try:
+                _versions_cache[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                _versions_cache[dist] = None
+    return dict(_versions_cache)
+
+
+_SECRET_WORDS = ("key", "token", "secret", "password", "auth", "signature", "credential")
+
+
+def redact(url: str | None) -> str | None:
+    """A source or endpoint without credentials: no ``user:password@``, no key-like query values."""
+    if not url or "://" not in url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = "&".join(
+        (f"{k}=REDACTED" if any(w in k.lower() for w in _SECRET_WORDS) else f"{k}={v}")
+        if sep else k
+        for k, sep, v in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _start_values(pending: PendingGeneration) -> dict[str, Any]:
+    request = pending.request
+    info: ModelInfo | None = pending.info
+    params = {k: v for k, v in dataclasses.asdict(request).items() if k != "prompt"}
+    found = versions()
+    return {
+        "started_at": pending.started, "status": "running", "model": pending.model,
+        "source": redact(info.source) if info else None,
+        "backend": info.backend if info else None,
+        "endpoint": redact(getattr(info, "endpoint", None)),
+        "revision": info.revision if info else None,
+        "commit_hash": info.commit if info else None,
+        "dtype": info.dtype if info else None, "device": info.device if info else None,
+        "params": params, "seed": request.seed, "system": request.system,
+        "prompt": request.prompt, "output": "", "new_tokens": 0,
+        "llm_magic_version": found["llm_magic"], "torch_version": found["torch"],
+        "transformers_version": found["transformers"],
+    }
+
+
+def _end_values(gen: Generation, error: str | None) -> dict[str, Any]:
+    stats = gen.stats
+    status = "error" if error else ("interrupted" if gen.interrupted else "ok")
+    return {
+        "ended_at": time.time(), "status": status, "error": error, "output": gen.text,
+        "prompt_tokens": stats.prompt_tokens, "new_tokens": stats.new_tokens,
+        "time_to_first_token": stats.time_to_first_token, "duration": stats.duration,
+        "tokens_per_second": stats.tokens_per_second, "stop_reason": stats.stop_reason,
+    }
+
+
+Job = Callable[["sqlite3.Connection"], Any]
+
+
+@dataclasses.dataclass
+class _Running:
+    pending: PendingGeneration
+    path: Path
+    written: tuple[str, int] = ("", 0)
+
+
+class _Recorder:
+    """The listener that writes generations, and its background writer thread.
+
+    One SQLite connection per process, used under ``_lock`` by the caller's
+    thread (the start of a generation, reads) and the writer thread (partial
+    output, ends).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._con: sqlite3.Connection | None = None
+        self._con_path: Path | None = None
+        self._pid = os.getpid()
+        self._refused: dict[Path, Exception] = {}  # damaged or newer files, until configure()
+        self._warned = False
+        self._deferred: str | None = None  # a writer-thread failure, warned in the caller's thread
+        self._running: dict[int, _Running] = {}
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    # -- the connection --------------------------------------------------
+
+    def connection(self, path: Path) -> sqlite3.Connection:
+        """The connection to ``path`` (opened, migrated); call with ``_lock`` held."""
+        from . import _history_db as db
+
+        if self._pid != os.getpid():  # a forked child must not share its parent's connection
+            self._con, self._con_path, self._pid = None, None, os.getpid()
+            self._running.clear()
+        if self._con is not None and self._con_path == path:
+            return self._con
+        if path in self._refused:
+            raise self._refused[path]
+        self.close()
+        try:
+            self._con = db.connect(path)
+        except Exception as exc:
+            problem = db.problem_of(exc, path)
+            if problem.kind in ("damaged", "newer"):
+                self._refused[path] = problem
+            raise problem from exc
+        self._con_path = path
+        return self._con
+
+    def close(self) -> None:
+        with self._lock:
+            if self._con is not None:
+                try:
+                    self._con.close()
+                except Exception:  # closing a broken connection must not break anything
+                    log.debug("closing the history database failed", exc_info=True)
+            self._con, self._con_path = None, None
+
+    def forget_failures(self) -> None:
+        """After a change of settings: try refused files again, and warn again."""
+        self.flush()
+        with self._lock:
+            self._refused.clear()
+            self._warned = False
+            self._deferred = None
+            self.close()
+
+    # -- outcomes ----------------------------------------------------------
+
+    def _failed(self, exc: BaseException, path: Path, *, in_writer: bool = False) -> None:
+        from . import _history_db as db
+
+        problem = db.problem_of(exc, path)
+        if problem.kind in ("damaged", "newer"):
+            self._refused[path] = problem
+            self.close()
+        log.debug("history write failed: %s", problem)
+        if self._warned:
+            return
+        self._warned = True
+        if in_writer:
+            self._deferred = str(problem)
+            log.warning("%s", problem)
+        else:
+            warnings.warn(str(problem), LLMMagicWarning, stacklevel=_outside_stacklevel())
+
+    def _succeeded(self) -> None:
+        if self._deferred is None:
+            self._warned = False
+
+    def _warn_deferred(self) -> None:
+        message, self._deferred = self._deferred, None
+        if message is not None:
+            warnings.warn(message, LLMMagicWarning, stacklevel=_outside_stacklevel())
+
+    # -- events (the caller's thread) -------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        if event.kind == "generation_start":
+            self._start(event.data.get("generation"))
+        elif event.kind == "generation_end":
+            self._end(event.data.get("generation"), event.data.get("error"))
+
+    def _start(self, pending: PendingGeneration | None) -> None:
+        from . import _history_db as db
+
+        self._warn_deferred()
+        now = settings()
+        if pending is None or not now.enabled:
+            return
+        values = _start_values(pending)
+        with self._lock:
+            try:
+                row_id = db.insert(self.connection(now.path), values)
+            except Exception as exc:
+                self._failed(exc, now.path)
+                return
+            self._succeeded()
+            self._running[row_id] = _Running(pending, now.path)
+        pending.id = row_id
+        self._ensure_thread()
+        self._jobs.put(None)  # the writer starts timing the partial-output writes
+
+    def _end(self, gen: Generation | None, error: str | None) -> None:
+        from . import _history_db as db
+
+        self._warn_deferred()
+        if gen is None or gen.id is None:
+            return
+        with self._lock:
+            running = self._running.pop(gen.id, None)
+        if running is None:
+            return
+        row_id, values = gen.id, _end_values(gen, error)
+        self._jobs.put((running.path, lambda con: db.complete(con, row_id, values)))
+
+    # -- the writer thread ------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="llm_magic-history",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while True:
+            interval = settings().flush_interval
+            with self._lock:
+                busy = bool(self._running)
+            timeout = max(0.0, interval - (time.monotonic() - last)) if busy else None
+            try:
+                job = self._jobs.get(timeout=timeout)
+            except queue.Empty:
+                job = None
+            if isinstance(job, threading.Event):
+                job.set()
+            elif job is not None:
+                self._do(*job)
+            if time.monotonic() - last >= interval:
+                self._write_progress()
+                last = time.monotonic()
+
+    def _do(self, path: Path, job: Job) -> None:
+        with self._lock:
+            try:
+                job(self.connection(path))
+            except Exception as exc:
+                self._failed(exc, path, in_writer=True)
+            else:
+                self._succeeded()
+
+    def _write_progress(self) -> None:
+        from . import _history_db as db
+
+        with self._lock:
+            running = list(self._running.items())
+        updates: dict[Path, list[tuple[int, str, int]]] = {}
+        for row_id, entry in running:
+            try:
+                now = entry.pending.progress()
+            except Exception:  # a generation ending meanwhile; its end is written anyway
+                continue
+            if now != entry.written:
+                updates.setdefault(entry.path, []).append((row_id, *now))
+                entry.written = now
+        for path, rows in updates.items():
+            self._do(path, lambda con, rows=rows: db.progress(con, rows))  # type: ignore[misc]
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every write queued so far is done; False if the writer did not finish."""
+        with self._lock:
+            thread = self._thread
+        if thread is None or not thread.is_alive() or thread is threading.current_thread():
+            return True
+        done = threading.Event()
+        self._jobs.put(done)
+        return done.wait(timeout)
+
+
+_recorder = _Recorder()
+subscribe_everywhere(_recorder.on_event, kinds={"generation_start", "generation_end"})
+atexit.register(_recorder.flush, 5.0)
+
+
+# -- reading ----------------------------------------------------------------------
+
+
+def _read(**query: Any) -> tuple[Path, list[HistoryRow]]:
+    from . import _history_db as db
+
+    _recorder.flush()
+    path = settings().path
+    if not path.exists():
+        return path, []
+    with _recorder._lock:
+        try:
+            rows = db.select(_recorder.connection(path), **query)
+        except Exception as exc:
+            raise db.HistoryError(str(db.problem_of(exc, path))) from exc
+    return path, [HistoryRow.from_db(dict(zip(db.COLUMNS, r, strict=True))) for r in rows]
+
+
+def history(n: int | None = 20, search: str | None = None,
+            model: str | None = None) -> HistoryTable:
+    """The latest generations, newest first; renders as a table.
+
+    Parameters
+    ----------
+    n : int or None
+        How many rows at most (None: all).
+    search : str, optional
+        Only generations whose prompt, system prompt or output contains this
+        text (case-insensitive for ASCII letters).
+    model : str, optional
+        Only generations of the model of this name.
+
+    Returns
+    -------
+    HistoryTable
+        A tuple of :class:`HistoryRow`.
+
+    Examples
+    --------
+    >>> import llm_magic as lm
+    >>> lm.history(5, search="import")  # doctest: +SKIP
+    >>> lm.history()[0].output          # doctest: +SKIP
+    """
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise InvalidOptionError(f"n must be a positive number of rows, not {n!r}.")
+    if search is not None and not isinstance(search, str):
+        raise InvalidOptionError("search must be a string.")
+    if model is not None and not isinstance(model, str):
+        raise InvalidOptionError("model must be a model's name.")
+    path, rows = _read(limit=n, search=search or None, model=model)
+    return HistoryTable(rows, path=path)
+
+
+def get(row_id: int) -> HistoryRow:
+    """One recorded generation by its id; :class:`HistoryError` if there is none."""
+    from ._history_db import HistoryError
+
+    if isinstance(row_id, bool) or not isinstance(row_id, int) or row_id < 1:
+        raise InvalidOptionError(f"A generation id is a positive integer, not {row_id!r}.")
+    path, rows = _read(row_id=row_id, limit=1)
+    if not rows:
+        _, latest = _read(limit=1)
+        last = f"the latest is {latest[0].id}" if latest else "it holds no generations yet"
+        raise HistoryError(f"There is no generation {row_id} in the history at {path} ({last}). "
+                           "See `lm.history()` or `%llm history` for the ids.")
+    return rows[0]
+
+
+# -- rerun ------------------------------------------------------------------------
+
+
+def _at(revision: str | None) -> str:
+    return f" at revision {revision!r}" if revision else ""
+
+
+def _model_for(manager: ModelManager, row: HistoryRow) -> str:
+    """The loaded model that is the row's model (same source and revision), or say what to load."""
+    wanted = row.commit or row.revision
+
+    def same(info: ModelInfo) -> bool:
+        if row.source is not None and redact(info.source) != row.source:
+            return False
+        return (info.commit == row.commit) if row.commit else (info.revision == row.revision)
+
+    names = manager.names()
+    for name in sorted(names, key=lambda n: n != row.model):
+        if same(manager.info(name)):
+            return name
+    source = row.source or row.model
+    load = f"lm.load({source!r}, name={row.model!r}" + (
+        f", revision={wanted!r})" if wanted else ")")
+    magic = f"%llm load {shlex.quote(source)} --as {row.model}" + (
+        f" --revision {wanted}" if wanted else "")
+    if row.model in names:
+        info = manager.info(row.model)
+        raise ModelNotLoadedError(
+            f"Generation {row.id} ran on {row.model!r} from {source!r}{_at(wanted)}, but the "
+            f"loaded {row.model!r} comes from {info.source!r}{_at(info.commit or info.revision)}. "
+            f"Load the original with {load[:-1]}, reload=True) or `{magic} --reload` (or under "
+            "another name), then rerun."
+        )
+    raise ModelNotLoadedError(
+        f"Generation {row.id} ran on {row.model!r} from {source!r}{_at(wanted)}, which is not "
+        f"loaded. Load it with {load} or `{magic}`, then rerun."
+    )
+
+
+def _notes(row: HistoryRow, info: ModelInfo) -> tuple[str, ...]:
+    notes = []
+    now = versions()
+    then = {"llm_magic": row.llm_magic_version, "torch": row.torch_version,
+            "transformers": row.transformers_version}
+    changed = [f"{lib} {then[lib] or '-'} then, {now[lib] or '-'} now"
+               for lib in ("llm_magic", "torch", "transformers") if then[lib] != now[lib]]
+    if changed:
+        notes.append("Library versions differ (" + "; ".join(changed) + "): the output may "
+                     "differ for that reason alone.")
+    if (row.device, row.dtype) != (info.device, info.dtype):
+        notes.append(f"It ran on {row.device} in {row.dtype}; this rerun on {info.device} in "
+                     f"{info.dtype}: the output may differ for that reason.")
+    if float(row.params.get("temperature") or 0) > 0 and row.seed is None:
+        notes.append("It sampled without a seed: a rerun is not expected to match. Give a "
+                     "seed (--seed) to make sampling reproducible.")
+    if row.status != "ok":
+        notes.append(f"It ended as {row.status!r} after {row.new_tokens} tokens: its partial "
+                     "output is compared with the start of the rerun.")
+    return tuple(notes)
+
+
+def rerun(id: int, *, stream: Any = None, manager: ModelManager | None = None) -> RerunResult:
+    """Run a recorded generation again: same model, revision, parameters and seed.
+
+    The rerun is itself recorded. Greedy and seeded generations on the same
+    machine and library versions give the same text; the result says whether
+    they did, and notes what differs (library versions, device, dtype).
+
+    Parameters
+    ----------
+    id : int
+        The generation's id (``lm.history()``, ``Generation.id``).
+    stream : optional
+        Where to stream the new text, as for :func:`llm_magic.generate`.
+
+    Returns
+    -------
+    RerunResult
+
+    Raises
+    ------
+    ModelNotLoadedError
+        The model (or its revision) is not loaded; the message says what to load.
+
+    Examples
+    --------
+    >>> import llm_magic as lm
+    >>> g = lm.generate("The import statement", max_new_tokens=20)  # doctest: +SKIP
+    >>> lm.rerun(g.id).matches                                      # doctest: +SKIP
+    True
+    """
+    from .generation import generate
+    from .manager import get_manager
+
+    row = get(id)
+    manager = manager or get_manager()
+    name = _model_for(manager, row)
+    info = manager.info(name)
+    gen = generate(row.prompt, model=name, stream=stream, manager=manager, **rerun_options(row))
+    return RerunResult(original=row, generation=gen, notes=_notes(row, info))
+
