@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from .errors import LLMMagicError
 
-__all__ = ["COLUMNS", "MIGRATIONS", "HistoryError", "Problem", "complete", "connect", "insert",
+__all__ = ["COLUMNS", "MIGRATIONS", "HistoryError", "Problem", "complete", "connect", "insert", "newer",
            "migrate", "problem_of", "progress", "select", "version_of"]
 
 T = TypeVar("T")
@@ -166,12 +166,7 @@ def version_of(con: sqlite3.Connection) -> int:
 def migrate(con: sqlite3.Connection,
             steps: Sequence[tuple[str, ...]] = MIGRATIONS) -> int:
     """Bring the schema up to ``len(steps)``; returns the version it was at."""
-    found = version_of(con)
-    if found > len(steps):
-        raise Problem("newer", (
-            f"The history database was written by a newer llm_magic (schema version {found}; "
-            f"this one knows {len(steps)}): generations are not recorded there. Upgrade "
-            "llm_magic, or point LLM_MAGIC_HISTORY at another file."))
+    found = newer(con, steps)
     if found == len(steps):
         return found
 
@@ -186,6 +181,17 @@ def migrate(con: sqlite3.Connection,
     return write(con, apply)
 
 
+def newer(con: sqlite3.Connection, steps: Sequence[tuple[str, ...]] = MIGRATIONS) -> int:
+    """The file's schema version; :class:`Problem` if a newer llm_magic wrote it."""
+    found = version_of(con)
+    if found > len(steps):
+        raise Problem("newer", (
+            f"The history database was written by a newer llm_magic (schema version {found}; "
+            f"this one knows {len(steps)}): generations are not recorded there. Upgrade "
+            "llm_magic, or point LLM_MAGIC_HISTORY at another file."))
+    return found
+
+
 def connect(path: Path, steps: Sequence[tuple[str, ...]] = MIGRATIONS) -> sqlite3.Connection:
     """Open (creating if needed) the database at ``path``, in WAL mode, migrated.
 
@@ -196,6 +202,7 @@ def connect(path: Path, steps: Sequence[tuple[str, ...]] = MIGRATIONS) -> sqlite
     con = sqlite3.connect(str(path), timeout=_BUSY_TIMEOUT, isolation_level=None,
                           check_same_thread=False)
     try:
+        newer(con, steps)  # before anything is written to a file of a newer version
         mode = retried(lambda: con.execute("PRAGMA journal_mode=WAL").fetchone()[0])
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"attempt to write a readonly database (journal {mode})")

@@ -108,7 +108,7 @@ def settings() -> HistorySettings:
 
 
 def configure(*, enabled: bool | None = None, path: str | os.PathLike[str] | None = None,
-              flush_interval: float | None = None) -> HistorySettings:
+              flush_interval: float | None = None, reset: bool = False) -> HistorySettings:
     """Turn history on or off, or move it to another file; returns the settings now.
 
     Parameters
@@ -120,6 +120,9 @@ def configure(*, enabled: bool | None = None, path: str | os.PathLike[str] | Non
         The database file; ``""`` goes back to ``LLM_MAGIC_HISTORY`` or the default.
     flush_interval : float, optional
         Seconds between writes of a running generation's partial output.
+    reset : bool
+        First forget every earlier ``configure`` (back to ``LLM_MAGIC_HISTORY``
+        and the defaults).
 
     Examples
     --------
@@ -133,6 +136,8 @@ def configure(*, enabled: bool | None = None, path: str | os.PathLike[str] | Non
             flush_interval, (int, float)) or not 0 < flush_interval <= 3600):
         raise InvalidOptionError("flush_interval must be a number of seconds, > 0 and <= 3600.")
     with _lock:
+        if reset:
+            _explicit.update(enabled=None, path=None, flush_interval=1.0)
         if enabled is not None:
             _explicit["enabled"] = enabled
         if path is not None:

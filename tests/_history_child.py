@@ -1,0 +1,95 @@
+"""A separate Python process that generates with history on, for tests of the history store.
+
+``python _history_child.py ROLE DATABASE MODEL_DIR [ARGS]`` where ROLE is:
+
+- ``kill``: three short generations (one JSON line each: id, text), then ``LONG``
+  and a long streamed generation, each piece a JSON line, until it is killed;
+- ``writer NAME COUNT GO``: print ``ready``, wait for the file GO, then COUNT
+  short generations on a model named NAME, one id per line;
+- ``full``: one generation, then fill the disk the database is on, two more,
+  free it, one more; prints one JSON line with the ids and warnings;
+- ``readonly``: two generations on a database that cannot be written; prints
+  one JSON line with the ids, texts and warnings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def emit(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    role, database, model_dir, *rest = sys.argv[1:]
+    import llm_magic as lm
+    from llm_magic.errors import LLMMagicWarning
+    from llm_magic.history import configure
+
+    configure(path=database, flush_interval=0.1)
+
+    def recorded(fn: object) -> tuple[list[object], list[str]]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = fn()  # type: ignore[operator]
+        mine = [str(w.message) for w in caught if issubclass(w.category, LLMMagicWarning)]
+        return out, mine
+
+    if role == "kill":
+        lm.load(model_dir, name="long")
+        for i in range(3):
+            g = lm.generate(f"Prompt number {i}", max_new_tokens=8)
+            emit({"id": g.id, "text": g.text})
+        emit("LONG")
+        lm.generate("The long one", max_new_tokens=8000, stream=emit)
+    elif role == "writer":
+        name, count, go = rest
+        lm.load(model_dir, name=name)
+        emit("ready")
+        while not Path(go).exists():
+            time.sleep(0.01)
+        for i in range(int(count)):
+            emit(lm.generate(f"{name} generation {i}", max_new_tokens=3).id)
+    elif role == "full":
+        lm.load(model_dir, name="tiny")
+        first = lm.generate("Before the disk is full", max_new_tokens=4)
+        lm.history()  # its end is written before the disk fills
+        filler = Path(database).parent / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 65536)
+        except OSError as exc:
+            assert exc.errno == 28, exc  # ENOSPC: the disk is full
+        os.close(fd)
+        gens, caught = recorded(lambda: [
+            lm.generate("While the disk is full", max_new_tokens=4, stream=lambda s: None),
+            lm.generate("Still full", max_new_tokens=4),
+        ])
+        os.remove(filler)
+        after, later = recorded(lambda: lm.generate("After freeing space", max_new_tokens=4))
+        emit({"ids": [first.id, *(g.id for g in gens), after.id],
+              "tokens": [g.stats.new_tokens for g in gens], "warnings": caught + later,
+              "rows": [(r.id, r.prompt, r.status) for r in lm.history()]})
+    elif role == "readonly":
+        lm.load(model_dir, name="tiny")
+        gens, caught = recorded(lambda: [lm.generate(f"Read-only {i}", max_new_tokens=4)
+                                         for i in range(2)])
+        emit({"ids": [g.id for g in gens], "tokens": [g.stats.new_tokens for g in gens],
+              "warnings": caught})
+    else:
+        raise SystemExit(f"unknown role {role!r}")
+
+
+if __name__ == "__main__":
+    main()
