@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 
 from .errors import LLMMagicError
 
-__all__ = ["COLUMNS", "MIGRATIONS", "HistoryError", "Problem", "complete", "connect", "insert", "newer",
-           "migrate", "problem_of", "progress", "select", "version_of"]
+__all__ = ["COLUMNS", "MIGRATIONS", "HistoryError", "Problem", "complete", "connect", "insert",
+           "migrate", "newer", "problem_of", "progress", "retried", "select", "version_of",
+           "write"]
 
 T = TypeVar("T")
 

@@ -93,15 +93,19 @@ class HistoryTable(tuple):  # type: ignore[type-arg]
 
     columns = ("id", "started", "model", "status", "new tokens", "tokens/s", "prompt", "output")
     path: Path | None
+    filtered: bool
 
-    def __new__(cls, rows: Any = (), path: Path | None = None) -> HistoryTable:
+    def __new__(cls, rows: Any = (), path: Path | None = None,
+                filtered: bool = False) -> HistoryTable:
         table = super().__new__(cls, rows)
-        table.path = path
+        table.path, table.filtered = path, filtered
         return table
 
     def _empty(self) -> str:
         where = f" in {self.path}" if self.path is not None else ""
-        return f"No generations recorded{where} match."
+        if self.filtered:
+            return f"No generation recorded{where} matches."
+        return f"No generations recorded{where} yet."
 
     def __str__(self) -> str:
         if not self:

@@ -370,7 +370,7 @@ class _Recorder:
     def _ensure_thread(self) -> None:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="llm_magic-history",
+                self._thread = threading.Thread(target=self._run, name="llm_magic.history",
                                                 daemon=True)
                 self._thread.start()
 
@@ -485,7 +485,7 @@ def history(n: int | None = 20, search: str | None = None,
     if model is not None and not isinstance(model, str):
         raise InvalidOptionError("model must be a model's name.")
     path, rows = _read(limit=n, search=search or None, model=model)
-    return HistoryTable(rows, path=path)
+    return HistoryTable(rows, path=path, filtered=bool(search) or model is not None)
 
 
 def get(row_id: int) -> HistoryRow:

@@ -278,7 +278,9 @@ def test_history_filters_and_renders(store, manager, tiny):
     assert "A dict" in str(table) and "status" in str(table)
     html = table._repr_html_()
     assert "&lt;b&gt;list&lt;/b&gt;" in html and "<b>list" not in html
-    assert "match" in str(history(model="nope"))
+    assert "matches" in str(history(model="nope"))
+    configure(path=store.with_name("none-yet.sqlite"))
+    assert "No generations recorded" in str(history()) and "yet" in history()._repr_html_()
     for bad in (0, -1, True, "3"):
         with pytest.raises(InvalidOptionError):
             history(bad)  # type: ignore[arg-type]
