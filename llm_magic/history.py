@@ -263,8 +263,8 @@ class _Recorder:
         if self._pid != os.getpid():  # a forked child must not share its parent's connection
             self._con, self._con_path, self._pid = None, None, os.getpid()
             self._running.clear()
-        if self._con is not None and self._con_path == path:
-            return self._con
+        if self._con is not None and self._con_path == path and path.exists():
+            return self._con  # (a file deleted meanwhile is made again, not written unlinked)
         if path in self._refused:
             raise self._refused[path]
         self.close()
@@ -442,6 +442,7 @@ def _read(**query: Any) -> tuple[Path, list[HistoryRow]]:
     from . import _history_db as db
 
     _recorder.flush()
+    _recorder._warn_deferred()
     path = settings().path
     if not path.exists():
         return path, []

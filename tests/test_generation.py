@@ -282,3 +282,27 @@ def test_batch_matches_single_greedy_and_trims_stops(manager, llama):
         generate_batch([], manager=manager)
     with pytest.raises(InvalidOptionError, match="empty"):
         generate_batch(["ok", ""], manager=manager)
+
+
+def test_the_start_event_carries_the_model_facts_and_progress(manager, gpt2, tiny_gpt2):
+    seen: list[tuple[object, str, int]] = []
+
+    def record(event) -> None:
+        pending = event.data["generation"]
+        assert isinstance(pending, generation.PendingGeneration)
+        seen.append((pending, *pending.progress()))
+
+    progress: list[tuple[str, int]] = []
+    stop = manager.events.subscribe(record, kinds={"generation_start"})
+    try:
+        g = generate("Hello", max_new_tokens=12, manager=manager,
+                     stream=lambda text: progress.append(seen[0][0].progress()))
+    finally:
+        stop()
+    pending, text, tokens = seen[0]
+    # the history store, listening too, gave the generation its row
+    assert (text, tokens) == ("", 0) and isinstance(g.id, int) and g.id == pending.id
+    assert pending.info.source == str(tiny_gpt2) and pending.info.device == "cpu"
+    assert pending.request.max_new_tokens == 12 and pending.prompt == "Hello"
+    assert progress and progress[-1][1] <= g.stats.new_tokens
+    assert all(g.text.startswith(t) for t, _ in progress)

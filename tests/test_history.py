@@ -153,6 +153,15 @@ def test_ids_grow_and_generations_without_streaming_are_recorded_too(store, mana
     assert lm.history(2)[0].id == gens[-1].id
 
 
+def test_a_file_deleted_meanwhile_is_made_again(store, manager, tiny):
+    generate("Hello", max_new_tokens=2, manager=manager)
+    HISTORY._recorder.flush()
+    for p in list(store.parent.glob("history.sqlite*")):
+        p.unlink()
+    g = generate("Again", max_new_tokens=2, manager=manager)
+    assert g.id == 1 and [r["prompt"] for r in rows(store)] == ["Again"]
+
+
 def test_partial_output_is_written_while_it_runs(store, manager, long_model):
     manager.load(str(long_model), name="long")
     stop = threading.Event()
