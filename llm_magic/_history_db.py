@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 from .errors import LLMMagicError
 
-__all__ = ["COLUMNS", "MIGRATIONS", "HistoryError", "Problem", "complete", "connect", "insert",
-           "migrate", "newer", "problem_of", "progress", "retried", "select", "version_of",
-           "write"]
+__all__ = ["COLUMNS", "MIGRATIONS", "START_ATTEMPTS", "HistoryError", "Problem", "complete",
+           "connect", "insert", "migrate", "newer", "problem_of", "progress", "retried", "select",
+           "version_of", "write"]
 
 T = TypeVar("T")
 
@@ -77,7 +77,10 @@ _END_COLUMNS = ("ended_at", "status", "error", "output", "prompt_tokens", "new_t
                 "time_to_first_token", "duration", "tokens_per_second", "stop_reason")
 
 _RETRIES = 10  # attempts of a write that finds the database busy, after the busy timeout
-_BUSY_TIMEOUT = 5.0  # seconds SQLite itself waits for another writer
+_BUSY_TIMEOUT = 2.0  # seconds SQLite itself waits for another writer
+#: Attempts of the write at a generation's start, in the caller's thread: a file that
+#: another program keeps locked delays a generation by a few seconds at most.
+START_ATTEMPTS = 2
 
 
 class HistoryError(LLMMagicError):
@@ -87,7 +90,7 @@ class HistoryError(LLMMagicError):
 class Problem(Exception):
     """A failure of the history database, sorted into what the user can do about it.
 
-    ``kind`` is "damaged", "read-only", "full", "newer" or "other"; ``str()``
+    ``kind`` is "damaged", "read-only", "full", "busy", "newer" or "other"; ``str()``
     is the sentence for the warning.
     """
 
@@ -116,6 +119,10 @@ def problem_of(exc: BaseException, path: Path) -> Problem:
         return Problem("full", (
             f"The disk holding the history database {path} is full ({detail}); this "
             "generation is not recorded. Free some space: history resumes by itself."))
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in lowered:
+        return Problem("busy", (
+            f"The history database {path} is locked by another program ({detail}); this "
+            "generation is not recorded. History resumes when the lock is gone."))
     if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")) or \
             isinstance(exc, PermissionError) or "readonly" in lowered or "read-only" in lowered \
             or "unable to open" in lowered:
@@ -143,7 +150,8 @@ def retried(fn: Callable[[], T], attempts: int = _RETRIES) -> T:
     raise AssertionError("unreachable")
 
 
-def write(con: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+def write(con: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T],
+          attempts: int = _RETRIES) -> T:
     """Run ``fn(con)`` in one immediate write transaction, retried while the file is busy."""
 
     def attempt() -> T:
@@ -157,7 +165,7 @@ def write(con: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
             raise
         return result
 
-    return retried(attempt)
+    return retried(attempt, attempts)
 
 
 def version_of(con: sqlite3.Connection) -> int:
@@ -217,13 +225,13 @@ def connect(path: Path, steps: Sequence[tuple[str, ...]] = MIGRATIONS) -> sqlite
     return con
 
 
-def insert(con: sqlite3.Connection, values: dict[str, Any]) -> int:
+def insert(con: sqlite3.Connection, values: dict[str, Any], attempts: int = _RETRIES) -> int:
     """Add a row; returns its id."""
     names = [c for c in COLUMNS if c in values]
     sql = (f"INSERT INTO generations ({', '.join(names)}) "
            f"VALUES ({', '.join('?' for _ in names)})")
     row = [_cell(values[n]) for n in names]
-    cursor = write(con, lambda c: c.execute(sql, row))
+    cursor = write(con, lambda c: c.execute(sql, row), attempts)
     assert cursor.lastrowid is not None
     return int(cursor.lastrowid)
 

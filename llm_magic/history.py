@@ -342,7 +342,7 @@ class _Recorder:
         values = _start_values(pending)
         with self._lock:
             try:
-                row_id = db.insert(self.connection(now.path), values)
+                row_id = db.insert(self.connection(now.path), values, db.START_ATTEMPTS)
             except Exception as exc:
                 self._failed(exc, now.path)
                 return

@@ -464,6 +464,23 @@ def test_a_full_disk_gives_one_warning_and_history_resumes(tmp_path, tiny_gpt2):
                                               (1, "Before the disk is full", "ok")]
 
 
+def test_a_file_another_program_keeps_locked_costs_one_warning(store, manager, tiny):
+    first = generate("Before", max_new_tokens=2, manager=manager)
+    HISTORY._recorder.flush()
+    other = sqlite3.connect(store, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # holds the write lock, like a stuck tool would
+    try:
+        with pytest.warns(LLMMagicWarning, match="locked by another program") as caught:
+            gens = [generate("While locked", max_new_tokens=2, manager=manager)
+                    for _ in range(2)]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert len(caught) == 1 and [g.id for g in gens] == [None, None]
+    assert all(g.stats.new_tokens == 2 for g in gens)
+    assert generate("After", max_new_tokens=2, manager=manager).id == first.id + 1
+
+
 def test_sigkill_during_a_long_generation_loses_nothing(tmp_path, long_model):
     path = tmp_path / "killed.sqlite"
     proc = child("kill", str(path), str(long_model))
