@@ -6,8 +6,10 @@
   and a long streamed generation, each piece a JSON line, until it is killed;
 - ``writer NAME COUNT GO``: print ``ready``, wait for the file GO, then COUNT
   short generations on a model named NAME, one id per line;
-- ``full``: one generation, then fill the disk the database is on, two more,
-  free it, one more; prints one JSON line with the ids and warnings;
+- ``full LONG_MODEL_DIR``: one generation, then fill the disk the database is
+  on, two more, free it, one more (a JSON line: ids, warnings); then a long
+  generation during which the disk fills, then one more once it is freed
+  (a JSON line: ids, warnings, rows);
 - ``readonly``: two generations on a database that cannot be written; prints
   one JSON line with the ids, texts and warnings.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -28,6 +31,30 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def emit(obj: object) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
+
+
+def fill(path: Path) -> None:
+    """Write zeros to ``path`` until the disk is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 65536)
+    except OSError as exc:
+        assert exc.errno == 28, exc  # ENOSPC: the disk is full
+    finally:
+        os.close(fd)
+
+
+def written(database: str) -> bool:
+    """Whether the running generation's partial output is in the file (read as another program)."""
+    import sqlite3
+
+    con = sqlite3.connect(database)
+    try:
+        return bool(con.execute("SELECT 1 FROM generations WHERE status = 'running' "
+                                "AND output != ''").fetchall())
+    finally:
+        con.close()
 
 
 def main() -> None:
@@ -65,13 +92,7 @@ def main() -> None:
         first = lm.generate("Before the disk is full", max_new_tokens=4)
         lm.history()  # its end is written before the disk fills
         filler = Path(database).parent / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-        try:
-            while True:
-                os.write(fd, b"\0" * 65536)
-        except OSError as exc:
-            assert exc.errno == 28, exc  # ENOSPC: the disk is full
-        os.close(fd)
+        fill(filler)
         gens, caught = recorded(lambda: [
             lm.generate("While the disk is full", max_new_tokens=4, stream=lambda s: None),
             lm.generate("Still full", max_new_tokens=4),
@@ -81,6 +102,27 @@ def main() -> None:
         emit({"ids": [first.id, *(g.id for g in gens), after.id],
               "tokens": [g.stats.new_tokens for g in gens], "warnings": caught + later,
               "rows": [(r.id, r.prompt, r.status) for r in lm.history()]})
+        # The disk fills while a generation runs: its partial output stays as last written.
+        lm.load(rest[0], name="long")
+        stop = threading.Event()
+
+        def sink(text: str) -> None:
+            if stop.is_set() or not written(database):
+                return
+            fill(filler)
+            time.sleep(0.5)  # the writer thread meets the full disk
+            stop.set()
+
+        def phase() -> tuple[lm.Generation, lm.Generation]:
+            long = lm.generate("Fills the disk", model="long", max_new_tokens=15000,
+                               stream=sink, stop_event=stop)
+            lm.history()  # the writer has met the full disk with the end of "Fills the disk"
+            os.remove(filler)
+            return long, lm.generate("Space again", model="tiny", max_new_tokens=4)
+
+        (long, last), caught = recorded(phase)
+        emit({"ids": [long.id, last.id], "text": long.text, "warnings": caught,
+              "rows": [(r.id, r.prompt, r.status, r.output) for r in lm.history()]})
     elif role == "readonly":
         lm.load(model_dir, name="tiny")
         gens, caught = recorded(lambda: [lm.generate(f"Read-only {i}", max_new_tokens=4)

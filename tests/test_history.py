@@ -449,19 +449,28 @@ def test_a_read_only_file_gives_one_warning(store, manager, tiny, tiny_gpt2):
 
 
 @pytest.mark.skipif(not namespace_works(), reason="needs a mount namespace for a small tmpfs")
-def test_a_full_disk_gives_one_warning_and_history_resumes(tmp_path, tiny_gpt2):
+def test_a_full_disk_gives_one_warning_and_history_resumes(tmp_path, tiny_gpt2, long_model):
     where = tmp_path / "small-disk"
     where.mkdir()
     done = in_namespace(f"mount -t tmpfs -o size=512k tmpfs {where}", "full",
-                        str(where / "history.sqlite"), str(tiny_gpt2))
+                        str(where / "history.sqlite"), str(tiny_gpt2), str(long_model))
     assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout.splitlines()[-1])
+    out, mid = (json.loads(line) for line in done.stdout.splitlines()[-2:])
     first, full1, full2, after = out["ids"]
     assert (first, full1, full2) == (1, None, None) and all(out["tokens"])
     assert after == 2
     assert len(out["warnings"]) == 1 and "is full" in out["warnings"][0]
     assert [tuple(r) for r in out["rows"]] == [(2, "After freeing space", "ok"),
                                               (1, "Before the disk is full", "ok")]
+    # full while a generation runs: one warning (from the writer thread, given in the
+    # caller's), the row keeps its last partial output, and history resumes after
+    assert mid["ids"] == [3, 4]
+    assert len(mid["warnings"]) == 1 and "is full" in mid["warnings"][0]
+    (last_id, last_prompt, last_status, _), (long_id, long_prompt, status, partial) = \
+        mid["rows"][:2]
+    assert (last_id, last_prompt, last_status) == (4, "Space again", "ok")
+    assert (long_id, long_prompt, status) == (3, "Fills the disk", "running")
+    assert partial and mid["text"].startswith(partial)
 
 
 def test_a_file_another_program_keeps_locked_costs_one_warning(store, manager, tiny):
