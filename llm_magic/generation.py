@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from .backends.base import GenerationRequest
 from .errors import BackendError, InvalidOptionError, LLMMagicError, NotAvailableError
-from .manager import ModelInfo, ModelManager, get_manager
+from .manager import ModelInfo, ModelManager, get_manager, set_generator
 
 __all__ = [
     "Generation",
@@ -509,3 +509,6 @@ def _batch_failed(manager: ModelManager, name: str, pendings: list[PendingGenera
                          params=_params(pending.request), id=pending.id)
         manager.events.emit("generation_end", name, generation=gen,
                             error=None if interrupted else str(exc) or repr(exc))
+
+
+set_generator(generate)  # ModelHandle.generate
