@@ -73,7 +73,8 @@ def long_model(tmp_path_factory) -> Path:
 
 
 def rows(path: Path, where: str = "1") -> list[sqlite3.Row]:
-    """Read the file directly, as another program would."""
+    """Read the file directly, as another program would (once this process's writes are done)."""
+    HISTORY._recorder.flush()
     con = sqlite3.connect(path)
     con.row_factory = sqlite3.Row
     try:
@@ -579,7 +580,7 @@ def test_history_and_rerun_magics(ip, capsys):
     assert "A list comprehension" in shown and "A dict" not in shown
     ip.run_line_magic("llm", f"rerun {first.id}")
     assert "the output matches" in capsys.readouterr().out
-    assert ip.user_ns["_llm"].text == first.text
+    assert lm.last().text == first.text and lm.last().id > first.id
     for line, match in (("rerun 999", "no generation 999"), ("rerun x", "invalid int"),
                         ("history -n 0", "positive")):
         with pytest.raises(UsageError, match=match):

@@ -166,7 +166,7 @@ def _help(magics: Host, args: Namespace) -> None:
 @argument("--search", type=text, metavar="TEXT",
           help="only generations whose prompt, system prompt or output contains TEXT")
 @argument("--model", type=text, metavar="NAME", help="only generations of this model")
-def _history(magics: LLMMagics, args: Namespace) -> None:
+def _history(magics: Host, args: Namespace) -> None:
     """Show past generations (id, time, model, status, output), newest first."""
     with usage_errors():
         display(history(args.n, search=args.search, model=args.model))
@@ -174,12 +174,10 @@ def _history(magics: LLMMagics, args: Namespace) -> None:
 
 @magic_arguments("llm rerun")
 @argument("id", type=int, help="the generation's id, as `%%llm history` shows it")
-def _rerun(magics: LLMMagics, args: Namespace) -> None:
+def _rerun(magics: Host, args: Namespace) -> None:
     """Run a past generation again (same model, settings, seed) and say if it matches."""
     with usage_errors():
-        result = rerun(args.id)
-    magics._shell.user_ns["_llm"] = result.generation
-    display(result)
+        display(rerun(args.id))  # the new generation is lm.last()
 
 
 # -- debug ------------------------------------------------------------------
