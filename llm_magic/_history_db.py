@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 from .errors import LLMMagicError
 
-__all__ = ["COLUMNS", "MIGRATIONS", "START_ATTEMPTS", "HistoryError", "Problem", "complete",
-           "connect", "insert", "migrate", "newer", "problem_of", "progress", "retried", "select",
-           "version_of", "write"]
+__all__ = ["COLUMNS", "MIGRATIONS", "START_ATTEMPTS", "START_WAIT", "HistoryError", "Problem",
+           "busy_message", "complete", "connect", "insert", "migrate", "newer", "problem_of",
+           "progress", "retried", "select", "version_of", "write"]
 
 T = TypeVar("T")
 
@@ -81,6 +81,7 @@ _BUSY_TIMEOUT = 2.0  # seconds SQLite itself waits for another writer
 #: Attempts of the write at a generation's start, in the caller's thread: a file that
 #: another program keeps locked delays a generation by a few seconds at most.
 START_ATTEMPTS = 2
+START_WAIT = 5.0  # seconds a start waits for the writer thread's turn with the connection
 
 
 class HistoryError(LLMMagicError):
@@ -120,9 +121,7 @@ def problem_of(exc: BaseException, path: Path) -> Problem:
             f"The disk holding the history database {path} is full ({detail}); this "
             "generation is not recorded. Free some space: history resumes by itself."))
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in lowered:
-        return Problem("busy", (
-            f"The history database {path} is locked by another program ({detail}); this "
-            "generation is not recorded. History resumes when the lock is gone."))
+        return Problem("busy", busy_message(path, detail))
     if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")) or \
             isinstance(exc, PermissionError) or "readonly" in lowered or "read-only" in lowered \
             or "unable to open" in lowered:
@@ -131,6 +130,11 @@ def problem_of(exc: BaseException, path: Path) -> Problem:
             f"without history: make it writable, or {elsewhere}."))
     return Problem("other", (
         f"The history database {path} failed ({detail}); this generation is not recorded."))
+
+
+def busy_message(path: Path, detail: str) -> str:
+    return (f"The history database {path} is locked by another program ({detail}); this "
+            "generation is not recorded. History resumes when the lock is gone.")
 
 
 def _busy(exc: sqlite3.Error) -> bool:

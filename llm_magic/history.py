@@ -340,14 +340,22 @@ class _Recorder:
         if pending is None or not now.enabled:
             return
         values = _start_values(pending)
-        with self._lock:
-            try:
-                row_id = db.insert(self.connection(now.path), values, db.START_ATTEMPTS)
-            except Exception as exc:
-                self._failed(exc, now.path)
-                return
+        # The writer thread may hold the lock while another program holds the file:
+        # a generation waits a few seconds at most, then goes on unrecorded.
+        if not self._lock.acquire(timeout=db.START_WAIT):
+            self._failed(db.Problem("busy", db.busy_message(now.path, "the writer is waiting")),
+                         now.path)
+            return
+        try:
+            row_id = db.insert(self.connection(now.path), values, db.START_ATTEMPTS)
+        except Exception as exc:
+            self._failed(exc, now.path)
+            return
+        else:
             self._succeeded()
             self._running[row_id] = _Running(pending, now.path)
+        finally:
+            self._lock.release()
         pending.id = row_id
         self._ensure_thread()
         self._jobs.put(None)  # the writer starts timing the partial-output writes
