@@ -32,7 +32,6 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from ._history_read import HistoryRow, HistoryTable, RerunResult, rerun_options
 from .errors import InvalidOptionError, LLMMagicWarning, ModelNotLoadedError
@@ -183,6 +182,8 @@ def redact(url: str | None) -> str | None:
     """A source or endpoint without credentials: no ``user:password@``, no key-like query values."""
     if not url or "://" not in url:
         return url
+    from urllib.parse import urlsplit, urlunsplit
+
     parts = urlsplit(url)
     netloc = parts.netloc.rpartition("@")[2]
     query = "&".join(
