@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .attention import AttentionMap, attention, attention_max_tokens
 from .errors import (
     BudgetExceededError,
     InvalidOptionError,
@@ -37,6 +38,7 @@ from .resources import Budget, Estimate, budget, estimate, set_threads, threads
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionMap",
     "Budget",
     "BudgetExceededError",
     "Estimate",
@@ -56,6 +58,8 @@ __all__ = [
     "PromptTooLongError",
     "UnloadReport",
     "__version__",
+    "attention",
+    "attention_max_tokens",
     "budget",
     "estimate",
     "generate",
@@ -143,6 +147,15 @@ def pin(name: str, pinned: bool = True) -> ModelInfo:
 def last() -> Generation | None:
     """The latest generation, including one cut short by an interrupt."""
     return get_manager().last_generation
+
+
+def _view(kind: str, obj: Any, **options: Any) -> Any:
+    """The notebook view of an API object; the one place the API reaches ``widgets``."""
+    if kind == "attention":
+        from .widgets.attention import AttentionWidget
+
+        return AttentionWidget(obj, **options)
+    raise ValueError(f"no view of kind {kind!r}")
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -35,7 +35,7 @@ __all__ = ["COMMANDS", "LATER", "Command", "find", "help_lines", "parse", "set_d
 Run = Callable[["LLMMagics", Namespace], None]
 
 #: Subcommands that later versions fill; until then they answer "not available yet".
-LATER = ("monitor", "panel", "attention", "history")
+LATER = ("monitor", "panel", "history")
 
 
 @contextlib.contextmanager
@@ -230,6 +230,23 @@ def _budget(magics: LLMMagics, args: Namespace) -> None:
         display(api(**limits))
 
 
+# -- attention ----------------------------------------------------------------
+
+
+@magic_arguments("llm attention")
+def _attention(magics: LLMMagics, args: Namespace) -> None:
+    """Show the attention of the latest `%%llm --attention` cell (heatmaps, every head)."""
+    from ..attention import last_attention
+
+    amap = last_attention()
+    if amap is None:
+        raise UsageError(
+            "No generation has captured attention yet: run a cell with `%%llm --attention`, "
+            "or call lm.attention(text, model=...) for a plain forward pass."
+        )
+    display(amap)
+
+
 # -- the table --------------------------------------------------------------
 
 COMMANDS: dict[str, Command] = {
@@ -241,6 +258,7 @@ COMMANDS: dict[str, Command] = {
         Command("use", _use, "NAME"),
         Command("budget", _budget, "[DEVICE=SIZE ...]",
                 available=lambda: _budget_api() is not None),
+        Command("attention", _attention),
         Command("debug", _debug, "[on|off]"),
         Command("help", _help),
     )
