@@ -78,6 +78,9 @@ class AttentionMap:
         True for a causal LM (a token attends only to itself and those before it).
     prompt_tokens : int or None
         For a generation, how many of the tokens were the prompt.
+    pooled : numpy.ndarray or None
+        Every head averaged over blocks, (layers, heads, s, s) with s = min(T, 32):
+        the overview behind thumbnails and the PNG grid.
 
     Examples
     --------
@@ -93,13 +96,15 @@ class AttentionMap:
     model: str
     causal: bool
     prompt_tokens: int | None = None
+    pooled: np.ndarray | None = None
 
     @classmethod
     def from_capture(cls, capture: AttentionCapture, model: str,
                      prompt_tokens: int | None = None) -> AttentionMap:
         """Wrap a backend's capture."""
         return cls(tokens=capture.tokens, labels=capture.labels, layers=capture.layers,
-                   model=model, causal=capture.causal, prompt_tokens=prompt_tokens)
+                   model=model, causal=capture.causal, prompt_tokens=prompt_tokens,
+                   pooled=capture.pooled)
 
     # -- shape and values ---------------------------------------------------
 
@@ -164,13 +169,13 @@ class AttentionMap:
         import numpy as np
 
         s = min(self.shape[2], size)
-        out = np.empty((*self.shape[:2], s, s), dtype=np.uint8)
-        for i, weights in enumerate(self.layers):
-            small = _heatmap.block_mean(weights, s)
-            top = small.max(axis=(1, 2), keepdims=True)
-            top[top <= 0] = 1
-            out[i] = np.rint(small / top * 254).astype(np.uint8)
-        return out
+        if self.pooled is not None and self.pooled.shape[-1] == s:
+            small = self.pooled
+        else:
+            small = np.stack([_heatmap.block_mean(weights, s) for weights in self.layers])
+        top = small.max(axis=(2, 3), keepdims=True)
+        top[top <= 0] = 1
+        return np.rint(small / top * 254).astype(np.uint8)  # type: ignore[no-any-return]
 
     # -- pictures -------------------------------------------------------------
 
@@ -196,19 +201,15 @@ class AttentionMap:
         --------
         >>> png = amap.to_png("attention.png", layer=0, head=0)  # doctest: +SKIP
         """
-        import numpy as np
 
         if head is not None and layer is None:
             raise InvalidOptionError("Name the layer of that head: to_png(layer=L, head=H).")
         self._check(layer, head)
         t = self.shape[2]
         if layer is None:
-            cell = min(max(t, 24), 64)
-            tiles = np.empty((*self.shape[:2], cell, cell), dtype=np.uint8)
-            for i, weights in enumerate(self.layers):
-                small = _heatmap.block_mean(weights, cell)
-                for j in range(small.shape[0]):
-                    tiles[i, j] = _heatmap.levels(small[j])
+            tiles = self.thumbnails()
+            grow = max(1, 64 // tiles.shape[-1])  # tiles of about 64 pixels
+            tiles = tiles.repeat(grow, axis=2).repeat(grow, axis=3)
             pixels = _heatmap.grid_pixels(tiles)
         else:
             values = self.head(layer, head) if head is not None else self.mean(layer)

@@ -217,7 +217,8 @@ def test_png_of_one_head_of_a_layer_and_of_the_grid(amap, tmp_path):
     target = tmp_path / "grid.png"
     png = amap.to_png(target)
     width, height, _ = _png_pixels(png)
-    cell = min(max(t, 24), 64)
+    side = min(t, 32)
+    cell = side * max(1, 64 // side)
     assert (width, height) == (heads * (cell + 2) - 2, layers * (cell + 2) - 2)
     assert target.read_bytes() == png
     with pytest.raises(InvalidOptionError, match="Name the layer"):
@@ -284,6 +285,10 @@ def test_widget_state_stays_small_for_long_texts(manager, minilm):
     state, buffers = _state(view)
     assert buffers["data"] == 128 * 128 * 2
     assert buffers["thumbs"] == 6 * 12 * 32 * 32
+    # The thumbnails are 4 x 4 block means of every head, pooled during the capture.
+    assert amap.pooled is not None and amap.pooled.shape == (6, 12, 32, 32)
+    blocks = amap.layers[5].astype(np.float32).reshape(12, 32, 4, 32, 4).mean(axis=(2, 4))
+    np.testing.assert_allclose(amap.pooled[5], blocks, atol=1e-3)
     import json
 
     data, metadata = amap._repr_mimebundle_()

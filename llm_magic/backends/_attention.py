@@ -22,7 +22,10 @@ from .._sizes import format_size
 from ..errors import InvalidOptionError, NotAvailableError, PromptTooLongError
 from .base import AttentionCapture
 
-__all__ = ["attention_modules", "capture", "readable_tokens"]
+__all__ = ["POOLED", "attention_modules", "capture", "readable_tokens"]
+
+#: Side of the pooled overview of each head (thumbnails), in blocks.
+POOLED = 32
 
 
 def attention_modules(model: Any) -> list[tuple[Any, int]]:
@@ -115,6 +118,8 @@ def capture(model: Any, tokenizer: Any, ids: Sequence[int], *, causal: bool,
             "Shorten the text."
         )
     slots: list[Any] = [None] * layers
+    pooled: list[Any] = [None] * layers
+    side = min(n, POOLED)
     position = {id(module): i for i, (module, _) in enumerate(modules)}
 
     def keep(module: Any, _args: Any, output: Any) -> None:
@@ -123,7 +128,10 @@ def capture(model: Any, tokenizer: Any, ids: Sequence[int], *, causal: bool,
         if weights is None:
             return
         # One layer at a time: float16 on the model's device, then to the CPU.
-        slots[position[id(module)]] = weights[0].to(torch.float16).cpu().numpy()
+        at = position[id(module)]
+        slots[at] = weights[0].to(torch.float16).cpu().numpy()
+        pooled[at] = torch.nn.functional.adaptive_avg_pool2d(
+            weights[0].float(), side).cpu().numpy()
 
     device = next(model.parameters()).device
     inputs = {"input_ids": torch.tensor([ids], device=device),
@@ -152,6 +160,7 @@ def capture(model: Any, tokenizer: Any, ids: Sequence[int], *, causal: bool,
     return AttentionCapture(
         ids=tuple(ids), tokens=tokens, labels=tuple(readable_tokens(tokenizer, tokens)),
         layers=tuple(np.ascontiguousarray(s) for s in slots), causal=causal,
+        pooled=np.stack(pooled).astype(np.float32),
     )
 
 

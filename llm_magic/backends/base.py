@@ -87,6 +87,10 @@ class AttentionCapture:
         One float16 array of shape (heads, T, T) per layer; row = query, column = key.
     causal : bool
         True for a causal language model (each token sees only those before it).
+    pooled : numpy.ndarray
+        Every head averaged over blocks to (layers, heads, s, s) float32 with
+        s = min(T, 32): the overview that thumbnails draw, computed while each
+        layer's weights are at hand.
     """
 
     ids: tuple[int, ...]
@@ -94,6 +98,7 @@ class AttentionCapture:
     labels: tuple[str, ...]
     layers: tuple[np.ndarray, ...]
     causal: bool
+    pooled: np.ndarray
 
 
 class GenerationJob(abc.ABC):
