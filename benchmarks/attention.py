@@ -53,7 +53,8 @@ def minilm_dir() -> Path:
 
 def text_of(tokenizer: Any, tokens: int) -> str:
     """A text that the tokenizer turns into exactly ``tokens`` tokens ([CLS] and [SEP] included)."""
-    ids = tokenizer(PARAGRAPH * (tokens // 40 + 2), add_special_tokens=False)["input_ids"]
+    ids = tokenizer(PARAGRAPH * (tokens // 40 + 2), add_special_tokens=False,
+                    verbose=False)["input_ids"]
     words = tokenizer.decode(ids[: tokens - 2])
     while len(tokenizer(words)["input_ids"]) > tokens:
         words = words.rsplit(" ", 1)[0]
@@ -106,7 +107,7 @@ def mb(n: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="32,128,512", help="token counts, comma-separated")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per length (best time)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per length (best time)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
     args = parser.parse_args()
     try:
@@ -141,8 +142,10 @@ def main() -> None:
             f"{mb(parts['mimebundle'])} + {mb(parts['state'])} + {mb(parts['buffers'])}",
         ))
         print(f"{n} tokens measured", file=sys.stderr, flush=True)
-    print(f"all-MiniLM-L6-v2 (6 layers x 12 heads), torch threads: {args.threads}; "
-          "bertviz = model_view, llm_magic = lm.attention + its view")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"all-MiniLM-L6-v2 (6 layers x 12 heads), torch threads: {args.threads}, "
+          f"{os.cpu_count()} CPUs, load average {load}; bertviz = model_view, "
+          "llm_magic = lm.attention + its view; best of the runs")
     print(table(rows, ("tokens", "stored bertviz", "stored llm_magic", "ratio",
                        "time bertviz", "time llm_magic", "ratio",
                        "llm_magic: bundle + state + buffers")))

@@ -805,7 +805,7 @@ class HFBackend(Backend):
         if isinstance(source, str):
             if not source.strip():
                 raise InvalidOptionError("The text is empty: write some text to look at.")
-            ids = self.tokenizer(source, add_special_tokens=True)["input_ids"]
+            ids = self.tokenizer(source, add_special_tokens=True, verbose=False)["input_ids"]
         else:
             ids = list(source)
         with _out_of_memory_guard(repr(self.spec.name), self.device):
