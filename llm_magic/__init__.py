@@ -149,15 +149,6 @@ def last() -> Generation | None:
     return get_manager().last_generation
 
 
-def _view(kind: str, obj: Any, **options: Any) -> Any:
-    """The notebook view of an API object; the one place the API reaches ``widgets``."""
-    if kind == "attention":
-        from .widgets.attention import AttentionWidget
-
-        return AttentionWidget(obj, **options)
-    raise ValueError(f"no view of kind {kind!r}")
-
-
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext llm_magic``: register the magics (imports nothing heavy)."""
     from .magics import load_ipython_extension as _load

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _heatmap
+from . import _heatmap, _views
 from ._sizes import format_size
 from .errors import InvalidOptionError
 from .manager import ModelManager, get_manager
@@ -228,9 +228,7 @@ class AttentionMap:
         >>> amap.widget(layer=1, head=2)  # doctest: +SKIP
         """
         self._check(layer, head)
-        import llm_magic
-
-        return llm_magic._view("attention", self, layer=layer, head=head)
+        return _views.view_class("attention")(self, layer=layer, head=head)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return self.widget()._repr_mimebundle_(include=include, exclude=exclude)  # type: ignore[no-any-return]
