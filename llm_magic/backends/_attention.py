@@ -134,8 +134,8 @@ def capture(model: Any, tokenizer: Any, ids: Sequence[int], *, causal: bool,
             weights[0].float(), side).cpu().numpy()
 
     device = next(model.parameters()).device
-    inputs = {"input_ids": torch.tensor([ids], device=device),
-              "attention_mask": torch.ones((1, n), dtype=torch.long, device=device)}
+    # One unpadded sequence: no attention mask, so the model builds none (only the causal one).
+    inputs = {"input_ids": torch.tensor([ids], device=device)}
     handles = [module.register_forward_hook(keep) for module, _ in modules]
     try:
         with _eager(model), torch.inference_mode():

@@ -6,6 +6,11 @@
 const RAMP = [[255, 255, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]];
 const MAX_SIDE = 480; // pixels of the heatmap on screen
 const THUMB_SIDE = 40; // pixels of a thumbnail on screen (at least)
+const LABELLED = 10; // rows and columns get token labels when a cell is this many pixels
+
+function cellPixels(size) {
+  return Math.max(1, Math.min(24, Math.floor(MAX_SIDE / size)));
+}
 
 function makePalette() {
   const out = new Uint8ClampedArray(255 * 3);
@@ -82,8 +87,10 @@ function render({ model, el: root }) {
   const main = el("div", "llm-attn-main");
   const plot = el("div", "llm-attn-plot");
   const canvas = el("canvas", "llm-attn-heatmap");
+  const rowLabels = el("div", "llm-attn-rows");
+  const colLabels = el("div", "llm-attn-cols");
   const axes = el("div", "llm-attn-axes", "rows: query token, columns: key token");
-  plot.append(canvas, axes);
+  plot.append(el("div"), colLabels, rowLabels, canvas, el("div"), axes);
   const gridBox = el("div", "llm-attn-grid");
   const gridTitle = el("div", "llm-attn-grid-title", "Every head (rows: layers, columns: heads)");
   const thumbs = el("canvas", "llm-attn-thumbs");
@@ -135,6 +142,30 @@ function render({ model, el: root }) {
     const t = model.get("model_name");
     const kind = model.get("causal") ? "causal" : "encoder";
     title.textContent = `${t} (${kind}), ${tokens.length} tokens `;
+    fillAxes(tokens);
+  }
+
+  function fillAxes(tokens) {
+    const n = tokens.length;
+    const cell = cellPixels(n);
+    rowLabels.replaceChildren();
+    colLabels.replaceChildren();
+    const labelled = n > 0 && cell >= LABELLED;
+    plot.classList.toggle("llm-attn-labelled", labelled);
+    if (!labelled) return;
+    const font = `${Math.min(11, cell - 2)}px`;
+    for (const token of tokens) {
+      const row = el("div", "llm-attn-label", token);
+      row.style.height = `${cell}px`;
+      row.style.lineHeight = `${cell}px`;
+      row.style.fontSize = font;
+      rowLabels.append(row);
+      const col = el("div", "llm-attn-label", token);
+      col.style.width = `${cell}px`;
+      col.style.lineHeight = `${cell}px`;
+      col.style.fontSize = font;
+      colLabels.append(col);
+    }
   }
 
   function drawHeatmap() {
@@ -157,7 +188,7 @@ function render({ model, el: root }) {
       px[4 * i + 3] = 255;
     }
     octx.putImageData(image, 0, 0);
-    const cell = Math.max(1, Math.min(24, Math.floor(MAX_SIDE / size)));
+    const cell = cellPixels(size);
     const side = Math.min(size * cell, Math.max(MAX_SIDE, size));
     canvas.width = side;
     canvas.height = side;
