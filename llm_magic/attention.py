@@ -60,7 +60,7 @@ def attention_max_tokens(value: int | None = None) -> int:
     return _DEFAULT["max_tokens"]
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)
 class AttentionMap:
     """Every head's attention over one sequence, kept compactly (float16) in the kernel.
 

@@ -380,12 +380,13 @@ def generate(
             tokens_per_second=(n / duration) if duration > 0 and n else None,
             duration=duration, stop_reason=reason,
         )
-        amap, failed = None, None
+        amap: Any = None
+        failed: BaseException | None = None
         if attention and not interrupted and error is None:
             try:
                 amap = _capture(backend, job, name)
-            except LLMMagicError as exc:
-                failed = exc
+            except (LLMMagicError, KeyboardInterrupt) as exc:
+                failed = exc  # raised once the generation itself is kept
         gen = Generation(text=text, prompt=prompt, model=name, stats=stats,
                          params=_params(request), attention=amap)
         manager.last_generation = gen
