@@ -134,6 +134,34 @@ def test_weights_are_stored_in_float16(manager, minilm):
     assert "float16" in amap.summary()
 
 
+@pytest.mark.parametrize("which", ["tiny_llama", "minilm"])
+def test_never_more_than_one_layer_in_float32(manager, request, which):
+    """Each layer's float32 weights are gone when the next layer computes its own."""
+    import weakref
+
+    from llm_magic.backends._attention import attention_modules
+
+    path = request.getfixturevalue(which)
+    name = manager.load(str(path)).name
+    model = manager.backend(name).model
+    alive: list[weakref.ref] = []
+    seen: list[tuple[int, int]] = []
+
+    def watch(module, args, output):
+        if output[1] is not None:
+            seen.append((sum(r() is not None for r in alive), output[1].element_size()))
+            alive.append(weakref.ref(output[1]))
+
+    handles = [m.register_forward_hook(watch) for m, _ in attention_modules(model)]
+    try:
+        amap = attention("one two three four five six seven", model=name, manager=manager)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(seen) == amap.shape[0]
+    assert seen == [(0, 4)] * amap.shape[0], "an earlier layer's float32 weights were alive"
+
+
 def test_sequence_cap_refuses_with_what_it_would_take(manager, tiny_gpt2):
     manager.load(str(tiny_gpt2), name="gpt2")
     with pytest.raises(InvalidOptionError) as info:
