@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .attention import AttentionMap, attention, attention_max_tokens
 from .errors import (
     BudgetExceededError,
     InvalidOptionError,
@@ -38,6 +39,7 @@ from .resources import Budget, Estimate, budget, estimate, set_threads, threads
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionMap",
     "Budget",
     "BudgetExceededError",
     "Estimate",
@@ -60,6 +62,8 @@ __all__ = [
     "RerunResult",
     "UnloadReport",
     "__version__",
+    "attention",
+    "attention_max_tokens",
     "budget",
     "estimate",
     "generate",

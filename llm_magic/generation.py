@@ -337,7 +337,9 @@ def generate(
     chat : bool, optional
         Use the model's chat template; by default when it has one.
     attention : bool
-        Capture attention maps (not available in this version).
+        Also capture the attention of the whole sequence (prompt and new tokens)
+        in ``.attention``, an :class:`~llm_magic.attention.AttentionMap`. It is one
+        extra, exact forward pass after the generation, which keeps its fast kernel.
     stream : bool, callable or object with ``write``
         Where streamed text goes: True prints to stdout.
     stop_event : threading.Event, optional
@@ -364,14 +366,14 @@ def generate(
     request = make_request(prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                            top_p=top_p, top_k=top_k, seed=seed, stop=stop, system=system,
                            chat=chat)
-    if attention:
-        raise NotAvailableError("Attention capture is not available yet in this version.")
     emit = _sink(stream)
     name = manager.resolve(model)
     stop_event = stop_event or threading.Event()
     with manager.checkout(name) as backend:
         t0 = time.perf_counter()
         job = backend.prepare(request, stop_event)
+        if attention:
+            _check_attention(backend, name, job.prompt_tokens, request)
         log.debug("prompt processed: %d tokens in %.3fs", job.prompt_tokens,
                   time.perf_counter() - t0)
         trimmer = _StopTrimmer(request.stop, emit)
@@ -418,9 +420,18 @@ def generate(
             tokens_per_second=(n / duration) if duration > 0 and n else None,
             duration=duration, stop_reason=reason,
         )
+        amap: Any = None
+        failed: BaseException | None = None
+        if attention and not interrupted and error is None:
+            try:
+                amap = _capture(backend, job, name)
+            except (LLMMagicError, KeyboardInterrupt) as exc:
+                failed = exc  # raised once the generation itself is kept
         gen = Generation(text=text, prompt=prompt, model=name, stats=stats,
-                         params=_params(request), id=pending.id)
+                         params=_params(request), attention=amap, id=pending.id)
         manager.last_generation = gen
+        if amap is not None:
+            manager.last_attention = amap
         manager.events.emit("generation_end", name, generation=gen,
                             error=None if error is None else str(error))
         del job
@@ -432,7 +443,41 @@ def generate(
         if isinstance(error, LLMMagicError):
             raise error
         raise BackendError(f"Generation on {name!r} failed: {error!r}") from error
+    if failed is not None:  # the text is kept in lm.last(); the capture alone failed
+        raise failed
     return gen
+
+
+def _check_attention(backend: Any, name: str, prompt_tokens: int,
+                     request: GenerationRequest) -> None:
+    """Refuse a capture that cannot be done before generating, not after."""
+    from .attention import attention_max_tokens
+    from .backends.base import Backend
+
+    if type(backend).capture_attention is Backend.capture_attention:
+        raise NotAvailableError(
+            f"Model {name!r} runs on the {backend.kind!r} backend, which cannot capture "
+            "attention; generate without attention=True (--attention)."
+        )
+    longest = prompt_tokens + (request.max_new_tokens if request.explicit_length else 0)
+    cap = attention_max_tokens()
+    if longest > cap:
+        raise InvalidOptionError(
+            f"The prompt ({prompt_tokens} tokens) and up to {longest - prompt_tokens} new "
+            f"tokens pass the attention cap of {cap} tokens; ask for fewer tokens, or raise "
+            f"the cap with lm.attention_max_tokens({longest}) if the memory is there (the "
+            "weights take layers x heads x T^2 x 2 bytes)."
+        )
+
+
+def _capture(backend: Any, job: Any, name: str) -> Any:
+    from .attention import capture
+
+    ids = job.sequence_ids()
+    if ids is None:
+        raise NotAvailableError(f"Model {name!r} does not report the tokens it generated, so "
+                                "their attention cannot be captured.")
+    return capture(backend, ids, name, prompt_tokens=job.prompt_tokens)
 
 
 def _params(request: GenerationRequest) -> dict[str, Any]:
@@ -462,7 +507,10 @@ def generate_batch(
     if isinstance(prompts, str) or not prompts:
         raise InvalidOptionError("generate_batch takes a non-empty list of prompts.")
     if options.pop("attention", False):
-        raise NotAvailableError("Attention capture is not available yet in this version.")
+        raise InvalidOptionError(
+            "Attention is captured for one prompt at a time: generate without --batch "
+            "(lm.generate(..., attention=True)), or use lm.attention(text) on each prompt."
+        )
     requests = [make_request(p, **options) for p in prompts]
     name = manager.resolve(model)
     stop_event = stop_event or threading.Event()

@@ -262,6 +262,8 @@ class ModelManager:
         self._load_lock = threading.RLock()
         self._default: str | None = None
         self.last_generation: Generation | None = None
+        #: The attention map of the latest generation that captured one.
+        self.last_attention: Any = None
         #: Budget per device as ``lm.budget`` set it: bytes, or a fraction of the device.
         self.limits: dict[str, int | float] = {}
 

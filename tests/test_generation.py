@@ -15,7 +15,6 @@ from llm_magic.errors import (
     InvalidOptionError,
     LLMMagicWarning,
     ModelNotLoadedError,
-    NotAvailableError,
     PromptTooLongError,
 )
 from llm_magic.generation import generate, generate_batch
@@ -159,9 +158,10 @@ def test_bad_options_raise_and_change_nothing(manager, gpt2, options, match):
     assert manager.last_generation is last
 
 
-def test_attention_is_not_available_yet(manager, gpt2):
-    with pytest.raises(NotAvailableError, match="not available yet"):
-        generate("Hello", attention=True, manager=manager)
+def test_attention_is_attached_only_when_asked(manager, gpt2):
+    assert generate("Hello", max_new_tokens=2, manager=manager).attention is None
+    gen = generate("Hello", max_new_tokens=2, attention=True, manager=manager)
+    assert gen.attention.shape[2] == gen.stats.prompt_tokens + gen.stats.new_tokens
 
 
 def test_unknown_model_and_no_model(manager):

@@ -295,8 +295,9 @@ def test_chat_on_a_model_without_template_is_a_usage_error(ip, tiny):
     assert "--no-chat" in str(error)
 
 
-def test_attention_is_not_available_yet(ip, tiny):
-    assert "not available yet" in str(usage_error(cell, ip, "--attention"))
+def test_attention_cell_attaches_the_map(ip, tiny):
+    cell(ip, "-n 3 --attention")
+    assert last(ip).attention.shape[2] == last(ip).stats.prompt_tokens + 3
 
 
 def test_out_stores_the_generation(ip, tiny):

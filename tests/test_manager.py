@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from llm_magic.backends.base import GenerationRequest
 from llm_magic.errors import (
     BackendError,
     InvalidOptionError,
@@ -159,16 +161,17 @@ def test_remote_code_needs_consent(manager, tiny_gpt2, tmp_path):
     assert manager.names() == []
 
 
-def test_an_encoder_is_refused_clearly(manager, tmp_path):
+def test_an_encoder_loads_for_attention_only(manager, tmp_path):
     from _models import build_tokenizer
     from transformers import BertConfig, BertModel
 
     build_tokenizer(tmp_path)
     BertModel(BertConfig(vocab_size=512, hidden_size=32, num_hidden_layers=1,
                          num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path)
-    with pytest.raises(BackendError, match="not a causal language model"):
-        manager.load(str(tmp_path))
-    assert manager.names() == []
+    manager.load(str(tmp_path), name="bert")
+    backend = manager.backend("bert")
+    with pytest.raises(NotAvailableError, match="is an encoder .*cannot generate"):
+        backend.prepare(GenerationRequest("Hello", 4), threading.Event())
 
 
 def test_default_model_follows_loads_and_use(manager, tiny_gpt2, tiny_llama):

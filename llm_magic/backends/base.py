@@ -15,9 +15,15 @@ import abc
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Backend", "BatchResult", "GenerationJob", "GenerationRequest", "LoadSpec"]
+from ..errors import NotAvailableError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["AttentionCapture", "Backend", "BatchResult", "GenerationJob", "GenerationRequest",
+           "LoadSpec"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,36 @@ class BatchResult:
     stop_reason: str
 
 
+@dataclass(frozen=True)
+class AttentionCapture:
+    """The attention weights of one forward pass, as plain numpy data.
+
+    Attributes
+    ----------
+    ids : tuple of int
+        The token ids of the sequence.
+    tokens : tuple of str
+        The tokenizer's own token strings (``"Ġthe"``, ``"[CLS]"``).
+    labels : tuple of str
+        The same tokens as readable text (byte-level tokens decoded, whitespace shown).
+    layers : tuple of numpy.ndarray
+        One float16 array of shape (heads, T, T) per layer; row = query, column = key.
+    causal : bool
+        True for a causal language model (each token sees only those before it).
+    pooled : numpy.ndarray
+        Every head averaged over blocks to (layers, heads, s, s) float32 with
+        s = min(T, 32): the overview that thumbnails draw, computed while each
+        layer's weights are at hand.
+    """
+
+    ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    labels: tuple[str, ...]
+    layers: tuple[np.ndarray, ...]
+    causal: bool
+    pooled: np.ndarray
+
+
 class GenerationJob(abc.ABC):
     """One generation, prepared and ready to run.
 
@@ -97,6 +133,10 @@ class GenerationJob(abc.ABC):
     @abc.abstractmethod
     def final_text(self) -> str:
         """The exact decoding of everything generated, once :meth:`run` has returned."""
+
+    def sequence_ids(self) -> list[int] | None:
+        """Prompt and generated token ids, once :meth:`run` has returned (None if unknown)."""
+        return None
 
 
 class Backend(abc.ABC):
@@ -164,6 +204,20 @@ class Backend(abc.ABC):
             results.append(BatchResult(job.final_text(), job.prompt_tokens, job.new_tokens,
                                        job.stop_reason))
         return results
+
+    def capture_attention(
+        self, source: str | Sequence[int], *, max_tokens: int
+    ) -> AttentionCapture:
+        """The exact attention of one forward pass over ``source`` (a text or token ids).
+
+        A text is tokenized as the model's tokenizer does by default (special
+        tokens included). Raises :class:`~llm_magic.errors.InvalidOptionError`
+        when the sequence is longer than ``max_tokens``.
+        """
+        raise NotAvailableError(
+            f"The {self.kind!r} backend cannot capture attention; load the model in this "
+            "kernel (a local directory, a cached hub id or 'demo')."
+        )
 
     def memory_owner(self) -> object | None:
         """The object whose death means the memory is free (a torch module), or None."""

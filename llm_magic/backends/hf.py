@@ -23,6 +23,7 @@ from ..errors import (
     InvalidOptionError,
     LLMMagicWarning,
     MissingDependencyError,
+    NotAvailableError,
     PromptTooLongError,
 )
 from ._devices import bytes_per_device as _bytes_per_device
@@ -64,23 +65,25 @@ _NOT_CAUSAL_HEADS = ("ForMaskedLM", "ForSequenceClassification", "ForTokenClassi
                      "ForQuestionAnswering", "ForMultipleChoice", "ForPreTraining")
 
 
-def _check_causal(source: str, config: Any) -> None:
-    """Refuse encoders and seq2seq models before their weights are read.
+def _check_causal(source: str, config: Any) -> bool:
+    """Refuse seq2seq models before their weights are read; True for an encoder.
 
     transformers maps some encoders (BERT, RoBERTa) to a causal head, which
-    would generate noise from freshly initialised weights.
+    would generate noise from freshly initialised weights: an encoder loads as
+    itself, for attention only.
     """
     archs = list(getattr(config, "architectures", None) or [])
     encoder_only = bool(archs) and all(
         a.endswith(_NOT_CAUSAL_HEADS) or (a.endswith("Model") and not a.endswith("LMHeadModel"))
         for a in archs
     )
-    if getattr(config, "is_encoder_decoder", False) or encoder_only:
+    if getattr(config, "is_encoder_decoder", False):
         what = ", ".join(archs) or type(config).__name__
         raise BackendError(
             f"{source!r} is not a causal language model ({what}); llm_magic generates text "
             "with causal LMs (GPT-2, Llama, Qwen, ...)."
         )
+    return encoder_only
 
 
 class _Detokenizer:
@@ -140,6 +143,7 @@ class HFJob(GenerationJob):
         self.seed = seed
         self.stop_event = stop_event
         self.prompt_tokens = int(inputs["input_ids"].shape[-1])
+        self._prompt_ids: list[int] = inputs["input_ids"][0].tolist()
         self._detok = _Detokenizer(backend.tokenizer)
         self._eos = set(backend.eos_ids)
 
@@ -176,14 +180,20 @@ class HFJob(GenerationJob):
         """The exact decoding of every new token."""
         return self._detok.text()
 
+    def sequence_ids(self) -> list[int]:
+        return self._prompt_ids + self._detok.ids
+
 
 class HFBackend(Backend):
     """A causal LM and its tokenizer, resident in this process."""
 
     kind = "hf"
 
-    def __init__(self, spec: LoadSpec, model: Any, tokenizer: Any, device: str, dtype: str) -> None:
+    def __init__(self, spec: LoadSpec, model: Any, tokenizer: Any, device: str, dtype: str,
+                 encoder: bool = False) -> None:
         self.spec = spec
+        #: An encoder (BERT-style) loads for attention only: it cannot generate.
+        self.encoder = encoder
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
@@ -197,7 +207,8 @@ class HFBackend(Backend):
         if not limits and isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
             limits = [tok_limit]
         self.context_length: int | None = min(limits) if limits else None
-        eos = model.generation_config.eos_token_id
+        generation_config = getattr(model, "generation_config", None)
+        eos = getattr(generation_config, "eos_token_id", None)
         if eos is None:
             eos = tokenizer.eos_token_id
         self.eos_ids: tuple[int, ...] = (
@@ -205,7 +216,7 @@ class HFBackend(Backend):
         )
         pad = tokenizer.pad_token_id
         if pad is None:
-            pad = model.generation_config.pad_token_id
+            pad = getattr(generation_config, "pad_token_id", None)
         if pad is None and self.eos_ids:
             pad = self.eos_ids[0]
         self.pad_id: int | None = pad
@@ -252,7 +263,7 @@ class HFBackend(Backend):
         t0 = time.perf_counter()
         try:
             import transformers
-            from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
         except ImportError as exc:  # pragma: no cover - a dependency
             raise MissingDependencyError(
                 "The transformers backend needs `transformers`: `pip install transformers`."
@@ -274,7 +285,7 @@ class HFBackend(Backend):
                     "trust_remote_code=True (`%llm load ... --trust-remote-code`) if you trust it."
                 ) from exc
             raise BackendError(f"Cannot read the configuration of {spec.source!r}: {exc}") from exc
-        _check_causal(spec.source, config)
+        encoder = _check_causal(spec.source, config)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
         except Exception as exc:
@@ -292,7 +303,7 @@ class HFBackend(Backend):
         in_ram = device == "cpu" or (spread and placement is not None and placement.offloaded)
         try:
             with _loaded_by_this_thread(in_ram):
-                model = AutoModelForCausalLM.from_pretrained(
+                model = (AutoModel if encoder else AutoModelForCausalLM).from_pretrained(
                     path,
                     config=config,
                     dtype=getattr(torch, dtype),
@@ -348,7 +359,7 @@ class HFBackend(Backend):
             device = "+".join(_device_name(d) for d in used) or device
         log.debug("weights loaded and placed on %s in %.3fs", device, time.perf_counter() - t)
         model.eval()
-        return cls(spec, model, tokenizer, device, dtype)
+        return cls(spec, model, tokenizer, device, dtype, encoder=encoder)
 
     # -- facts -------------------------------------------------------------
 
@@ -360,7 +371,7 @@ class HFBackend(Backend):
             "parameters": int(sum(p.numel() for p in model.parameters())),
             "memory": int(model.get_memory_footprint()),
             "context_length": self.context_length,
-            "chat": bool(getattr(self.tokenizer, "chat_template", None)),
+            "chat": not self.encoder and bool(getattr(self.tokenizer, "chat_template", None)),
             "architecture": (getattr(model.config, "architectures", None)
                              or [type(model).__name__])[0],
             "commit": self.commit,
@@ -454,7 +465,32 @@ class HFBackend(Backend):
             items.append(_StopStrings(self.tokenizer, prompt_len, request.stop))
         return _criteria_list(items)
 
+    def _check_generates(self) -> None:
+        if self.encoder:
+            arch = (getattr(self.model.config, "architectures", None)
+                    or [type(self.model).__name__])[0]
+            raise NotAvailableError(
+                f"Model {self.spec.name!r} is an encoder ({arch}): it reads text but cannot "
+                f"generate it. Look at its attention with lm.attention(text, "
+                f"model={self.spec.name!r}), or generate with a causal LM (GPT-2, Llama, ...)."
+            )
+
+    def capture_attention(self, source: str | Sequence[int], *, max_tokens: int) -> Any:
+        """The exact attention of one eager forward pass (see ``backends/_attention``)."""
+        from . import _attention
+
+        if isinstance(source, str):
+            if not source.strip():
+                raise InvalidOptionError("The text is empty: write some text to look at.")
+            ids = self.tokenizer(source, add_special_tokens=True, verbose=False)["input_ids"]
+        else:
+            ids = list(source)
+        with _out_of_memory_guard(repr(self.spec.name), self.device):
+            return _attention.capture(self.model, self.tokenizer, ids, causal=not self.encoder,
+                                      max_tokens=max_tokens, context_length=self.context_length)
+
     def prepare(self, request: GenerationRequest, stop_event: threading.Event) -> HFJob:
+        self._check_generates()
         text, templated = self.render_prompt(request)
         inputs = self._encode([text], templated)
         n = int(inputs["input_ids"].shape[-1])
@@ -469,6 +505,7 @@ class HFBackend(Backend):
         self, requests: Sequence[GenerationRequest], stop_event: threading.Event
     ) -> list[BatchResult]:
         """Generate all prompts as one left-padded batch (they share sampling settings)."""
+        self._check_generates()
         torch = _torch()
         first = requests[0]
         rendered = [self.render_prompt(r) for r in requests]

@@ -40,7 +40,7 @@ class Host(Protocol):
 Run = Callable[[Host, Namespace], None]
 
 #: Subcommands that later versions fill; until then they answer "not available yet".
-LATER = ("monitor", "panel", "attention")
+LATER = ("monitor", "panel")
 
 
 @contextlib.contextmanager
@@ -257,6 +257,23 @@ def _budget(magics: Host, args: Namespace) -> None:
         display(api(**limits))
 
 
+# -- attention ----------------------------------------------------------------
+
+
+@magic_arguments("llm attention")
+def _attention(magics: Host, args: Namespace) -> None:
+    """Show the attention of the latest `%%llm --attention` cell (heatmaps, every head)."""
+    from ..attention import last_attention
+
+    amap = last_attention()
+    if amap is None:
+        raise UsageError(
+            "No generation has captured attention yet: run a cell with `%%llm --attention`, "
+            "or call lm.attention(text, model=...) for a plain forward pass."
+        )
+    display(amap)
+
+
 # -- the table --------------------------------------------------------------
 
 COMMANDS: dict[str, Command] = {
@@ -270,6 +287,7 @@ COMMANDS: dict[str, Command] = {
                 available=lambda: _budget_api() is not None),
         Command("history", _history, "[-n N] [--search TEXT] [--model NAME]"),
         Command("rerun", _rerun, "ID"),
+        Command("attention", _attention),
         Command("debug", _debug, "[on|off]"),
         Command("help", _help),
     )

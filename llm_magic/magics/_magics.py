@@ -14,6 +14,7 @@ from typing import Any
 from IPython.core import magic_arguments as ma
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.display import display
 from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode, observe, validate
 
 from .. import load
@@ -216,7 +217,9 @@ class LLMMagics(Magics):
                  help="keep {name} in the body literal")
     @ma.argument("--batch", action="store_true",
                  help="several prompts separated by lines of ---, generated as one batch")
-    @ma.argument("--attention", action="store_true", help="capture attention maps")
+    @ma.argument("--attention", action="store_true",
+                 help="capture the attention of prompt and output, shown below the text "
+                      "(and by `%%llm attention`)")
     @cell_magic("llm")  # type: ignore[arg-type]  # IPython types the named form loosely
     def llm_cell(self, line: str, cell: str) -> None:
         """Generate text from the cell's body (the usage is built by magic_arguments)."""
@@ -292,6 +295,9 @@ class LLMMagics(Magics):
         if job.out:
             self._shell.user_ns[job.out] = result
         output.finish(result)
+        attention = getattr(result, "attention", None)
+        if attention is not None:
+            display(attention)
 
     # -- %llm -------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Notebook widgets; each module imports anywidget when it is imported itself."""

@@ -1,0 +1,125 @@
+"""The interactive attention view: one head at a time, sent on demand as a binary buffer.
+
+The widget holds state only: which layer and head are shown, the tokens, the
+thumbnails of every head, and the weights of the head on screen (float16
+bytes, T x T x 2 bytes). Choosing another head in the page changes ``layer``,
+``head`` or ``mean``; the kernel answers with that head's bytes. Every number
+comes from :class:`~llm_magic.attention.AttentionMap`.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anywidget
+import traitlets
+
+if TYPE_CHECKING:
+    from ..attention import AttentionMap
+
+__all__ = ["AttentionWidget"]
+
+_STATIC = Path(__file__).parent / "static"
+#: Thumbnails are at most this many pixels a side; the grid of a 24 x 16 model is 384 KB.
+THUMB = 32
+
+
+class AttentionWidget(anywidget.AnyWidget):
+    """A heatmap of one head, layer and head selectors, a grid of every head, the tokens.
+
+    Hovering the map shows the token pair and its weight; clicking a token
+    shades the tokens it attends to; clicking a thumbnail opens that head.
+
+    Examples
+    --------
+    >>> import llm_magic as lm
+    >>> view = lm.attention("The import statement", model="demo").widget()  # doctest: +SKIP
+    >>> view.layer, view.head = 1, 2  # doctest: +SKIP
+    """
+
+    _esm = _STATIC / "attention.js"
+    _css = _STATIC / "attention.css"
+
+    model_name = traitlets.Unicode("").tag(sync=True)
+    tokens = traitlets.List(traitlets.Unicode(), default_value=[]).tag(sync=True)
+    size = traitlets.Int(0).tag(sync=True)
+    n_layers = traitlets.Int(1).tag(sync=True)
+    n_heads = traitlets.Int(1).tag(sync=True)
+    causal = traitlets.Bool(True).tag(sync=True)
+    prompt_tokens = traitlets.Int(-1).tag(sync=True)
+
+    layer = traitlets.Int(0).tag(sync=True)
+    head = traitlets.Int(0).tag(sync=True)
+    mean = traitlets.Bool(False).tag(sync=True)
+    selected = traitlets.Int(-1).tag(sync=True)
+
+    #: The head on screen: T x T float16, little-endian, row = query.
+    data = traitlets.Bytes(b"").tag(sync=True)
+    #: Which head ``data`` holds: "layer:head" or "layer:mean".
+    data_key = traitlets.Unicode("").tag(sync=True)
+    #: Every head shrunk to thumb_size^2 palette levels (uint8), layer-major.
+    thumbs = traitlets.Bytes(b"").tag(sync=True)
+    thumb_size = traitlets.Int(0).tag(sync=True)
+
+    def __init__(self, amap: AttentionMap, layer: int = 0, head: int = 0, **kwargs: Any) -> None:
+        self._map = amap
+        n_layers, n_heads, t, _ = amap.shape
+        thumbs = amap.thumbnails(THUMB)
+        super().__init__(
+            model_name=amap.model, tokens=list(amap.labels), size=t, n_layers=n_layers,
+            n_heads=n_heads, causal=amap.causal,
+            prompt_tokens=-1 if amap.prompt_tokens is None else amap.prompt_tokens,
+            layer=layer, head=head, thumbs=thumbs.tobytes(), thumb_size=int(thumbs.shape[-1]),
+            **kwargs,
+        )
+        self._send_head()
+
+    @traitlets.validate("layer")
+    def _valid_layer(self, proposal: Any) -> int:
+        return self._in_range("layer", proposal["value"], self.n_layers)
+
+    @traitlets.validate("head")
+    def _valid_head(self, proposal: Any) -> int:
+        return self._in_range("head", proposal["value"], self.n_heads)
+
+    @traitlets.validate("selected")
+    def _valid_selected(self, proposal: Any) -> int:
+        value = int(proposal["value"])
+        return value if -1 <= value < self.size else -1
+
+    @staticmethod
+    def _in_range(what: str, value: int, count: int) -> int:
+        if not 0 <= int(value) < count:
+            raise traitlets.TraitError(f"{what} must be from 0 to {count - 1}; got {value}.")
+        return int(value)
+
+    @traitlets.observe("layer", "head", "mean")
+    def _on_choice(self, change: Any) -> None:
+        if hasattr(self, "_map") and self.size:
+            self._send_head()
+
+    def _send_head(self) -> None:
+        """Put the chosen head (or the mean of the layer's heads) into ``data``."""
+        amap = self._map
+        values = amap.mean(self.layer) if self.mean else amap.layers[self.layer][self.head]
+        key = f"{self.layer}:mean" if self.mean else f"{self.layer}:{self.head}"
+        with self.hold_sync():
+            self.data = values.astype("<f2").tobytes()
+            self.data_key = key
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The live view, with a text line and a PNG grid of every head as the fallback.
+
+        Front ends without the widget manager (nbconvert, GitHub, a closed
+        kernel) show the PNG; JupyterLab shows the view.
+        """
+        shown = super()._repr_mimebundle_(**kwargs)
+        if shown is None:  # pragma: no cover - a widget without a view
+            return None
+        data, metadata = shown if isinstance(shown, tuple) else (shown, {})
+        data = dict(data)
+        data["text/plain"] = repr(self._map)
+        data["image/png"] = base64.b64encode(self._map.to_png()).decode("ascii")
+        return data, dict(metadata)
