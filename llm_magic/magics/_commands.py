@@ -35,7 +35,7 @@ __all__ = ["COMMANDS", "LATER", "Command", "find", "help_lines", "parse", "set_d
 Run = Callable[["LLMMagics", Namespace], None]
 
 #: Subcommands that later versions fill; until then they answer "not available yet".
-LATER = ("monitor", "panel", "attention", "history")
+LATER = ("attention", "history")
 
 
 @contextlib.contextmanager
@@ -230,6 +230,37 @@ def _budget(magics: LLMMagics, args: Namespace) -> None:
         display(api(**limits))
 
 
+# -- monitor, panel (the widgets) ---------------------------------------------
+
+
+@magic_arguments("llm monitor")
+@argument("--cell", nargs="?", const="on", choices=("on", "off"),
+          help="instead of the gauges, show each cell's duration, peak GPU memory and RSS "
+               "change after it runs (--cell off stops)")
+def _monitor(magics: LLMMagics, args: Namespace) -> None:
+    """Show live GPU, CPU and memory gauges (--cell: figures after each cell)."""
+    if args.cell is not None:
+        from ..widgets.cells import watch_cells
+
+        watch_cells(magics.shell, on=args.cell == "on")
+        state = "on" if args.cell == "on" else "off"
+        print(f"Per-cell figures are {state}.")
+        return
+    from ..widgets.monitor import monitor
+
+    with usage_errors():
+        display(monitor())
+
+
+@magic_arguments("llm panel")
+def _panel(magics: LLMMagics, args: Namespace) -> None:
+    """Show the model manager (load, unload, pin) and the playground."""
+    from ..widgets.panel import panel
+
+    with usage_errors():
+        display(panel())
+
+
 # -- the table --------------------------------------------------------------
 
 COMMANDS: dict[str, Command] = {
@@ -241,6 +272,8 @@ COMMANDS: dict[str, Command] = {
         Command("use", _use, "NAME"),
         Command("budget", _budget, "[DEVICE=SIZE ...]",
                 available=lambda: _budget_api() is not None),
+        Command("monitor", _monitor, "[--cell [on|off]]"),
+        Command("panel", _panel),
         Command("debug", _debug, "[on|off]"),
         Command("help", _help),
     )
