@@ -47,8 +47,11 @@ def gpu_note(error: str | None) -> str:
     """
     if error is None:
         return ""
-    reason = one_line(error).rstrip(".")
+    reason = _REASONS.get(error) or one_line(error).rstrip(".")
     return f"No NVIDIA GPU is visible: {reason}."
+
+
+_REASONS = {"no NVIDIA GPU": "NVML found no device"}
 
 
 def _device_shares(infos: list[ModelInfo]) -> dict[str, list[tuple[str, int]]]:
