@@ -350,6 +350,7 @@ def test_playground_generation_is_a_generation_like_any_other(manager, tiny_gpt2
                                 manager=manager)
         assert gen.text == reference.text and gen.prompt == "Hello " + XSS
         assert pg.output.text == gen.text and pg.output.state == "done"
+        assert pg.output.prompt == gen.prompt
         assert "20 new tokens" in pg.output.stats and "tokens/s" in pg.output.stats
         assert "time to first token" in pg.output.stats
         html = _bundle(pg.output)["text/html"]

@@ -12,7 +12,8 @@ from typing import Any
 
 from .._sizes import format_size
 
-__all__ = ["NA", "Updates", "css", "esm", "html_lines", "one_line", "percent", "size"]
+__all__ = ["NA", "Updates", "css", "esm", "html_lines", "one_line", "percent", "size",
+           "with_fallback"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 NA = "n/a"  # what a field shows when NVML reports it unsupported or it cannot be read
@@ -50,6 +51,21 @@ def html_lines(cls: str, lines: list[str]) -> str:
     """An escaped HTML snapshot: one ``div`` per line of text."""
     body = "".join(f"<div>{escape(line)}</div>" for line in lines)
     return f"<div class='{escape(cls)}' style='font-family:monospace'>{body}</div>"
+
+
+def with_fallback(bundle: Any, html: str, plain: str | None = None) -> tuple[dict[str, Any],
+                                                                      dict[str, Any]]:
+    """A widget's MIME bundle plus the static fallback: an escaped HTML snapshot, plain text.
+
+    Front ends with a widget manager show the live view; nbval, nbconvert and
+    GitHub show the snapshot.
+    """
+    data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
+    data = dict(data or {})
+    data["text/html"] = html
+    if plain is not None:
+        data["text/plain"] = plain
+    return data, dict(metadata or {})
 
 
 class Updates:

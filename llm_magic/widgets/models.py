@@ -30,7 +30,7 @@ from ..errors import LLMMagicError
 from ..events import Event
 from ..manager import ModelInfo, ModelManager, get_manager
 from ..monitor import Sample, Sampler, get_sampler
-from ._common import Updates, css, esm, one_line, size
+from ._common import Updates, css, esm, one_line, size, with_fallback
 
 __all__ = ["DTYPES", "ModelManagerPanel", "ModelsView"]
 
@@ -188,7 +188,8 @@ class ModelsView(anywidget.AnyWidget):  # type: ignore[misc]
         out += [line for line in (self.notice, self.error) if line]
         return out
 
-    def _repr_html_table(self) -> str:
+    def html(self) -> str:
+        """The table as escaped HTML (the static fallback)."""
         head = "".join(f"<th>{c}</th>" for c in ("name", "source", "device", "dtype", "memory",
                                                  "estimate"))
         body = "".join("<tr>" + "".join(f"<td>{escape(str(m[k]))}</td>" for k in (
@@ -201,10 +202,7 @@ class ModelsView(anywidget.AnyWidget):  # type: ignore[misc]
         return "\n".join(self.lines())
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        bundle = super()._repr_mimebundle_(**kwargs)
-        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
-        data["text/html"] = self._repr_html_table()
-        return data, metadata
+        return with_fallback(super()._repr_mimebundle_(**kwargs), self.html())
 
 
 class ModelManagerPanel(w.VBox):  # type: ignore[misc]
@@ -303,8 +301,5 @@ class ModelManagerPanel(w.VBox):  # type: ignore[misc]
         super().close()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        bundle = super()._repr_mimebundle_(**kwargs)
-        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
-        data["text/plain"] = repr(self.view)
-        data["text/html"] = self.view._repr_html_table()
-        return data, metadata
+        return with_fallback(super()._repr_mimebundle_(**kwargs), self.view.html(),
+                             repr(self.view))

@@ -28,7 +28,7 @@ import traitlets as t
 
 from ..manager import ModelInfo, ModelManager, get_manager
 from ..monitor import GPUSample, Sample, Sampler, get_sampler
-from ._common import NA, Updates, css, esm, html_lines, one_line, percent, size
+from ._common import NA, Updates, css, esm, html_lines, one_line, percent, size, with_fallback
 
 __all__ = ["Monitor", "gpu_note", "monitor"]
 
@@ -263,10 +263,8 @@ class Monitor(anywidget.AnyWidget):  # type: ignore[misc]
         return "\n".join(self.lines())
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        bundle = super()._repr_mimebundle_(**kwargs)
-        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
-        data["text/html"] = html_lines("llm-magic-monitor-static", self.lines())
-        return data, metadata
+        return with_fallback(super()._repr_mimebundle_(**kwargs),
+                             html_lines("llm-magic-monitor-static", self.lines()))
 
 
 def monitor(*, sampler: Sampler | None = None, manager: ModelManager | None = None) -> Monitor:

@@ -14,6 +14,7 @@ import ipywidgets as w
 
 from ..manager import ModelManager
 from ..monitor import Sampler
+from ._common import with_fallback
 from .models import ModelManagerPanel
 from .playground import Playground
 
@@ -55,14 +56,10 @@ class Panel(w.VBox):  # type: ignore[misc]
         super().close()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        bundle = super()._repr_mimebundle_(**kwargs)
-        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
-        models = self.models._repr_mimebundle_()[0]
-        playground = self.playground._repr_mimebundle_()[0]
-        data["text/plain"] = f"Models\n{models['text/plain']}\nPlayground\n{playground['text/plain']}"
-        data["text/html"] = (f"<div><b>Models</b>{models['text/html']}"
-                             f"<b>Playground</b>{playground['text/html']}</div>")
-        return data, metadata
+        view, output = self.models.view, self.playground.output
+        html = f"<div><b>Models</b>{view.html()}<b>Playground</b>{output.html()}</div>"
+        plain = f"Models\n{view!r}\nPlayground\n{output!r}"
+        return with_fallback(super()._repr_mimebundle_(**kwargs), html, plain)
 
 
 def panel(*, manager: ModelManager | None = None, sampler: Sampler | None = None) -> Panel:

@@ -31,7 +31,7 @@ from ..errors import InvalidOptionError, LLMMagicError
 from ..events import Event
 from ..generation import Generation, generate
 from ..manager import ModelManager, get_manager
-from ._common import css, esm, one_line
+from ._common import css, esm, one_line, with_fallback
 
 __all__ = ["Playground", "StreamView"]
 
@@ -53,24 +53,26 @@ class StreamView(anywidget.AnyWidget):  # type: ignore[misc]
     _esm = esm("stream.js")
     _css = css()
 
+    prompt = t.Unicode("").tag(sync=True)  # shown dimmed before the text that continues it
     text = t.Unicode("").tag(sync=True)
     stats = t.Unicode("").tag(sync=True)
     state = t.Unicode("idle").tag(sync=True)  # idle, waiting, generating, done, stopped, error
     error = t.Unicode("").tag(sync=True)
 
     def lines(self) -> list[str]:
-        return [line for line in (self.text, self.stats, self.error) if line]
+        return [line for line in (self.prompt + self.text, self.stats, self.error) if line]
 
     def __repr__(self) -> str:
         return "\n".join(self.lines())
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        bundle = super()._repr_mimebundle_(**kwargs)
-        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
-        data["text/html"] = (f"<pre style='white-space:pre-wrap'>{escape(self.text)}</pre>"
-                             f"<small>{escape(self.stats)}</small>"
-                             f"<div>{escape(self.error)}</div>")
-        return data, metadata
+        return with_fallback(super()._repr_mimebundle_(**kwargs), self.html())
+
+    def html(self) -> str:
+        """The prompt, text, stats and error as escaped HTML (the static fallback)."""
+        return (f"<pre style='white-space:pre-wrap'><span style='opacity:.6'>"
+                f"{escape(self.prompt)}</span>{escape(self.text)}</pre>"
+                f"<small>{escape(self.stats)}</small><div>{escape(self.error)}</div>")
 
 
 def _stats_line(gen: Generation) -> str:
@@ -100,10 +102,13 @@ class Playground(w.VBox):  # type: ignore[misc]
         self.prompt = w.Textarea(placeholder="Write a prompt…", description="prompt",
                                  layout=w.Layout(width="100%", height="6em"))
         self.model = w.Dropdown(options=[], description="model")
+        wide = {"description_width": "initial"}
         self.temperature = w.FloatSlider(value=0.0, min=0.0, max=2.0, step=0.05,
-                                         description="temperature")
-        self.top_p = w.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top-p")
-        self.max_new_tokens = w.IntSlider(value=128, min=1, max=4096, description="max tokens")
+                                         description="temperature", style=wide)
+        self.top_p = w.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top-p",
+                                   style=wide)
+        self.max_new_tokens = w.IntSlider(value=128, min=1, max=8192, description="max tokens",
+                                          style=wide)
         self.seed = w.Text(value="", placeholder="none", description="seed")
         self.generate_button = w.Button(description="Generate", button_style="primary")
         self.stop_button = w.Button(description="Stop", button_style="warning", disabled=True)
@@ -167,7 +172,8 @@ class Playground(w.VBox):  # type: ignore[misc]
         stop_event = threading.Event()
         self._stop_event = stop_event
         with out.hold_sync():
-            out.text, out.stats, out.error, out.state = "", "", "", "waiting"
+            out.prompt, out.text, out.stats, out.error = prompt, "", "", ""
+            out.state = "waiting"
         self.generate_button.disabled, self.stop_button.disabled = True, False
         self._thread = threading.Thread(target=self._run, args=(prompt, kwargs, stop_event),
                                         name="llm_magic-playground", daemon=True)
@@ -228,9 +234,5 @@ class Playground(w.VBox):  # type: ignore[misc]
         super().close()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        bundle = super()._repr_mimebundle_(**kwargs)
-        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
-        data["text/plain"] = f"prompt: {self.prompt.value}\n{self.output!r}"
-        data["text/html"] = (f"<pre style='white-space:pre-wrap'>{escape(self.prompt.value)}"
-                             f"</pre>{self.output._repr_mimebundle_()[0]['text/html']}")
-        return data, metadata
+        return with_fallback(super()._repr_mimebundle_(**kwargs), self.output.html(),
+                             repr(self.output) or f"prompt: {self.prompt.value}")

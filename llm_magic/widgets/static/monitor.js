@@ -92,6 +92,20 @@ function detail(parent, label, field) {
   return value;
 }
 
+function sparkline(parent, labels, field) {
+  const canvas = node("canvas", "lm-spark");
+  canvas.dataset.field = field;
+  const legend = node("div", "lm-legend");
+  legend.append(node("span", "", "last 2 min:"));
+  labels.forEach((label, k) => {
+    const key = node("span", "lm-key", label);
+    key.style.borderColor = COLOURS[k % COLOURS.length];
+    legend.append(key);
+  });
+  parent.append(canvas, legend);
+  return canvas;
+}
+
 function render({ model, el }) {
   const root = node("div", "llm-magic-monitor");
   el.append(root);
@@ -120,9 +134,7 @@ function render({ model, el }) {
   const rss = detail(hostBox, "this process", "rss");
   const procCpu = detail(hostBox, "process CPU", "process-cpu");
   const hostModels = detail(hostBox, "models", "host-models");
-  const hostSpark = node("canvas", "lm-spark");
-  hostSpark.dataset.field = "host-sparkline";
-  hostBox.append(hostSpark);
+  const hostSpark = sparkline(hostBox, ["CPU", "RAM"], "host-sparkline");
 
   let gpuViews = [];
 
@@ -142,10 +154,8 @@ function render({ model, el }) {
         models: detail(box, "models", "gpu-models"),
         temp: detail(box, "temperature", "gpu-temperature"),
         power: detail(box, "power", "gpu-power"),
-        spark: node("canvas", "lm-spark"),
       };
-      v.spark.dataset.field = "gpu-sparkline";
-      box.append(v.spark);
+      v.spark = sparkline(box, ["utilization", "memory"], "gpu-sparkline");
       gpuBox.append(box);
       return v;
     });
