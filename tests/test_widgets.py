@@ -100,10 +100,11 @@ def test_monitor_traits_follow_the_sampler_from_its_thread(sampler):
         assert re.fullmatch(r"\d+\.\d %", h["cpu_text"])
         assert re.fullmatch(r"[\d.]+ [KMGT]?B / [\d.]+ [KMGT]?B", h["ram_text"])
         assert h["ram_total"] > 0 and h["rss"] > 0
-        import array
-
-        values = array.array("f", m.series)
+        values = list(m.series)  # one byte per figure: half-percents, 255 unknown
         assert len(values) >= 2 * len(m.series_names) and m.series_names[:2] == ["CPU", "RAM"]
+        assert len(values) % len(m.series_names) == 0 and all(v <= 200 for v in values)
+        ram = values[1 :: len(m.series_names)][-1] / 2
+        assert abs(ram - 100 * h["ram_used"] / h["ram_total"]) < 5
     finally:
         m.close()
     assert not sampler.is_running
@@ -171,6 +172,9 @@ def test_stop_and_close_end_updates_and_the_last_monitor_stops_the_sampler(sampl
     second.close()
     assert not sampler.is_running and second.comm is None
     first.close()
+    third = Monitor(sampler=sampler)
+    third.comm.handle_close({"content": {"data": {}}})  # the page closed the comm
+    assert not third.running and not sampler.is_running
 
 
 def test_monitor_static_fallback_is_escaped_text(sampler):

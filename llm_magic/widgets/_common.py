@@ -13,7 +13,7 @@ from typing import Any
 from .._sizes import format_size
 
 __all__ = ["NA", "Updates", "css", "esm", "html_lines", "one_line", "percent", "size",
-           "with_fallback"]
+           "stop_with_comm", "with_fallback"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 NA = "n/a"  # what a field shows when NVML reports it unsupported or it cannot be read
@@ -51,6 +51,13 @@ def html_lines(cls: str, lines: list[str]) -> str:
     """An escaped HTML snapshot: one ``div`` per line of text."""
     body = "".join(f"<div>{escape(line)}</div>" for line in lines)
     return f"<div class='{escape(cls)}' style='font-family:monospace'>{body}</div>"
+
+
+def stop_with_comm(widget: Any, stop: Any) -> None:
+    """Call ``stop()`` when the page closes the widget's comm (its updates would go nowhere)."""
+    comm = getattr(widget, "comm", None)
+    if comm is not None and hasattr(comm, "on_close"):
+        comm.on_close(lambda _msg: stop())
 
 
 def with_fallback(bundle: Any, html: str, plain: str | None = None) -> tuple[dict[str, Any],

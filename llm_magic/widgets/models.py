@@ -30,7 +30,7 @@ from ..errors import LLMMagicError
 from ..events import Event
 from ..manager import ModelInfo, ModelManager, get_manager
 from ..monitor import Sample, Sampler, get_sampler
-from ._common import Updates, css, esm, one_line, size, with_fallback
+from ._common import Updates, css, esm, one_line, size, stop_with_comm, with_fallback
 
 __all__ = ["DTYPES", "ModelManagerPanel", "ModelsView"]
 
@@ -90,6 +90,7 @@ class ModelsView(anywidget.AnyWidget):  # type: ignore[misc]
             self._sampler.subscribe(self._on_sample),
         ]
         self.on_msg(self._on_message)
+        stop_with_comm(self, self.stop)
 
     def refresh(self) -> None:
         """Show the manager's models as they are now."""

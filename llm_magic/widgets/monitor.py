@@ -2,9 +2,10 @@
 
 A monitor subscribes to the kernel's one sampler (:func:`llm_magic.monitor.get_sampler`)
 and turns every sample into traits: formatted text for each figure (the view
-puts it in the DOM as text) and a float32 buffer of the last two minutes for
-the sparklines. The sampler calls back on its own thread, so the gauges move
-while a cell is busy; they change traits and never print.
+puts it in the DOM as text) and a binary buffer of the last two minutes for
+the sparklines (one byte per figure and second). The sampler calls back on its
+own thread, so the gauges move while a cell is busy; they change traits and
+never print.
 
 Examples
 --------
@@ -28,7 +29,18 @@ import traitlets as t
 
 from ..manager import ModelInfo, ModelManager, get_manager
 from ..monitor import GPUSample, Sample, Sampler, get_sampler
-from ._common import NA, Updates, css, esm, html_lines, one_line, percent, size, with_fallback
+from ._common import (
+    NA,
+    Updates,
+    css,
+    esm,
+    html_lines,
+    one_line,
+    percent,
+    size,
+    stop_with_comm,
+    with_fallback,
+)
 
 __all__ = ["Monitor", "gpu_note", "monitor"]
 
@@ -110,6 +122,16 @@ def _fraction(part: int | None, whole: int | None) -> float:
     return 100.0 * part / whole
 
 
+UNKNOWN = 255
+
+
+def _byte(percent: float) -> int:
+    """A percentage as the sparklines receive it: half-percent steps in one byte."""
+    if math.isnan(percent):
+        return UNKNOWN
+    return int(round(2 * min(100.0, max(0.0, percent))))
+
+
 def _row(s: Sample) -> tuple[list[str], list[float]]:
     """The sparkline series of one sample: names and values in percent (NaN: unknown)."""
     names, values = ["CPU", "RAM"], [s.cpu_percent, _fraction(s.ram_used, s.ram_total)]
@@ -152,7 +174,8 @@ class Monitor(anywidget.AnyWidget):  # type: ignore[misc]
     gpus = t.List(t.Dict()).tag(sync=True)
     gpu_note = t.Unicode("").tag(sync=True)
     series_names = t.List(t.Unicode()).tag(sync=True)
-    series = t.Bytes(b"").tag(sync=True)  # float32, one row of len(series_names) per sample
+    # one row of len(series_names) bytes per sample: half-percents 0..200, 255 unknown
+    series = t.Bytes(b"").tag(sync=True)
     updated = t.Float(0.0).tag(sync=True)
     running = t.Bool(False).tag(sync=True)
 
@@ -165,6 +188,7 @@ class Monitor(anywidget.AnyWidget):  # type: ignore[misc]
         self._ring: deque[tuple[float, ...]] = deque()
         self._unsubscribe: Any = None
         self.on_msg(self._on_message)
+        stop_with_comm(self, self.stop)
         now = time.time()
         recent = [s for s in self._sampler.history() if s.time >= now - SPAN]
         for sample in recent[:-1]:
@@ -227,7 +251,7 @@ class Monitor(anywidget.AnyWidget):  # type: ignore[misc]
             if not fresh:
                 return
             names = self._remember(sample)
-            flat = array("f", [v for row in self._ring for v in row[1:]])
+            flat = array("B", [_byte(v) for row in self._ring for v in row[1:]])
             self.series_names = names
             self.series = flat.tobytes()
             self.host = host

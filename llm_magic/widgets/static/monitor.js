@@ -18,10 +18,13 @@ function width(part, whole) {
   return `${Math.max(0, Math.min(100, (100 * part) / whole)).toFixed(1)}%`;
 }
 
-function floats(view) {
-  if (!view) return new Float32Array(0);
-  const buffer = view.buffer ? view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength) : view;
-  return new Float32Array(buffer);
+// The series arrive as bytes: half-percent steps 0..200, 255 where a figure is unknown.
+function percents(view) {
+  if (!view) return [];
+  const bytes = view.buffer
+    ? new Uint8Array(view.buffer, view.byteOffset, view.byteLength)
+    : new Uint8Array(view);
+  return Array.from(bytes, (b) => (b === 255 ? NaN : b / 2));
 }
 
 const SLOTS = 120; // two minutes of samples at one a second
@@ -206,7 +209,7 @@ function render({ model, el }) {
 
   function draw() {
     const names = model.get("series_names") || [];
-    const data = floats(model.get("series"));
+    const data = percents(model.get("series"));
     drawSparkline(hostSpark, names, data, [0, 1]);
     gpuViews.forEach((v, i) => drawSparkline(v.spark, names, data, [2 + 2 * i, 3 + 2 * i]));
   }
