@@ -12,9 +12,13 @@ import logging
 import os
 import struct
 from dataclasses import dataclass
+from html import escape
 from typing import Any
 
-__all__ = ["Count", "count_model"]
+from ._sizes import format_count, format_size
+from .errors import LLMMagicError
+
+__all__ = ["Count", "Estimate", "count_model", "estimate_path"]
 
 log = logging.getLogger("llm_magic.resources")
 
@@ -158,3 +162,73 @@ def _from_file_sizes(path: str, dtype: str, config: dict[str, Any]) -> Count | N
     stored_size = _ITEMSIZE.get(stored.removeprefix("torch."), 4)
     size = sum(os.path.getsize(f) for f in files)
     return Count(int(size * _ITEMSIZE[dtype] / stored_size), size // stored_size, 0, "file sizes")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The memory a load will take, known before any weight is read.
+
+    Attributes
+    ----------
+    source : str
+        What was estimated.
+    memory : int
+        Bytes of weights and buffers once loaded, in ``dtype``.
+    parameters : int
+        Number of parameters.
+    dtype, device : str
+        The resolved dtype and device.
+    method : str
+        ``"meta"`` (built from the config with empty weights), ``"safetensors"``
+        (the files' headers) or ``"file sizes"``.
+    largest_block : int
+        The largest piece accelerate will not split across devices (bytes).
+    """
+
+    source: str
+    memory: int
+    parameters: int
+    dtype: str
+    device: str
+    method: str
+    largest_block: int = 0
+
+    _METHODS = {"meta": "from the config", "safetensors": "from the safetensors headers",
+                "file sizes": "from the weight files' sizes"}
+
+    def __str__(self) -> str:
+        how = self._METHODS.get(self.method, self.method)
+        return (f"about {format_size(self.memory)} for {self.source!r} "
+                f"({format_count(self.parameters)} parameters, {self.dtype} on {self.device}; "
+                f"{how})")
+
+    def __int__(self) -> int:
+        return self.memory
+
+    def __repr__(self) -> str:
+        return f"Estimate: {self}"
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))
+
+    def _repr_html_(self) -> str:
+        return f"<p class='llm-magic-estimate'>Estimate: {escape(str(self))}</p>"
+
+
+def estimate_path(path: str, *, source: str, dtype: str, device: str,
+                  trust_remote_code: bool = False) -> Estimate:
+    """Estimate a model directory for an already resolved dtype and device.
+
+    Raises
+    ------
+    LLMMagicError
+        When neither the config nor the weight files say how big the model is.
+    """
+    found = count_model(path, dtype, trust_remote_code)
+    if found is None:
+        raise LLMMagicError(
+            f"Cannot estimate {source!r}: its config does not build a causal LM here and the "
+            "folder has no weight files (.safetensors, .bin) to measure."
+        )
+    return Estimate(source, found.memory, found.parameters, dtype, device, found.method,
+                    found.largest_block)

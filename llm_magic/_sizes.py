@@ -6,7 +6,7 @@ import re
 
 from .errors import InvalidOptionError
 
-__all__ = ["format_size", "parse_limit", "text_table"]
+__all__ = ["format_count", "format_size", "parse_limit", "text_table"]
 
 _UNITS = {
     "": 1, "b": 1,
@@ -15,6 +15,20 @@ _UNITS = {
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }
 _SIZE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?([a-z]*)$")
+
+
+def format_count(n: int) -> str:
+    """A parameter count in short: ``1.2M``, ``7.0B``.
+
+    Examples
+    --------
+    >>> format_count(1_234_567), format_count(512)
+    ('1.2M', '512')
+    """
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
 
 
 def format_size(n: int | None) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from .backends.base import GenerationRequest
 from .errors import BackendError, InvalidOptionError, LLMMagicError, NotAvailableError
-from .manager import ModelManager, get_manager
+from .manager import ModelManager, get_manager, set_generator
 
 __all__ = [
     "Generation",
@@ -447,3 +447,6 @@ def generate_batch(
     if gens:
         manager.last_generation = gens[-1]
     return gens
+
+
+set_generator(generate)  # ModelHandle.generate

@@ -15,13 +15,15 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from . import _sources
+from . import _rooms, _sources
+from ._estimate import estimate_path
 from ._holders import find_holders
-from ._sizes import text_table
+from ._sizes import format_count, text_table
+from .backends import backend_class
 from .errors import (
     BudgetExceededError,
     InvalidOptionError,
@@ -34,11 +36,13 @@ from .errors import (
 from .events import EventBus
 
 if TYPE_CHECKING:
+    from ._estimate import Estimate
+    from ._placement import Placement
     from .backends.base import Backend, LoadSpec
     from .generation import Generation
-    from .resources import Estimate, Placement
 
-__all__ = ["ModelHandle", "ModelInfo", "ModelManager", "ModelTable", "UnloadReport", "get_manager"]
+__all__ = ["ModelHandle", "ModelInfo", "ModelManager", "ModelTable", "UnloadReport", "get_manager",
+           "set_generator"]
 
 log = logging.getLogger("llm_magic.manager")
 
@@ -72,6 +76,8 @@ class ModelInfo:
     chat: bool = False
     architecture: str = ""
     placement: tuple[tuple[str, int], ...] = ()
+    #: The server's URL for a served model (None for a model in this kernel).
+    endpoint: str | None = None
 
 
 def _size(n: int | None) -> str:
@@ -85,11 +91,7 @@ def _size(n: int | None) -> str:
     return f"{value:.1f} GB"
 
 
-def _count(n: int) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f}{unit}"
-    return str(n)
+_count = format_count
 
 
 def _outside_stacklevel() -> int:
@@ -214,9 +216,9 @@ class ModelHandle:
 
     def generate(self, prompt: str, **kwargs: Any) -> Generation:
         """``lm.generate(prompt, model=self.name, **kwargs)``."""
-        from .generation import generate
-
-        return generate(prompt, model=self.name, manager=self._manager, **kwargs)
+        if _generator is None:  # pragma: no cover - llm_magic/__init__ imports generation
+            raise RuntimeError("llm_magic.generation is not imported.")
+        return _generator(prompt, model=self.name, manager=self._manager, **kwargs)
 
     @property
     def model(self) -> Any:
@@ -381,6 +383,7 @@ class ModelManager:
                 "Serving models over an OpenAI-compatible URL is not available yet in this "
                 "version; load a local directory, a cached hub id or 'demo'."
             )
+        cls = backend_class(kind)
         if revision is not None and kind != "hub":
             raise InvalidOptionError(
                 f"revision={revision!r} applies to hub models; {source!r} is a local model."
@@ -390,11 +393,9 @@ class ModelManager:
         name = _sources.check_name(name) if name is not None else _sources.default_name(
             source, kind, path
         )
-        from .backends import hf
-
         with self._load_lock:
-            resolved_device = hf.resolve_device(device)
-            resolved_dtype = hf.resolve_dtype(dtype, resolved_device)
+            resolved_device = cls.resolve_device(device)
+            resolved_dtype = cls.resolve_dtype(dtype, resolved_device)
             canonical = path if kind == "local" else source.strip()
             key = (canonical, revision, resolved_dtype, resolved_device)
             existing = self._entries.get(name)
@@ -417,20 +418,20 @@ class ModelManager:
             t0 = time.perf_counter()
             commit = None
             if kind == "hub":
-                path, commit = hf.resolve_hub(source.strip(), revision)
+                path, commit = cls.locate(source.strip(), kind, path, revision)
                 log.debug("resolved %s to %s in %.3fs", source, path, time.perf_counter() - t0)
             spec = LoadSpec(source=source.strip(), name=name, kind=kind, path=path,
                             revision=revision, dtype=resolved_dtype, device=resolved_device,
                             trust_remote_code=trust_remote_code)
-            estimated, placement = self._plan(spec, device)
+            estimated, placement = self._plan(spec, device) if cls.resident else (None, None)
             if placement is not None and placement.device_map is None:
                 spec = replace(spec, device=placement.device)  # "auto" may pick another GPU
             estimate = None if estimated is None else estimated.memory
             self.events.emit("loading", name, source=spec.source, estimate=estimate)
             try:
-                backend = hf.HFBackend.load(spec, placement)
+                backend = cls.load(spec, placement)
             except BaseException as exc:
-                hf.release_memory()
+                cls.release_memory()
                 self.events.emit("load_failed", name, error=str(exc))
                 if isinstance(exc, (LLMMagicError, KeyboardInterrupt)):
                     raise
@@ -471,14 +472,20 @@ class ModelManager:
         evicted. ``device="auto"`` on GPUs may spread the model (accelerate's
         ``device_map="auto"`` with ``max_memory`` from the budget).
         """
-        from . import resources
-
-        estimate = resources.estimate_spec(spec)
-        if estimate is None:
+        assert spec.path is not None
+        try:
+            estimate = estimate_path(spec.path, source=spec.source, dtype=spec.dtype,
+                                     device=spec.device, trust_remote_code=spec.trust_remote_code)
+        except LLMMagicError as exc:
+            log.warning("%s Loading without a budget check.", exc)
             return None, None
         log.info("loading %r: %s", spec.name, estimate)
         with self._registry_lock:
-            placement = resources.plan_load(self, spec, requested_device, estimate)
+            placement = _rooms.plan_load(
+                self.limits, self.models(), device=spec.device, requested_device=requested_device,
+                source=spec.source, dtype=spec.dtype, memory=estimate.memory,
+                largest_block=estimate.largest_block,
+            )
             if placement.evict:
                 self._evict(placement.evict, spec.name, estimate)
         if placement.device_map is not None:
@@ -551,10 +558,9 @@ class ModelManager:
         return reports
 
     def _drop(self, name: str, reason: str | None) -> UnloadReport:
+        kind = type(self._entries[name].backend)
         ref, memory = self._detach(name)
-        from .backends import hf
-
-        hf.release_memory()
+        kind.release_memory()
         obj = ref() if ref is not None else None
         holders: tuple[str, ...] = ()
         if obj is not None:
@@ -598,6 +604,18 @@ class ModelManager:
 
 _manager: ModelManager | None = None
 _manager_lock = threading.Lock()
+_generator: Callable[..., Generation] | None = None
+
+
+def set_generator(generate: Callable[..., Generation]) -> None:
+    """Give handles their ``generate``: :mod:`llm_magic.generation` calls this on import.
+
+    The generation path sits above the manager (it takes a model's lock, runs
+    the backend, emits the events), so the manager never imports it; a
+    handle's ``generate`` is the one call that goes back up.
+    """
+    global _generator
+    _generator = generate
 
 
 def get_manager() -> ModelManager:

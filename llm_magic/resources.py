@@ -17,17 +17,23 @@ Estimate: about 4.9 MB for 'demo' (1.2M parameters, float32 on cpu; from the con
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import warnings
 from dataclasses import dataclass
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from . import _sysmem
+from . import _rooms, _sysmem
+from ._estimate import Estimate, estimate_path
 from ._placement import DeviceRoom, Placement, Resident, budget_keyword, plan_placement
+from ._rooms import DEFAULT_FRACTIONS, limit_of
+from ._rooms import device_free as _device_free
+from ._rooms import device_total as _device_total
+from ._rooms import devices as _devices
 from ._sizes import format_size, parse_limit, text_table
-from .errors import InvalidOptionError, LLMMagicError, LLMMagicWarning
+from ._threads import _torch_default_threads as _torch_default_threads
+from ._threads import _usable_cores as _usable_cores
+from ._threads import apply_default_threads, default_threads, set_threads, threads
+from .errors import InvalidOptionError, LLMMagicError
 
 if TYPE_CHECKING:
     from .backends.base import LoadSpec
@@ -62,65 +68,7 @@ __all__ = [
 
 log = logging.getLogger("llm_magic.resources")
 
-#: The share of each kind of device that models may use unless ``lm.budget`` says otherwise:
-#: half the RAM (the kernel, the browser and the rest of the machine need the other half)
-#: and 90% of a GPU (its CUDA context, activations and the KV cache need the rest).
-DEFAULT_FRACTIONS: dict[str, float] = {"cpu": 0.5, "cuda": 0.9, "mps": 0.5}
-
-
 # -- estimates ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """The memory a load will take, known before any weight is read.
-
-    Attributes
-    ----------
-    source : str
-        What was estimated.
-    memory : int
-        Bytes of weights and buffers once loaded, in ``dtype``.
-    parameters : int
-        Number of parameters.
-    dtype, device : str
-        The resolved dtype and device.
-    method : str
-        ``"meta"`` (built from the config with empty weights), ``"safetensors"``
-        (the files' headers) or ``"file sizes"``.
-    largest_block : int
-        The largest piece accelerate will not split across devices (bytes).
-    """
-
-    source: str
-    memory: int
-    parameters: int
-    dtype: str
-    device: str
-    method: str
-    largest_block: int = 0
-
-    _METHODS = {"meta": "from the config", "safetensors": "from the safetensors headers",
-                "file sizes": "from the weight files' sizes"}
-
-    def __str__(self) -> str:
-        from .manager import _count
-
-        how = self._METHODS.get(self.method, self.method)
-        return (f"about {format_size(self.memory)} for {self.source!r} "
-                f"({_count(self.parameters)} parameters, {self.dtype} on {self.device}; {how})")
-
-    def __int__(self) -> int:
-        return self.memory
-
-    def __repr__(self) -> str:
-        return f"Estimate: {self}"
-
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
-        p.text(repr(self))
-
-    def _repr_html_(self) -> str:
-        return f"<p class='llm-magic-estimate'>Estimate: {escape(str(self))}</p>"
 
 
 def estimate(
@@ -158,73 +106,20 @@ def estimate(
     2453504
     """
     from . import _sources
-    from .backends import hf
+    from .backends import backend_class
 
     kind, path = _sources.classify(source)
     if kind == "url":
         raise InvalidOptionError(
             "A model behind a URL runs on its server; there is nothing to estimate here."
         )
-    resolved_device = hf.resolve_device(device)
-    resolved_dtype = hf.resolve_dtype(dtype, resolved_device)
-    if kind == "hub":
-        path = _hub_config_dir(source.strip(), revision)
+    backend = backend_class(kind)
+    resolved_device = backend.resolve_device(device)
+    resolved_dtype = backend.resolve_dtype(dtype, resolved_device)
+    path, _ = backend.locate(source.strip(), kind, path, revision, config_only=True)
     assert path is not None
     return estimate_path(path, source=source.strip(), dtype=resolved_dtype,
                          device=resolved_device, trust_remote_code=trust_remote_code)
-
-
-def _hub_config_dir(repo_id: str, revision: str | None) -> str:
-    """The cached snapshot of a hub model, or a folder with just its config."""
-    from huggingface_hub import hf_hub_download, snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    from .errors import ModelNotFoundError
-
-    try:
-        return str(snapshot_download(repo_id, revision=revision, local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
-        pass
-    try:
-        return os.path.dirname(hf_hub_download(repo_id, "config.json", revision=revision))
-    except Exception as exc:
-        raise ModelNotFoundError(
-            f"Cannot estimate {repo_id!r}: it is not in the local Hugging Face cache and its "
-            f"config cannot be fetched ({type(exc).__name__}). Download it first, or pass a "
-            "local directory."
-        ) from exc
-
-
-def estimate_path(path: str, *, source: str, dtype: str, device: str,
-                  trust_remote_code: bool = False) -> Estimate:
-    """Estimate a model directory for an already resolved dtype and device.
-
-    Raises
-    ------
-    LLMMagicError
-        When neither the config nor the weight files say how big the model is.
-    """
-    from ._estimate import count_model
-
-    found = count_model(path, dtype, trust_remote_code)
-    if found is None:
-        raise LLMMagicError(
-            f"Cannot estimate {source!r}: its config does not build a causal LM here and the "
-            "folder has no weight files (.safetensors, .bin) to measure."
-        )
-    return Estimate(source, found.memory, found.parameters, dtype, device, found.method,
-                    found.largest_block)
-
-
-def estimate_spec(spec: LoadSpec) -> Estimate | None:
-    """The manager's estimate for a load; None (and a log line) when none is possible."""
-    assert spec.path is not None
-    try:
-        return estimate_path(spec.path, source=spec.source, dtype=spec.dtype, device=spec.device,
-                             trust_remote_code=spec.trust_remote_code)
-    except LLMMagicError as exc:
-        log.warning("%s Loading without a budget check.", exc)
-        return None
 
 
 # -- budgets -----------------------------------------------------------------
@@ -249,45 +144,6 @@ def device_key(name: str) -> str:
     raise InvalidOptionError(
         f"Unknown device {name!r} for a budget: use cpu, cuda0, cuda1, ... or mps."
     )
-
-
-def _device_total(device: str) -> int:
-    if device.startswith("cuda:"):
-        return _sysmem.cuda_total(int(device[5:]))
-    return _sysmem.cpu_total()  # mps shares the machine's memory
-
-
-def _device_free(device: str, *, probe_gpu: bool) -> int | None:
-    if device.startswith("cuda:"):
-        torch = sys.modules.get("torch")
-        initialized = torch is not None and torch.cuda.is_initialized()
-        return _sysmem.cuda_free(int(device[5:])) if (probe_gpu or initialized) else None
-    return _sysmem.cpu_free()
-
-
-def _may_have_cuda() -> bool:
-    """Cheap: is there an NVIDIA driver at all? (Avoids importing torch on machines without.)"""
-    return "torch" in sys.modules or sys.platform == "win32" or os.path.exists("/dev/nvidiactl")
-
-
-def _devices(settings: dict[str, int | float]) -> list[str]:
-    devices = ["cpu"]
-    if _may_have_cuda():
-        devices += _sysmem.cuda_devices()
-    devices += [d for d in settings if d not in devices]
-    return devices
-
-
-def limit_of(settings: dict[str, int | float], device: str) -> tuple[int, str]:
-    """The budget in bytes for ``device`` and how it was set (for display)."""
-    total = _device_total(device)
-    value = settings.get(device)
-    if value is None:
-        fraction = DEFAULT_FRACTIONS[device.split(":")[0]]
-        return int(total * fraction), f"default: {fraction:.0%} of {format_size(total)}"
-    if isinstance(value, float):
-        return int(total * value), f"{value:.0%} of {format_size(total)}"
-    return int(value), format_size(value)
 
 
 @dataclass(frozen=True)
@@ -445,155 +301,30 @@ def _used_by_device(manager: ModelManager) -> dict[str, int]:
 
 
 def residents(manager: ModelManager) -> list[Resident]:
-    """The manager's models as the planner sees them."""
-    out = []
-    for info in manager.models():
-        memory = info.placement or ((info.device, info.memory),)
-        out.append(Resident(info.name, tuple(memory), info.last_used or info.loaded_at,
-                            evictable=not (info.pinned or info.generating), pinned=info.pinned))
-    return out
+    """The manager's models that hold memory here, as the planner sees them."""
+    return _rooms.residents(manager.models())
 
 
 def rooms(manager: ModelManager, devices: list[str]) -> list[DeviceRoom]:
     """Budget and free memory of ``devices`` for a load that is about to use them."""
-    return [DeviceRoom(d, limit_of(manager.limits, d)[0], _device_free(d, probe_gpu=True))
-            for d in devices]
+    return _rooms.rooms(manager.limits, devices)
 
 
 def plan_load(manager: ModelManager, spec: LoadSpec, requested_device: str,
               estimate: Estimate) -> Placement:
     """Where ``spec`` goes and which models must leave (see :func:`plan_placement`)."""
-    auto = (requested_device or "auto").strip().lower() == "auto"
-    if auto and spec.device.startswith("cuda"):
-        target = "auto"
-        devices = [*_sysmem.cuda_devices(), "cpu"]
-    else:
-        target = spec.device
-        devices = [spec.device]
-    return plan_placement(
-        estimate.memory, target, rooms(manager, devices), residents(manager),
-        chunk=estimate.largest_block, source=repr(spec.source), dtype=spec.dtype,
-    )
+    return _rooms.plan_load(manager.limits, manager.models(), device=spec.device,
+                            requested_device=requested_device, source=spec.source,
+                            dtype=spec.dtype, memory=estimate.memory,
+                            largest_block=estimate.largest_block)
 
 
-# -- threads -----------------------------------------------------------------
-
-_threads_settled = False
-
-
-def _usable_cores() -> int:
-    """Physical cores this process may use: affinity and a container's CPU quota count."""
-    import psutil
-
-    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    if hasattr(os, "sched_getaffinity"):
-        cores = min(cores, len(os.sched_getaffinity(0)))
+def estimate_spec(spec: LoadSpec) -> Estimate | None:
+    """The manager's estimate for a load; None (and a log line) when none is possible."""
+    assert spec.path is not None
     try:
-        with open("/sys/fs/cgroup/cpu.max") as fh:
-            quota, period = fh.read().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cores)
-
-
-def default_threads() -> int:
-    """The intra-op thread count a notebook gets: ``LLM_MAGIC_THREADS``, else all cores but one.
-
-    One core stays free for the kernel's own thread, the resource sampler, the
-    browser and whatever else runs beside the notebook. Measured through
-    ``lm.generate`` on 2 cores (``benchmarks/resources.py``): on a quiet machine
-    2 threads gained at most 1.5x (a 43M-parameter GPT-2: 54-68 vs 42-46
-    tokens/s; a tiny one: none); beside one busy process they lost 5-7x (8 vs
-    44 tokens/s), and on a shared machine 5-23x (a 3.9M-parameter GPT-2: 6.6 vs
-    153 tokens/s).
-
-    Examples
-    --------
-    >>> default_threads() >= 1
-    True
-    """
-    chosen = _sysmem.env_int("LLM_MAGIC_THREADS")
-    if chosen is not None:
-        return chosen
-    return max(1, _usable_cores() - 1)
-
-
-def threads() -> int:
-    """The intra-op thread count torch uses now (or will use, before torch is imported)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return default_threads()
-    return int(torch.get_num_threads())
-
-
-def set_threads(n: int | None = None) -> int:
-    """Set how many CPU threads a generation uses (``None``: the default); returns it.
-
-    Applies to every model in this kernel. ``LLM_MAGIC_THREADS`` sets it from
-    the environment; without either, the default applies when the first model
-    loads unless you set torch's threads yourself (``torch.set_num_threads``,
-    ``OMP_NUM_THREADS``).
-
-    Examples
-    --------
-    >>> import llm_magic as lm
-    >>> lm.set_threads(1)
-    1
-    """
-    global _threads_settled
-    if n is None:
-        n = default_threads()
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise InvalidOptionError(f"The thread count must be a whole number >= 1, not {n!r}.")
-    import torch
-
-    torch.set_num_threads(n)
-    _threads_settled = True
-    log.info("CPU threads set to %d", n)
-    return n
-
-
-def _torch_default_threads() -> int:
-    """What torch picks by itself: OMP/MKL settings, else the physical cores."""
-    import psutil
-
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        n = _sysmem.env_int(var)
-        if n is not None:
-            return n
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-
-
-def apply_default_threads() -> int | None:
-    """Apply the default thread count once, when the first model loads; returns it.
-
-    Leaves torch alone (returns None) when :func:`set_threads` already ran, or
-    when the user chose threads through torch or ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``.
-    """
-    global _threads_settled
-    if _threads_settled:
+        return estimate_path(spec.path, source=spec.source, dtype=spec.dtype, device=spec.device,
+                             trust_remote_code=spec.trust_remote_code)
+    except LLMMagicError as exc:
+        log.warning("%s Loading without a budget check.", exc)
         return None
-    _threads_settled = True
-    import torch
-
-    raw = os.environ.get("LLM_MAGIC_THREADS", "").strip()
-    if raw and _sysmem.env_int("LLM_MAGIC_THREADS") is None:
-        warnings.warn(f"LLM_MAGIC_THREADS={raw!r} is not a whole number >= 1; ignoring it.",
-                      LLMMagicWarning, stacklevel=2)
-    elif raw:
-        return set_threads(default_threads())
-    if any(os.environ.get(v, "").strip() for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
-        log.debug("threads left to OMP_NUM_THREADS/MKL_NUM_THREADS")
-        return None
-    current = int(torch.get_num_threads())
-    if current != _torch_default_threads():
-        log.debug("torch threads were set to %d by the user; leaving them", current)
-        return None
-    n = max(1, _usable_cores() - 1)
-    if n != current:
-        torch.set_num_threads(n)
-        log.info("CPU threads: %d of %d cores (lm.set_threads(n) to change)", n, current)
-    return n
-

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import llm_magic as lm
-from llm_magic import _estimate, resources
+from llm_magic import _estimate, _threads, resources
 from llm_magic._placement import DeviceRoom, Placement, Resident, plan_placement
 from llm_magic._sizes import format_size, parse_limit
 from llm_magic.backends.base import LoadSpec
@@ -409,7 +409,7 @@ def test_out_of_memory_while_loading_drops_the_partial_model(tmp_path):
 @pytest.fixture
 def fresh_threads(monkeypatch):
     before = torch.get_num_threads()
-    monkeypatch.setattr(resources, "_threads_settled", False)
+    monkeypatch.setattr(_threads, "_threads_settled", False)
     for var in ("LLM_MAGIC_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
     yield
@@ -429,13 +429,13 @@ def test_the_default_applies_at_the_first_load_unless_threads_were_chosen(
     torch.set_num_threads(resources._torch_default_threads())
     manager.load(str(tiny_gpt2), name="a")
     assert torch.get_num_threads() == max(1, resources._usable_cores() - 1)
-    monkeypatch.setattr(resources, "_threads_settled", False)
+    monkeypatch.setattr(_threads, "_threads_settled", False)
     torch.set_num_threads(3)  # the user's own choice
     assert resources.apply_default_threads() is None and torch.get_num_threads() == 3
-    monkeypatch.setattr(resources, "_threads_settled", False)
+    monkeypatch.setattr(_threads, "_threads_settled", False)
     monkeypatch.setenv("LLM_MAGIC_THREADS", "2")
     assert resources.apply_default_threads() == 2 and torch.get_num_threads() == 2
-    monkeypatch.setattr(resources, "_threads_settled", False)
+    monkeypatch.setattr(_threads, "_threads_settled", False)
     monkeypatch.setenv("LLM_MAGIC_THREADS", "many")
     with pytest.warns(LLMMagicWarning, match="LLM_MAGIC_THREADS"):
         resources.apply_default_threads()

@@ -100,9 +100,48 @@ class GenerationJob(abc.ABC):
 
 
 class Backend(abc.ABC):
-    """A loaded model."""
+    """A loaded model, and (as classmethods) what the manager asks its kind before a load.
+
+    The manager finds the class through :func:`llm_magic.backends.backend_class`
+    and never imports a backend module itself: device and dtype resolution,
+    locating the files and returning memory are the backend's own business.
+    """
 
     kind: str = "base"
+    #: Whether the weights live in this process: budgets, eviction and memory release apply.
+    resident: bool = True
+
+    # -- before and after a load (the manager calls these on the class) ------
+
+    @classmethod
+    def resolve_device(cls, device: str) -> str:
+        """Turn the user's device (``"auto"`` included) into the one this backend will use."""
+        return device
+
+    @classmethod
+    def resolve_dtype(cls, dtype: str, device: str) -> str:
+        """Turn the user's dtype (``"auto"`` included) into one name, for ``device``."""
+        return dtype
+
+    @classmethod
+    def locate(cls, source: str, kind: str, path: str | None, revision: str | None,
+               *, config_only: bool = False) -> tuple[str | None, str | None]:
+        """Where the model's files are, and their commit when known.
+
+        ``config_only`` asks for as little as an estimate needs (a config file).
+        """
+        return path, None
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, spec: LoadSpec, placement: Any = None) -> Backend:
+        """Load ``spec``; ``placement`` is the manager's plan (a ``Placement``), if any."""
+
+    @classmethod  # noqa: B027 - optional hook
+    def release_memory(cls) -> None:
+        """Hand memory freed by a dropped model back to the system."""
+
+    # -- a loaded model ----------------------------------------------------
 
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:

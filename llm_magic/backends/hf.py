@@ -1,35 +1,46 @@
 """The transformers backend: causal language models run inside the kernel.
 
-This is the only module (with the attention capture it serves) that imports
-torch and transformers, and it does so only when a model is loaded.
+This is the only backend (with the attention capture it serves) that imports
+torch and transformers, and it does so only when a model is loaded. Its
+helpers live beside it: devices and dtypes (``_devices``), hub resolution
+(``_hub``), memory release (``_memory``), out-of-memory handling (``_oom``)
+and stopping (``_stopping``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import errno
 import gc
 import logging
-import os
-import socket
 import threading
 import time
-import traceback
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
+from .._threads import apply_default_threads
 from ..errors import (
     BackendError,
     InvalidOptionError,
     LLMMagicWarning,
     MissingDependencyError,
-    ModelNotFoundError,
-    NotAvailableError,
     PromptTooLongError,
 )
+from ._devices import bytes_per_device as _bytes_per_device
+from ._devices import device_name as _device_name
+from ._devices import device_order as _device_order
+from ._devices import resolve_device, resolve_dtype
+from ._devices import torch_module as _torch
+from ._hub import commit_of, config_dir, resolve_hub
+from ._memory import loaded_by_this_thread as _loaded_by_this_thread
+from ._memory import release_memory
+from ._oom import forget as _forget
+from ._oom import is_out_of_memory as _is_out_of_memory
+from ._oom import out_of_memory_guard as _out_of_memory_guard
+from ._stopping import EventCriteria as _EventCriteria
+from ._stopping import Interrupted as _Interrupted
+from ._stopping import StopStrings as _StopStrings
+from ._stopping import criteria_list as _criteria_list
+from ._stopping import stop_hooks as _stop_hooks
 from .base import Backend, BatchResult, GenerationJob, GenerationRequest, LoadSpec
 
 if TYPE_CHECKING:
@@ -39,6 +50,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HFBackend",
+    "HFJob",
+    "commit_of",
     "release_memory",
     "resolve_device",
     "resolve_dtype",
@@ -46,189 +59,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("llm_magic.hf")
-
-_DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "float": "float32",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-}
-
-
-def _torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - torch is a dependency
-        raise MissingDependencyError(
-            "The transformers backend needs PyTorch. Install it with `pip install torch`."
-        ) from exc
-    return torch
-
-
-def resolve_device(device: str) -> str:
-    """Turn ``"auto"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"cpu"`` into a concrete device.
-
-    Examples
-    --------
-    >>> resolve_device("cpu")
-    'cpu'
-    """
-    torch = _torch()
-    wanted = (device or "auto").strip().lower()
-    if wanted == "auto":
-        if torch.cuda.is_available():
-            return "cuda:0"
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return "mps"
-        return "cpu"
-    if wanted == "cpu":
-        return "cpu"
-    if wanted == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise NotAvailableError("Apple MPS is not available on this machine; use device='cpu'.")
-        return "mps"
-    if wanted == "gpu":
-        wanted = "cuda"
-    if wanted.startswith("cuda"):
-        index_text = wanted[4:].lstrip(":") or "0"
-        if not index_text.isdigit():
-            raise InvalidOptionError(f"Unknown device {device!r}: write 'cuda' or 'cuda:N'.")
-        if not torch.cuda.is_available():
-            raise NotAvailableError(
-                f"Device {device!r} asked for, but CUDA is not available here "
-                f"(torch {torch.__version__}). Use device='cpu' or device='auto'."
-            )
-        count = torch.cuda.device_count()
-        if int(index_text) >= count:
-            raise InvalidOptionError(
-                f"Device {device!r} does not exist: this machine has {count} CUDA device(s), "
-                f"cuda:0 to cuda:{count - 1}."
-            )
-        return f"cuda:{int(index_text)}"
-    raise InvalidOptionError(
-        f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
-    )
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    """Pick the dtype name for a resolved device: float32 on CPU, bf16 (or fp16) on a GPU.
-
-    Examples
-    --------
-    >>> resolve_dtype("auto", "cpu"), resolve_dtype("bf16", "cpu")
-    ('float32', 'bfloat16')
-    """
-    wanted = (dtype or "auto").strip().lower().removeprefix("torch.")
-    if wanted == "auto":
-        if device.startswith("cuda"):
-            torch = _torch()
-            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        if device == "mps":
-            return "float16"
-        return "float32"
-    if wanted not in _DTYPES:
-        raise InvalidOptionError(
-            f"Unknown dtype {dtype!r}: use 'auto', 'float32', 'bfloat16' or 'float16'."
-        )
-    return _DTYPES[wanted]
-
-
-def _offline() -> bool:
-    return any(
-        os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}
-        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
-
-
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    parsed = urlparse(url)
-    host = parsed.hostname or "huggingface.co"
-    port = parsed.port or (443 if parsed.scheme != "http" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def commit_of(path: str) -> str | None:
-    """The commit hash of a Hugging Face cache snapshot directory, if ``path`` is one."""
-    parts = os.path.normpath(path).split(os.sep)
-    if len(parts) >= 2 and parts[-2] == "snapshots" and len(parts[-1]) == 40:
-        return parts[-1]
-    return None
-
-
-def resolve_hub(repo_id: str, revision: str | None) -> tuple[str, str | None]:
-    """Find a hub model in the local cache, or download it when the network allows.
-
-    Returns the snapshot directory and its commit hash. Never hangs without a
-    network: the cache is consulted first, and a download is only tried after
-    a three-second reachability check.
-    """
-    try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import (
-            HfHubHTTPError,
-            LocalEntryNotFoundError,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
-    except ImportError as exc:  # pragma: no cover - comes with transformers
-        raise MissingDependencyError("Loading hub models needs `huggingface_hub`.") from exc
-
-    from huggingface_hub import constants
-
-    cache = constants.HF_HUB_CACHE
-    try:
-        path = snapshot_download(repo_id, revision=revision, local_files_only=True)
-        return path, commit_of(path)
-    except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
-        pass
-    at = f" at revision {revision!r}" if revision else ""
-    if _offline():
-        raise ModelNotFoundError(
-            f"Model {repo_id!r}{at} is not in the local Hugging Face cache ({cache}) and "
-            "HF_HUB_OFFLINE is set, so it cannot be downloaded. Download it where there is a "
-            f"network (`hf download {repo_id}`), or pass a local directory to load."
-        )
-    endpoint = constants.ENDPOINT
-    if not _reachable(endpoint):
-        raise ModelNotFoundError(
-            f"Model {repo_id!r}{at} is not in the local Hugging Face cache ({cache}) and "
-            f"{endpoint} cannot be reached. Pass a local directory, or download the model "
-            "where there is a network; set HF_HUB_OFFLINE=1 to skip this network check."
-        )
-    log.info("Downloading %s%s from %s", repo_id, at, endpoint)
-    try:
-        path = snapshot_download(
-            repo_id,
-            revision=revision,
-            ignore_patterns=["*.onnx", "*.msgpack", "*.h5", "*.ot", "*.tflite", "*.gguf",
-                             "original/*"],
-        )
-    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
-        raise ModelNotFoundError(f"Model {repo_id!r}{at} was not found on {endpoint}.") from exc
-    except (HfHubHTTPError, OSError) as exc:
-        raise ModelNotFoundError(f"Downloading {repo_id!r}{at} failed: {exc}") from exc
-    return path, commit_of(path)
-
-
-def release_memory() -> None:
-    """Return freed memory to the system: empty the CUDA cache and trim the C heap."""
-    gc.collect()
-    torch = __import__("sys").modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
 
 _NOT_CAUSAL_HEADS = ("ForMaskedLM", "ForSequenceClassification", "ForTokenClassification",
                      "ForQuestionAnswering", "ForMultipleChoice", "ForPreTraining")
@@ -251,142 +81,6 @@ def _check_causal(source: str, config: Any) -> None:
             f"{source!r} is not a causal language model ({what}); llm_magic generates text "
             "with causal LMs (GPT-2, Llama, Qwen, ...)."
         )
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, or the CPU allocator's failure (a plain RuntimeError)."""
-    torch = __import__("sys").modules.get("torch")
-    if torch is not None and isinstance(exc, torch.OutOfMemoryError):
-        return True
-    if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(
-        s in text for s in ("can't allocate memory", "cannot allocate memory", "out of memory")
-    )
-
-
-def _forget(exc: BaseException) -> str:
-    """Clear the frames of a failed call so the tensors they hold die; keep a one-line reason.
-
-    A traceback keeps every frame's locals alive: after an out-of-memory error
-    those are the half-built model or the KV cache, and IPython would keep
-    them for good in ``sys.last_traceback``.
-    """
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    traceback.clear_frames(exc.__traceback__)
-    return text[:300]
-
-
-@contextlib.contextmanager
-def _out_of_memory_guard(what: str, device: str) -> Iterator[None]:
-    """Turn an out-of-memory error during generation into a BackendError, memory returned."""
-    reason = None
-    try:
-        yield
-    except Exception as exc:
-        if not _is_out_of_memory(exc):
-            raise
-        reason = _forget(exc)
-    if reason is not None:
-        release_memory()
-        raise BackendError(
-            f"Out of memory on {device} while generating with {what} ({reason}). The generation "
-            "was dropped and its memory returned; the model stays loaded. Ask for fewer new "
-            "tokens or a shorter prompt, or unload other models."
-        )
-
-
-_SYNC_LOAD = "HF_DEACTIVATE_ASYNC_LOAD"
-_env_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _loaded_by_this_thread(active: bool) -> Iterator[None]:
-    """Have transformers read the weights in this thread, not in its loader threads.
-
-    glibc gives every thread its own heap (arena). A block freed at the top of a
-    thread's heap goes back to the system only past a threshold that grows up
-    to 64 MB, and ``malloc_trim`` does not trim those tops. Weights that loader
-    threads allocate (any dtype conversion, such as a bfloat16 checkpoint loaded
-    in float32) then stay resident after unload: 13% to 90% of an 86 MB model
-    came back, measured here. Allocated by this thread they sit in the main
-    heap, which ``malloc_trim`` returns whole (100%, every time). The price:
-    converting CPU loads use one thread (0.31 s instead of 0.22 s for that
-    model on 2 cores). GPU loads keep transformers' threads.
-    """
-    if not active:
-        yield
-        return
-    with _env_lock:
-        before = os.environ.get(_SYNC_LOAD)
-        os.environ[_SYNC_LOAD] = "1"
-        try:
-            yield
-        finally:
-            if before is None:
-                os.environ.pop(_SYNC_LOAD, None)
-            else:
-                os.environ[_SYNC_LOAD] = before
-
-
-def _device_name(device: Any) -> str:
-    """accelerate's device names (0, "cpu", "disk") as llm_magic writes them ("cuda:0")."""
-    return f"cuda:{device}" if isinstance(device, int) else str(device)
-
-
-def _device_order(device: Any) -> tuple[int, str]:
-    name = _device_name(device)
-    return (0 if name.startswith("cuda") else 1 if name == "cpu" else 2, name)
-
-
-def _bytes_per_device(model: Any, device: str) -> dict[str, int]:
-    """Measured bytes of weights and buffers on each device (one entry unless spread)."""
-    device_map = getattr(model, "hf_device_map", None) or {}
-    if len(set(device_map.values())) <= 1:
-        return {device: int(model.get_memory_footprint())}
-    out: dict[str, int] = {}
-    seen: set[int] = set()
-    for prefix, where in device_map.items():
-        module = model.get_submodule(prefix) if prefix else model
-        size = 0
-        for tensor in (*module.parameters(), *module.buffers()):
-            if id(tensor) not in seen:  # tied weights count once
-                seen.add(id(tensor))
-                size += tensor.numel() * tensor.element_size()
-        name = _device_name(where)
-        out[name] = out.get(name, 0) + size
-    return dict(sorted(out.items(), key=lambda kv: _device_order(kv[0])))
-
-
-class _Interrupted(Exception):
-    """Raised inside the model's forward pass to stop at once."""
-
-
-def _layer_list(model: Any) -> Sequence[Any]:
-    """The model's largest ``ModuleList``: its stack of blocks, where stopping is checked."""
-    torch = _torch()
-    best: Sequence[Any] = ()
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) > len(best):
-            best = module
-    return best
-
-
-@contextlib.contextmanager
-def _stop_hooks(model: Any, stop_event: threading.Event) -> Iterator[None]:
-    """Check ``stop_event`` before every block, so an interrupt lands within one layer."""
-
-    def check(_module: Any, _args: Any) -> None:
-        if stop_event.is_set():
-            raise _Interrupted
-
-    handles = [layer.register_forward_pre_hook(check) for layer in _layer_list(model)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 class _Detokenizer:
@@ -483,47 +177,6 @@ class HFJob(GenerationJob):
         return self._detok.text()
 
 
-def _criteria_list(items: list[Any]) -> Any:
-    from transformers import StoppingCriteriaList
-
-    return StoppingCriteriaList(items)
-
-
-class _EventCriteria:
-    """A ``StoppingCriteria`` that stops the batch once an Event is set."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        torch = _torch()
-        return torch.full(
-            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
-        )
-
-
-class _StopStrings:
-    """Stop a row once its *generated* text contains a stop string.
-
-    transformers' own ``stop_strings`` also matches across the end of the
-    prompt; a user's stop string is about the new text only.
-    """
-
-    def __init__(self, tokenizer: Any, prompt_len: int, stops: Sequence[str]) -> None:
-        self.tokenizer = tokenizer
-        self.prompt_len = prompt_len
-        self.stops = tuple(stops)
-        # A character is at most 4 byte-level tokens; one more token for a boundary.
-        self.window = 4 * max(len(s) for s in stops) + 1
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        torch = _torch()
-        new = input_ids[:, self.prompt_len :]
-        tails = self.tokenizer.batch_decode(new[:, -self.window :], skip_special_tokens=True)
-        done = [any(s in tail for s in self.stops) for tail in tails]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
 class HFBackend(Backend):
     """A causal LM and its tokenizer, resident in this process."""
 
@@ -557,6 +210,31 @@ class HFBackend(Backend):
             pad = self.eos_ids[0]
         self.pad_id: int | None = pad
 
+    # -- what the manager asks before and after a load ----------------------
+
+    @classmethod
+    def resolve_device(cls, device: str) -> str:
+        return resolve_device(device)
+
+    @classmethod
+    def resolve_dtype(cls, dtype: str, device: str) -> str:
+        return resolve_dtype(dtype, device)
+
+    @classmethod
+    def locate(cls, source: str, kind: str, path: str | None, revision: str | None,
+               *, config_only: bool = False) -> tuple[str, str | None]:
+        """A hub id becomes its cache snapshot (downloaded when allowed); a folder stays."""
+        if kind == "hub":
+            if config_only:
+                return config_dir(source, revision), None
+            return resolve_hub(source, revision)
+        assert path is not None
+        return path, commit_of(path)
+
+    @classmethod
+    def release_memory(cls) -> None:
+        release_memory()
+
     # -- loading ---------------------------------------------------------
 
     @classmethod
@@ -570,9 +248,7 @@ class HFBackend(Backend):
         reported.
         """
         torch = _torch()
-        from .. import resources
-
-        resources.apply_default_threads()
+        apply_default_threads()
         t0 = time.perf_counter()
         try:
             import transformers

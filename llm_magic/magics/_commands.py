@@ -15,7 +15,7 @@ import time
 from argparse import Namespace
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
@@ -26,13 +26,18 @@ from ..errors import LLMMagicError
 from ._output import ModelSummary
 from ._prompt import text
 
-if TYPE_CHECKING:
-    from ._magics import LLMMagics
-
-__all__ = ["COMMANDS", "LATER", "Command", "find", "help_lines", "parse", "set_debug",
+__all__ = ["COMMANDS", "LATER", "Command", "Host", "find", "help_lines", "parse", "set_debug",
            "usage_errors"]
 
-Run = Callable[["LLMMagics", Namespace], None]
+
+
+class Host(Protocol):
+    """What a subcommand may ask of the magics that run it (``LLMMagics``)."""
+
+    def follow_manager(self) -> None: ...
+
+
+Run = Callable[[Host, Namespace], None]
 
 #: Subcommands that later versions fill; until then they answer "not available yet".
 LATER = ("attention", "history")
@@ -106,7 +111,7 @@ class Command:
 @argument("--reload", action="store_true",
           help="replace a model of the same name loaded with other settings")
 @argument("--pin", action="store_true", help="never evict this model to make room for another")
-def _load(magics: LLMMagics, args: Namespace) -> None:
+def _load(magics: Host, args: Namespace) -> None:
     """Load a model (or find it resident) and show its summary."""
     started = time.time()
     with usage_errors():
@@ -119,7 +124,7 @@ def _load(magics: LLMMagics, args: Namespace) -> None:
 @magic_arguments("llm unload")
 @argument("name", nargs="?", type=text, help="the model to unload")
 @argument("--all", action="store_true", help="unload every model")
-def _unload(magics: LLMMagics, args: Namespace) -> None:
+def _unload(magics: Host, args: Namespace) -> None:
     """Unload a model (or --all) and say whether its memory was really freed."""
     if (args.name is None) != args.all:
         raise UsageError("Name the model to unload, or pass --all (not both).")
@@ -132,14 +137,14 @@ def _unload(magics: LLMMagics, args: Namespace) -> None:
 
 
 @magic_arguments("llm list")
-def _list(magics: LLMMagics, args: Namespace) -> None:
+def _list(magics: Host, args: Namespace) -> None:
     """Show the loaded models: device, dtype, parameters, memory, last use."""
     display(models())
 
 
 @magic_arguments("llm use")
 @argument("name", type=text, help="a loaded model's name")
-def _use(magics: LLMMagics, args: Namespace) -> None:
+def _use(magics: Host, args: Namespace) -> None:
     """Make a loaded model the one that cells without MODEL use."""
     with usage_errors():
         use(args.name)
@@ -148,7 +153,7 @@ def _use(magics: LLMMagics, args: Namespace) -> None:
 
 
 @magic_arguments("llm help")
-def _help(magics: LLMMagics, args: Namespace) -> None:
+def _help(magics: Host, args: Namespace) -> None:
     """List the subcommands, one line each."""
     print("\n".join(help_lines()))
 
@@ -189,7 +194,7 @@ def set_debug(on: bool) -> None:
 
 @magic_arguments("llm debug")
 @argument("state", nargs="?", choices=("on", "off"), help="on or off; none shows the state")
-def _debug(magics: LLMMagics, args: Namespace) -> None:
+def _debug(magics: Host, args: Namespace) -> None:
     """Show what the manager and backends decide, and how long each phase takes."""
     if args.state is not None:
         set_debug(args.state == "on")
@@ -220,7 +225,7 @@ def _limit(item: str) -> tuple[str, str]:
 @magic_arguments("llm budget")
 @argument("limits", nargs="*", type=text, metavar="DEVICE=SIZE",
           help="limits to set, like cpu=8GB cuda0=20GB or a fraction cuda0=0.5; none shows it")
-def _budget(magics: LLMMagics, args: Namespace) -> None:
+def _budget(magics: Host, args: Namespace) -> None:
     """Show the memory budget per device, or set limits (cpu=8GB cuda0=0.5)."""
     api = _budget_api()
     if api is None:
