@@ -346,6 +346,7 @@ def test_playground_generation_is_a_generation_like_any_other(manager, tiny_gpt2
     pg = Playground(manager=manager)
     try:
         assert pg.model.options == ("tiny",) and pg.model.value == "tiny"
+        assert pg.max_new_tokens.max == manager.info("tiny").context_length == 128
         pg.prompt.value = "Hello " + XSS
         pg.max_new_tokens.value = 20
         gen = pg.generate(wait=True)

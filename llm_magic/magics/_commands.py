@@ -34,6 +34,8 @@ __all__ = ["COMMANDS", "LATER", "Command", "Host", "find", "help_lines", "parse"
 class Host(Protocol):
     """What a subcommand may ask of the magics that run it (``LLMMagics``)."""
 
+    shell: Any  # the InteractiveShell the magics are registered with
+
     def follow_manager(self) -> None: ...
 
 
@@ -242,7 +244,7 @@ def _budget(magics: Host, args: Namespace) -> None:
 @argument("--cell", nargs="?", const="on", choices=("on", "off"),
           help="instead of the gauges, show each cell's duration, peak GPU memory and RSS "
                "change after it runs (--cell off stops)")
-def _monitor(magics: LLMMagics, args: Namespace) -> None:
+def _monitor(magics: Host, args: Namespace) -> None:
     """Show live GPU, CPU and memory gauges (--cell: figures after each cell)."""
     if args.cell is not None:
         from ..widgets.cells import watch_cells
@@ -258,7 +260,7 @@ def _monitor(magics: LLMMagics, args: Namespace) -> None:
 
 
 @magic_arguments("llm panel")
-def _panel(magics: LLMMagics, args: Namespace) -> None:
+def _panel(magics: Host, args: Namespace) -> None:
     """Show the model manager (load, unload, pin) and the playground."""
     from ..widgets.panel import panel
 

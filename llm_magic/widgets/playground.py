@@ -38,6 +38,7 @@ __all__ = ["Playground", "StreamView"]
 log = logging.getLogger("llm_magic.widgets")
 
 _THROTTLE = 0.1  # seconds between streamed updates of the output
+_MAX_TOKENS = 8192  # the slider's end for a model whose context length is unknown
 
 
 class StreamView(anywidget.AnyWidget):  # type: ignore[misc]
@@ -107,8 +108,8 @@ class Playground(w.VBox):  # type: ignore[misc]
                                          description="temperature", style=wide)
         self.top_p = w.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top-p",
                                    style=wide)
-        self.max_new_tokens = w.IntSlider(value=128, min=1, max=8192, description="max tokens",
-                                          style=wide)
+        self.max_new_tokens = w.IntSlider(value=128, min=1, max=_MAX_TOKENS, style=wide,
+                                          description="max tokens")
         self.seed = w.Text(value="", placeholder="none", description="seed")
         self.generate_button = w.Button(description="Generate", button_style="primary")
         self.stop_button = w.Button(description="Stop", button_style="warning", disabled=True)
@@ -124,7 +125,9 @@ class Playground(w.VBox):  # type: ignore[misc]
         self.last: Generation | None = None
         self.generate_button.on_click(lambda _b: self.generate())
         self.stop_button.on_click(lambda _b: self.stop())
+        self.model.observe(lambda _change: self._fit_length(), names="value")
         self._refresh_models()
+        self._fit_length()
         self._unsubscribe = self.manager.events.subscribe(
             self._on_event, kinds=("loaded", "unloaded", "default_changed"))
 
@@ -139,6 +142,15 @@ class Playground(w.VBox):  # type: ignore[misc]
             keep = self.model.value if self.model.value in names else self.manager.default
             self.model.options = names
             self.model.value = keep if keep in names else (names[0] if names else None)
+
+    def _fit_length(self) -> None:
+        """The max-new-tokens slider ends at the chosen model's context length."""
+        name = self.model.value
+        try:
+            context = self.manager.info(name).context_length if name else None
+        except LLMMagicError:  # unloaded meanwhile
+            context = None
+        self.max_new_tokens.max = context or _MAX_TOKENS
 
     # -- generation
 
