@@ -16,8 +16,10 @@ Examples
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
+from . import monitor as _sampler_module
 from .attention import AttentionMap, attention, attention_max_tokens
 from .errors import (
     BudgetExceededError,
@@ -74,6 +76,8 @@ __all__ = [
     "load",
     "load_ipython_extension",
     "models",
+    "monitor",
+    "panel",
     "pin",
     "rerun",
     "set_threads",
@@ -153,6 +157,48 @@ def pin(name: str, pinned: bool = True) -> ModelInfo:
 def last() -> Generation | None:
     """The latest generation, including one cut short by an interrupt."""
     return get_manager().last_generation
+
+
+def panel(**kwargs: Any) -> Any:
+    """The model manager panel and the playground, as a widget.
+
+    Loaded models (with Unload and Pin), a load form that shows the estimate
+    first, and a playground whose generations are ``Generation`` results like
+    any other (the latest is :func:`last`). Keyword arguments go to
+    :class:`llm_magic.widgets.panel.Panel`.
+
+    Examples
+    --------
+    >>> import llm_magic as lm
+    >>> lm.panel()  # doctest: +SKIP
+    """
+    from .widgets.panel import panel as _panel
+
+    return _panel(**kwargs)
+
+
+def _open_monitor(**kwargs: Any) -> Any:
+    """Live resource gauges, as a widget (``lm.monitor()``); see ``llm_magic.widgets.monitor``.
+
+    Examples
+    --------
+    >>> import llm_magic as lm
+    >>> lm.monitor()  # doctest: +SKIP
+    """
+    from .widgets.monitor import monitor as _monitor
+
+    return _monitor(**kwargs)
+
+
+class _CallableModule(types.ModuleType):
+    """``llm_magic.monitor`` stays the sampler's module and ``lm.monitor()`` opens the gauges."""
+
+    def __call__(self, **kwargs: Any) -> Any:
+        return _open_monitor(**kwargs)
+
+
+_sampler_module.__class__ = _CallableModule
+monitor = _sampler_module
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -577,7 +577,8 @@ def test_question_mark_shows_complete_usage(ip, capsys):
     for option in ("load", "--as", "--revision", "--dtype", "--device", "--trust-remote-code",
                    "--reload", "--pin", "unload", "--all", "use", "debug", "help"):
         assert option in line_help, option
-    assert "monitor" not in line_help
+    for subcommand in ("monitor", "--cell", "panel"):
+        assert subcommand in line_help, subcommand
 
 
 def test_debug_logs_into_the_running_cell(ip, tiny, capsys, monkeypatch):

@@ -34,13 +34,15 @@ __all__ = ["COMMANDS", "LATER", "Command", "Host", "find", "help_lines", "parse"
 class Host(Protocol):
     """What a subcommand may ask of the magics that run it (``LLMMagics``)."""
 
+    shell: Any  # the InteractiveShell the magics are registered with
+
     def follow_manager(self) -> None: ...
 
 
 Run = Callable[[Host, Namespace], None]
 
 #: Subcommands that later versions fill; until then they answer "not available yet".
-LATER = ("monitor", "panel")
+LATER: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -274,6 +276,37 @@ def _attention(magics: Host, args: Namespace) -> None:
     display(amap)
 
 
+# -- monitor, panel (the widgets) ---------------------------------------------
+
+
+@magic_arguments("llm monitor")
+@argument("--cell", nargs="?", const="on", choices=("on", "off"),
+          help="instead of the gauges, show each cell's duration, peak GPU memory and RSS "
+               "change after it runs (--cell off stops)")
+def _monitor(magics: Host, args: Namespace) -> None:
+    """Show live GPU, CPU and memory gauges (--cell: figures after each cell)."""
+    if args.cell is not None:
+        from ..widgets.cells import watch_cells
+
+        watch_cells(magics.shell, on=args.cell == "on")
+        state = "on" if args.cell == "on" else "off"
+        print(f"Per-cell figures are {state}.")
+        return
+    from ..widgets.monitor import monitor
+
+    with usage_errors():
+        display(monitor())
+
+
+@magic_arguments("llm panel")
+def _panel(magics: Host, args: Namespace) -> None:
+    """Show the model manager (load, unload, pin) and the playground."""
+    from ..widgets.panel import panel
+
+    with usage_errors():
+        display(panel())
+
+
 # -- the table --------------------------------------------------------------
 
 COMMANDS: dict[str, Command] = {
@@ -288,6 +321,8 @@ COMMANDS: dict[str, Command] = {
         Command("history", _history, "[-n N] [--search TEXT] [--model NAME]"),
         Command("rerun", _rerun, "ID"),
         Command("attention", _attention),
+        Command("monitor", _monitor, "[--cell [on|off]]"),
+        Command("panel", _panel),
         Command("debug", _debug, "[on|off]"),
         Command("help", _help),
     )

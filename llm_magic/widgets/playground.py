@@ -1,0 +1,250 @@
+"""The playground: a prompt, a model, sampling settings, Generate and Stop.
+
+Generation runs ``lm.generate`` on a worker thread with a ``stop_event`` and
+a streaming callback, so the kernel's shell stays free for other cells; the
+model's lock in the manager keeps two generations on one model from
+interleaving. The result is a :class:`~llm_magic.Generation` like any other,
+and the latest one is ``lm.last()``. Stop works as an interrupt: the partial
+text is kept and the model stays usable.
+
+Examples
+--------
+>>> from llm_magic.widgets.playground import Playground
+>>> p = Playground()                          # doctest: +SKIP
+>>> p.prompt.value = "The import statement"   # doctest: +SKIP
+>>> p.generate(wait=True).text                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from html import escape
+from typing import Any
+
+import anywidget
+import ipywidgets as w
+import traitlets as t
+
+from ..errors import InvalidOptionError, LLMMagicError
+from ..events import Event
+from ..generation import Generation, generate
+from ..manager import ModelManager, get_manager
+from ._common import css, esm, one_line, with_fallback
+
+__all__ = ["Playground", "StreamView"]
+
+log = logging.getLogger("llm_magic.widgets")
+
+_THROTTLE = 0.1  # seconds between streamed updates of the output
+_MAX_TOKENS = 8192  # the slider's end for a model whose context length is unknown
+
+
+class StreamView(anywidget.AnyWidget):  # type: ignore[misc]
+    """Streamed text, the generation's stats and an error line, shown as plain text.
+
+    Examples
+    --------
+    >>> from llm_magic.widgets.playground import StreamView
+    >>> StreamView(text="<b>not bold</b>").text   # doctest: +SKIP
+    '<b>not bold</b>'
+    """
+
+    _esm = esm("stream.js")
+    _css = css()
+
+    prompt = t.Unicode("").tag(sync=True)  # shown dimmed before the text that continues it
+    text = t.Unicode("").tag(sync=True)
+    stats = t.Unicode("").tag(sync=True)
+    state = t.Unicode("idle").tag(sync=True)  # idle, waiting, generating, done, stopped, error
+    error = t.Unicode("").tag(sync=True)
+
+    def lines(self) -> list[str]:
+        return [line for line in (self.prompt + self.text, self.stats, self.error) if line]
+
+    def __repr__(self) -> str:
+        return "\n".join(self.lines())
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return with_fallback(super()._repr_mimebundle_(**kwargs), self.html())
+
+    def html(self) -> str:
+        """The prompt, text, stats and error as escaped HTML (the static fallback)."""
+        return (f"<pre style='white-space:pre-wrap'><span style='opacity:.6'>"
+                f"{escape(self.prompt)}</span>{escape(self.text)}</pre>"
+                f"<small>{escape(self.stats)}</small><div>{escape(self.error)}</div>")
+
+
+def _stats_line(gen: Generation) -> str:
+    s = gen.stats
+    ttft = "-" if s.time_to_first_token is None else f"{s.time_to_first_token * 1000:.0f} ms"
+    tps = "-" if s.tokens_per_second is None else f"{s.tokens_per_second:.1f}"
+    return (f"{gen.model}: {s.new_tokens} new tokens, time to first token {ttft}, "
+            f"{tps} tokens/s, {s.duration:.2f} s ({s.stop_reason})")
+
+
+class Playground(w.VBox):  # type: ignore[misc]
+    """Prompt box, model dropdown, temperature/top-p/max-new-tokens sliders, seed, output.
+
+    Parameters
+    ----------
+    manager : ModelManager, optional
+        The kernel's manager by default.
+
+    Examples
+    --------
+    >>> from llm_magic.widgets.playground import Playground
+    >>> Playground()                  # doctest: +SKIP
+    """
+
+    def __init__(self, *, manager: ModelManager | None = None) -> None:
+        self.manager = manager or get_manager()
+        self.prompt = w.Textarea(placeholder="Write a prompt…", description="prompt",
+                                 layout=w.Layout(width="100%", height="6em"))
+        self.model = w.Dropdown(options=[], description="model")
+        wide = {"description_width": "initial"}
+        self.temperature = w.FloatSlider(value=0.0, min=0.0, max=2.0, step=0.05,
+                                         description="temperature", style=wide)
+        self.top_p = w.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top-p",
+                                   style=wide)
+        self.max_new_tokens = w.IntSlider(value=128, min=1, max=_MAX_TOKENS, style=wide,
+                                          description="max tokens")
+        self.seed = w.Text(value="", placeholder="none", description="seed")
+        self.generate_button = w.Button(description="Generate", button_style="primary")
+        self.stop_button = w.Button(description="Stop", button_style="warning", disabled=True)
+        self.output = StreamView()
+        settings = w.HBox([self.model, self.seed])
+        sliders = w.HBox([self.temperature, self.top_p, self.max_new_tokens])
+        buttons = w.HBox([self.generate_button, self.stop_button])
+        super().__init__([self.prompt, settings, sliders, buttons, self.output])
+        self.add_class("llm-magic-playground")
+        self._lock = threading.Lock()  # one generation at a time from this playground
+        self._stop_event: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+        self.last: Generation | None = None
+        self.generate_button.on_click(lambda _b: self.generate())
+        self.stop_button.on_click(lambda _b: self.stop())
+        self.model.observe(lambda _change: self._fit_length(), names="value")
+        self._refresh_models()
+        self._fit_length()
+        self._unsubscribe = self.manager.events.subscribe(
+            self._on_event, kinds=("loaded", "unloaded", "default_changed"))
+
+    # -- the model list
+
+    def _on_event(self, event: Event) -> None:
+        self._refresh_models()
+
+    def _refresh_models(self) -> None:
+        names = self.manager.names()
+        if list(self.model.options) != names:
+            keep = self.model.value if self.model.value in names else self.manager.default
+            self.model.options = names
+            self.model.value = keep if keep in names else (names[0] if names else None)
+
+    def _fit_length(self) -> None:
+        """The max-new-tokens slider ends at the chosen model's context length."""
+        name = self.model.value
+        try:
+            context = self.manager.info(name).context_length if name else None
+        except LLMMagicError:  # unloaded meanwhile
+            context = None
+        self.max_new_tokens.max = context or _MAX_TOKENS
+
+    # -- generation
+
+    def request(self) -> dict[str, Any]:
+        """The keyword arguments of ``lm.generate`` that the controls say."""
+        seed_text = self.seed.value.strip()
+        if seed_text and not seed_text.isdigit():
+            raise InvalidOptionError(f"The seed must be a whole number, not {seed_text!r}.")
+        return {
+            "model": self.model.value,
+            "temperature": float(self.temperature.value),
+            "top_p": None if self.top_p.value >= 1.0 else float(self.top_p.value),
+            "max_new_tokens": int(self.max_new_tokens.value),
+            "seed": int(seed_text) if seed_text else None,
+        }
+
+    def generate(self, wait: bool = False) -> Generation | None:
+        """Start generating on a worker thread (``wait=True`` blocks and returns the result)."""
+        out = self.output
+        try:
+            prompt = self.prompt.value
+            kwargs = self.request()
+            if kwargs["model"] is None:
+                raise InvalidOptionError("No model is loaded: load one first (lm.load('demo')).")
+        except LLMMagicError as exc:
+            out.error, out.state = one_line(exc), "error"
+            return None
+        if not self._lock.acquire(blocking=False):
+            out.error = "A generation is already running here; Stop it first."
+            return None
+        stop_event = threading.Event()
+        self._stop_event = stop_event
+        with out.hold_sync():
+            out.prompt, out.text, out.stats, out.error = prompt, "", "", ""
+            out.state = "waiting"
+        self.generate_button.disabled, self.stop_button.disabled = True, False
+        self._thread = threading.Thread(target=self._run, args=(prompt, kwargs, stop_event),
+                                        name="llm_magic-playground", daemon=True)
+        self._thread.start()
+        if wait:
+            self._thread.join()
+            return self.last
+        return None
+
+    def _run(self, prompt: str, kwargs: dict[str, Any], stop_event: threading.Event) -> None:
+        out = self.output
+        pieces: list[str] = []
+        sent = [0.0]
+
+        def stream(piece: str) -> None:
+            pieces.append(piece)
+            now = time.monotonic()
+            if now - sent[0] >= _THROTTLE:
+                sent[0] = now
+                with out.hold_sync():
+                    out.state, out.text = "generating", "".join(pieces)
+
+        try:
+            gen = generate(prompt, stream=stream, stop_event=stop_event, manager=self.manager,
+                           **kwargs)
+        except Exception as exc:
+            if not isinstance(exc, LLMMagicError):
+                log.debug("playground generation failed", exc_info=True)
+            with out.hold_sync():
+                out.text, out.error, out.state = "".join(pieces), one_line(exc), "error"
+        else:
+            self.last = gen
+            with out.hold_sync():
+                out.text, out.stats = gen.text, _stats_line(gen)
+                out.state = "stopped" if gen.interrupted else "done"
+        finally:
+            self.generate_button.disabled, self.stop_button.disabled = False, True
+            self._stop_event = None
+            self._lock.release()
+
+    def stop(self, wait: bool = False) -> None:
+        """Stop the running generation, keeping its text so far."""
+        stop_event, thread = self._stop_event, self._thread
+        if stop_event is not None:
+            stop_event.set()
+        if wait and thread is not None:
+            thread.join()
+
+    @property
+    def running(self) -> bool:
+        return self._lock.locked()
+
+    def close(self) -> None:
+        if hasattr(self, "_unsubscribe"):  # ipywidgets also closes half-built widgets
+            self.stop()
+            self._unsubscribe()
+            self.output.close()
+        super().close()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return with_fallback(super()._repr_mimebundle_(**kwargs), self.output.html(),
+                             repr(self.output) or f"prompt: {self.prompt.value}")

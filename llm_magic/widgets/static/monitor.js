@@ -1,0 +1,223 @@
+// Live resource gauges of llm_magic (anywidget ES module, no dependencies).
+// Every figure is text in the DOM (textContent, never innerHTML); bars are divs
+// and the last two minutes are drawn on one canvas per section.
+
+function node(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function setText(e, text) {
+  if (e.textContent !== text) e.textContent = text; // keeps a selection when nothing changed
+}
+
+function width(part, whole) {
+  if (part === null || part === undefined || !whole) return "0%";
+  return `${Math.max(0, Math.min(100, (100 * part) / whole)).toFixed(1)}%`;
+}
+
+// The series arrive as bytes: half-percent steps 0..200, 255 where a figure is unknown.
+function percents(view) {
+  if (!view) return [];
+  const bytes = view.buffer
+    ? new Uint8Array(view.buffer, view.byteOffset, view.byteLength)
+    : new Uint8Array(view);
+  return Array.from(bytes, (b) => (b === 255 ? NaN : b / 2));
+}
+
+const SLOTS = 120; // two minutes of samples at one a second
+const COLOURS = ["#2f7ed8", "#8bbc21", "#e4572e", "#7b4fa0"];
+
+function drawSparkline(canvas, names, data, columns) {
+  const ratio = window.devicePixelRatio || 1;
+  const w = canvas.clientWidth || 240;
+  const h = canvas.clientHeight || 36;
+  if (canvas.width !== Math.round(w * ratio)) canvas.width = Math.round(w * ratio);
+  if (canvas.height !== Math.round(h * ratio)) canvas.height = Math.round(h * ratio);
+  const ctx = canvas.getContext("2d");
+  if (!ctx) return;
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.clearRect(0, 0, w, h);
+  const n = names.length ? Math.floor(data.length / names.length) : 0;
+  const step = w / Math.max(1, SLOTS - 1);
+  columns.forEach((col, k) => {
+    ctx.strokeStyle = COLOURS[k % COLOURS.length];
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    let pen = false;
+    for (let i = 0; i < n; i++) {
+      const v = data[i * names.length + col];
+      if (Number.isNaN(v)) { pen = false; continue; }
+      const x = w - (n - 1 - i) * step; // newest at the right edge
+      const y = h - 1 - (Math.max(0, Math.min(100, v)) / 100) * (h - 2);
+      if (pen) ctx.lineTo(x, y); else ctx.moveTo(x, y);
+      pen = true;
+    }
+    ctx.stroke();
+  });
+}
+
+function gauge(parent, label, field) {
+  const row = node("div", "lm-row");
+  row.append(node("span", "lm-label", label));
+  const bar = node("div", "lm-bar");
+  const fill = node("div", "lm-fill");
+  bar.append(fill);
+  row.append(bar);
+  const value = node("span", "lm-value");
+  value.dataset.field = field;
+  row.append(value);
+  parent.append(row);
+  return { row, bar, fill, value };
+}
+
+function memoryBar(parent, label, field) {
+  const g = gauge(parent, label, field);
+  g.fill.classList.add("lm-fill-other");
+  const mine = node("div", "lm-fill lm-fill-mine");
+  g.bar.append(mine);
+  const models = node("div", "lm-fill lm-fill-models");
+  g.bar.append(models);
+  g.mine = mine;
+  g.models = models;
+  return g;
+}
+
+function detail(parent, label, field) {
+  const row = node("div", "lm-row lm-detail");
+  row.append(node("span", "lm-label", label));
+  const value = node("span", "lm-value");
+  value.dataset.field = field;
+  row.append(value);
+  parent.append(row);
+  return value;
+}
+
+function sparkline(parent, labels, field) {
+  const canvas = node("canvas", "lm-spark");
+  canvas.dataset.field = field;
+  const legend = node("div", "lm-legend");
+  legend.append(node("span", "", "last 2 min:"));
+  labels.forEach((label, k) => {
+    const key = node("span", "lm-key", label);
+    key.style.borderColor = COLOURS[k % COLOURS.length];
+    legend.append(key);
+  });
+  parent.append(canvas, legend);
+  return canvas;
+}
+
+function render({ model, el }) {
+  const root = node("div", "llm-magic-monitor");
+  el.append(root);
+  const head = node("div", "lm-head");
+  head.append(node("span", "lm-title", "llm_magic monitor"));
+  const state = node("span", "lm-state");
+  state.dataset.field = "state";
+  head.append(state);
+  const close = node("button", "lm-close", "\u00d7");
+  close.title = "Stop updating";
+  close.setAttribute("aria-label", "Stop updating");
+  close.addEventListener("click", () => model.send({ action: "stop" }));
+  head.append(close);
+  root.append(head);
+
+  const gpuBox = node("div", "lm-section lm-gpus");
+  const note = node("div", "lm-note");
+  note.dataset.field = "gpu-note";
+  const hostBox = node("div", "lm-section lm-host");
+  root.append(gpuBox, note, hostBox);
+
+  // host section: built once
+  hostBox.append(node("div", "lm-section-title", "Host"));
+  const cpu = gauge(hostBox, "CPU", "cpu");
+  const ram = memoryBar(hostBox, "RAM", "ram");
+  const rss = detail(hostBox, "this process", "rss");
+  const procCpu = detail(hostBox, "process CPU", "process-cpu");
+  const hostModels = detail(hostBox, "models", "host-models");
+  const hostSpark = sparkline(hostBox, ["CPU", "RAM"], "host-sparkline");
+
+  let gpuViews = [];
+
+  function buildGpus(gpus) {
+    gpuBox.replaceChildren();
+    gpuViews = gpus.map((_, i) => {
+      const box = node("div", "lm-gpu");
+      box.dataset.gpu = String(i);
+      const title = node("div", "lm-section-title");
+      title.dataset.field = "gpu-label";
+      box.append(title);
+      const v = {
+        box, title,
+        util: gauge(box, "utilization", "gpu-util"),
+        mem: memoryBar(box, "memory", "gpu-memory"),
+        process: detail(box, "this process", "gpu-process"),
+        models: detail(box, "models", "gpu-models"),
+        temp: detail(box, "temperature", "gpu-temperature"),
+        power: detail(box, "power", "gpu-power"),
+      };
+      v.spark = sparkline(box, ["utilization", "memory"], "gpu-sparkline");
+      gpuBox.append(box);
+      return v;
+    });
+  }
+
+  function modelBytes(models) {
+    return (models || []).reduce((sum, m) => sum + (m[1] || 0), 0);
+  }
+
+  function update() {
+    const running = model.get("running");
+    setText(state, running ? "live" : "stopped");
+    root.classList.toggle("lm-stopped", !running);
+    close.disabled = !running;
+
+    const gpus = model.get("gpus") || [];
+    if (gpus.length !== gpuViews.length) buildGpus(gpus);
+    gpus.forEach((g, i) => {
+      const v = gpuViews[i];
+      setText(v.title, g.label);
+      setText(v.util.value, g.util_text);
+      v.util.fill.style.width = width(g.util, 100);
+      setText(v.mem.value, g.mem_text);
+      v.mem.fill.style.width = width(g.mem_used, g.mem_total);
+      v.mem.mine.style.width = width(g.process, g.mem_total);
+      v.mem.models.style.width = width(modelBytes(g.models), g.mem_total);
+      setText(v.process, g.process_text);
+      setText(v.models, g.models_text || "none");
+      setText(v.temp, g.temp_text);
+      setText(v.power, g.power_text);
+    });
+    const noteText = model.get("gpu_note") || "";
+    setText(note, noteText);
+    note.hidden = !noteText;
+
+    const h = model.get("host") || {};
+    setText(cpu.value, h.cpu_text || "");
+    cpu.fill.style.width = width(h.cpu, 100);
+    setText(ram.value, h.ram_text || "");
+    ram.fill.style.width = width(h.ram_used, h.ram_total);
+    ram.mine.style.width = width(h.rss, h.ram_total);
+    ram.models.style.width = width(modelBytes(h.models), h.ram_total);
+    setText(rss, h.rss_text || "");
+    setText(procCpu, h.process_cpu_text || "");
+    setText(hostModels, h.models_text || "none");
+    draw();
+  }
+
+  function draw() {
+    const names = model.get("series_names") || [];
+    const data = percents(model.get("series"));
+    drawSparkline(hostSpark, names, data, [0, 1]);
+    gpuViews.forEach((v, i) => drawSparkline(v.spark, names, data, [2 + 2 * i, 3 + 2 * i]));
+  }
+
+  const events = ["change:host", "change:gpus", "change:gpu_note", "change:running", "change:series"];
+  events.forEach((e) => model.on(e, update));
+  update();
+  return () => events.forEach((e) => model.off(e, update));
+}
+
+export default { render };
