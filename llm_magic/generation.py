@@ -326,6 +326,7 @@ def generate(
                            top_p=top_p, top_k=top_k, seed=seed, stop=stop, system=system,
                            chat=chat)
     if attention:
+        _check_attention(manager, model)
         raise NotAvailableError("Attention capture is not available yet in this version.")
     emit = _sink(stream)
     name = manager.resolve(model)
@@ -395,6 +396,17 @@ def generate(
     return gen
 
 
+def _check_attention(manager: ModelManager, model: str | None) -> None:
+    """Attention needs the weights in this kernel: a served model cannot give it."""
+    info = manager.info(manager.resolve(model))
+    if info.endpoint:
+        raise NotAvailableError(
+            f"Model {info.name!r} is served at {info.endpoint}; attention capture needs the "
+            "model's weights in this kernel. Load the model here (a local directory or hub id) "
+            "to see its attention."
+        )
+
+
 def _params(request: GenerationRequest) -> dict[str, Any]:
     return {
         "max_new_tokens": request.max_new_tokens, "temperature": request.temperature,
@@ -422,6 +434,7 @@ def generate_batch(
     if isinstance(prompts, str) or not prompts:
         raise InvalidOptionError("generate_batch takes a non-empty list of prompts.")
     if options.pop("attention", False):
+        _check_attention(manager, model)
         raise NotAvailableError("Attention capture is not available yet in this version.")
     requests = [make_request(p, **options) for p in prompts]
     name = manager.resolve(model)

@@ -49,3 +49,15 @@ def manager():
     yield m
     for name in m.names():
         m.unload(name)
+
+
+@pytest.fixture(scope="session")
+def served_demo(tmp_path_factory: pytest.TempPathFactory):
+    """The demo model behind a real `transformers serve` on 127.0.0.1, once per session."""
+    import _serve
+
+    from llm_magic.demo import MODEL_DIR
+
+    served = _serve.start(MODEL_DIR, tmp_path_factory.mktemp("serve") / "serve.log", threads=1)
+    yield served
+    served.stop()
