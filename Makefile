@@ -10,6 +10,10 @@ TORCH ?= torch==2.13.0
 # The browser tests drive Debian's Chromium; it is installed with apt-get when missing.
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# JupyterLab refuses to start as root without --allow-root; containers and CI usually are root.
+ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+# make lab PORT=9999 picks the port (so does JupyterLab's own JUPYTER_PORT); default 8888.
+PORT ?=
 
 .PHONY: setup browser lab test lint bench demo-model clean
 
@@ -29,7 +33,10 @@ browser:
 		$(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 lab: setup
-	HF_HUB_OFFLINE=1 $(PY) -m jupyter lab notebooks/01_quickstart.ipynb
+	@echo "Starting JupyterLab on notebooks/01_quickstart.ipynb: open the http://127.0.0.1:... URL"
+	@echo "printed below (with its token) in a browser. Ctrl+C stops it."
+	HF_HUB_OFFLINE=1 $(PY) -m jupyter lab $(ALLOW_ROOT) $(if $(PORT),--port=$(PORT)) \
+		notebooks/01_quickstart.ipynb
 
 test: setup browser
 	LLM_MAGIC_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -p no:cacheprovider tests notebooks --nbval-lax

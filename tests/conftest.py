@@ -51,6 +51,69 @@ def manager():
         m.unload(name)
 
 
+# -- browser tests (tests/_browser.py) ------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item, so fixtures know at teardown whether it failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture(scope="session")
+def lab_server(tmp_path_factory: pytest.TempPathFactory):
+    """One JupyterLab server on 127.0.0.1 for the session (``.url``, ``.token``, ``.root``)."""
+    from _browser import start_server
+
+    with start_server(tmp_path_factory.mktemp("jupyter")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium through Playwright, for the session."""
+    from _browser import launch_browser
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = launch_browser(p)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def open_notebook(browser, lab_server, request: pytest.FixtureRequest):
+    """``open_notebook(cells, name=None, app="lab")``: a notebook open and ready to run.
+
+    On a failure of the test, each notebook's screenshot, text and the server log
+    are saved in the test's artifact folder, which is printed.
+    """
+    from _browser import Notebook, artifact_dir
+
+    opened: list = []
+    folder = artifact_dir(request.node.nodeid)
+
+    def open_(cells, name=None, app="lab"):
+        name = name or f"{request.node.name}-{len(opened)}.ipynb"
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        nb = Notebook(browser, lab_server, list(cells), name, app=app, artifacts=folder)
+        opened.append(nb)
+        return nb.open()
+
+    yield open_
+    failed = any(getattr(getattr(request.node, f"report_{when}", None), "failed", False)
+                 for when in ("setup", "call"))
+    for nb in opened:
+        if failed:
+            print(f"browser test failed: screenshot, notebook text and server log in "
+                  f"{nb.record_failure()}")
+        nb.close()
+
+
 @pytest.fixture(scope="session")
 def served_demo(tmp_path_factory: pytest.TempPathFactory):
     """The demo model behind a real `transformers serve` on 127.0.0.1, once per session."""

@@ -7,7 +7,6 @@ import itertools
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -89,11 +88,10 @@ def demo(request: pytest.FixtureRequest):
     mp.setenv("TRANSFORMERS_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
     model = AutoModelForCausalLM.from_pretrained(MODEL_DIR)
     model.eval()
-    return model, tokenizer, time.perf_counter() - started
+    return model, tokenizer
 
 
 # --------------------------------------------------------------------------- shipped files
@@ -122,7 +120,7 @@ def test_model_card_reports_the_run():
 
 
 def test_loads_offline_as_gpt2(demo):
-    model, tokenizer, seconds = demo
+    model, tokenizer = demo
     assert type(model).__name__ == "GPT2LMHeadModel"
     assert tokenizer.is_fast
     assert tokenizer.chat_template is None
@@ -131,11 +129,10 @@ def test_loads_offline_as_gpt2(demo):
     assert model.generation_config.eos_token_id == eos
     assert model.generation_config.pad_token_id == eos
     assert model.config.vocab_size == len(tokenizer)
-    assert seconds < 10  # about 0.1 s on an idle machine; generous for a loaded CI runner
 
 
 def test_greedy_continuation_reads_as_english(demo, known):
-    model, tokenizer, _ = demo
+    model, tokenizer = demo
     text = _greedy(model, tokenizer)
     assert _reads_as_english(text, known), (text, _english_report(text, known))
 
@@ -145,7 +142,7 @@ def test_random_weights_fail_the_english_check(demo, known):
     import torch
     from transformers import AutoModelForCausalLM
 
-    model, tokenizer, _ = demo
+    model, tokenizer = demo
     for seed in range(3):
         torch.manual_seed(seed)
         untrained = AutoModelForCausalLM.from_config(model.config).eval()
@@ -156,7 +153,7 @@ def test_random_weights_fail_the_english_check(demo, known):
 def test_random_tokens_fail_the_english_check(demo, known):
     import torch
 
-    _, tokenizer, _ = demo
+    _, tokenizer = demo
     generator = torch.Generator().manual_seed(0)
     for _ in range(20):
         ids = torch.randint(0, len(tokenizer), (30,), generator=generator).tolist()
