@@ -35,7 +35,7 @@ log = logging.getLogger("llm_magic.openai")
 CONNECT_TIMEOUT = 5.0
 DEFAULT_TIMEOUT = 60.0
 #: How often the stream's watcher looks at the stop event (seconds).
-_WATCH = 0.01
+_WATCH = 0.05
 #: OpenAI's API takes at most four stop strings; the generation path trims the rest.
 _MAX_STOPS = 4
 
