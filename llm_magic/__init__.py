@@ -32,6 +32,7 @@ from .errors import (
     ModelNotLoadedError,
     NotAvailableError,
     PromptTooLongError,
+    ServerError,
 )
 from .generation import Generation, GenerationStats, generate, generate_batch
 from .history import HistoryRow, HistoryTable, RerunResult, history, rerun
@@ -62,6 +63,7 @@ __all__ = [
     "NotAvailableError",
     "PromptTooLongError",
     "RerunResult",
+    "ServerError",
     "UnloadReport",
     "__version__",
     "attention",
@@ -98,18 +100,28 @@ def load(
     trust_remote_code: bool = False,
     reload: bool = False,
     pin: bool = False,
+    model: str | None = None,
+    api_key_env: str | None = None,
 ) -> ModelHandle:
     """Load a model (or return the resident one); see :meth:`ModelManager.load`.
+
+    ``source`` may be an OpenAI-compatible server's URL: then ``model`` is the
+    served model's id and ``api_key_env`` names the environment variable that
+    holds its key (never the key itself).
 
     Examples
     --------
     >>> import llm_magic as lm
     >>> lm.load("demo")  # doctest: +SKIP
     <model 'demo': GPT2LMHeadModel, ...>
+    >>> lm.load("http://127.0.0.1:8000/v1", name="big", model="Qwen/Qwen3-32B",
+    ...         api_key_env="VLLM_API_KEY")  # doctest: +SKIP
+    <model 'big': Qwen/Qwen3-32B served at http://127.0.0.1:8000/v1>
     """
     return get_manager().load(
         source, name=name, revision=revision, dtype=dtype, device=device,
-        trust_remote_code=trust_remote_code, reload=reload, pin=pin,
+        trust_remote_code=trust_remote_code, reload=reload, pin=pin, model=model,
+        api_key_env=api_key_env,
     )
 
 

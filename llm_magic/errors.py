@@ -19,6 +19,7 @@ __all__ = [
     "ModelNotLoadedError",
     "NotAvailableError",
     "PromptTooLongError",
+    "ServerError",
 ]
 
 
@@ -63,6 +64,10 @@ class NotAvailableError(LLMMagicError):
 
 class BackendError(LLMMagicError):
     """A backend failed while loading or generating."""
+
+
+class ServerError(BackendError):
+    """A model server could not be reached, refused a request, or broke a stream."""
 
 
 class LLMMagicWarning(UserWarning):

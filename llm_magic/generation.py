@@ -455,6 +455,13 @@ def _check_attention(backend: Any, name: str, prompt_tokens: int,
     from .backends.base import Backend
 
     if type(backend).capture_attention is Backend.capture_attention:
+        endpoint = backend.describe().get("endpoint")
+        if endpoint:
+            raise NotAvailableError(
+                f"Model {name!r} is served at {endpoint}; attention capture needs the model's "
+                "weights in this kernel. Load the model here (a local directory or hub id) to "
+                "see its attention."
+            )
         raise NotAvailableError(
             f"Model {name!r} runs on the {backend.kind!r} backend, which cannot capture "
             "attention; generate without attention=True (--attention)."

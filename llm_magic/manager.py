@@ -31,7 +31,6 @@ from .errors import (
     LLMMagicWarning,
     ModelConflictError,
     ModelNotLoadedError,
-    NotAvailableError,
 )
 from .events import EventBus
 
@@ -125,6 +124,10 @@ class ModelTable(tuple):  # type: ignore[type-arg]
         for m in self:
             rev = m.commit[:10] if m.commit else (m.revision or "-")
             name = m.name + (" (pinned)" if m.pinned else "") + (" *" if m.generating else "")
+            if m.endpoint:  # served: the server holds it; budgets leave it alone
+                out.append((name, f"{m.architecture} at {m.endpoint}", m.backend, m.device,
+                            m.dtype, "-", "none here", "-", rev, _ago(m.last_used)))
+                continue
             out.append((name, m.source, m.backend, m.device, m.dtype, _count(m.parameters),
                         _size(m.memory), _size(m.estimate), rev, _ago(m.last_used)))
         return out
@@ -243,6 +246,8 @@ class ModelHandle:
         if not self.loaded:
             return f"<model {self.name!r} (not loaded)>"
         i = self.info
+        if i.endpoint:
+            return f"<model {i.name!r}: {i.architecture} served at {i.endpoint}>"
         estimated = f" (estimated {_size(i.estimate)})" if i.estimate is not None else ""
         return (f"<model {i.name!r}: {i.architecture or i.backend}, {_count(i.parameters)} params, "
                 f"{i.device}, {i.dtype}, {_size(i.memory)}{estimated}>")
@@ -346,14 +351,17 @@ class ModelManager:
         trust_remote_code: bool = False,
         reload: bool = False,
         pin: bool = False,
+        model: str | None = None,
+        api_key_env: str | None = None,
     ) -> ModelHandle:
         """Load a model, or return the resident one loaded with the same settings.
 
         Parameters
         ----------
         source : str
-            ``"demo"``, a local directory, or a Hugging Face hub id (from the local
-            cache, or downloaded when a network is there).
+            ``"demo"``, a local directory, a Hugging Face hub id (from the local
+            cache, or downloaded when a network is there), or the URL of an
+            OpenAI-compatible server (``"http://HOST:PORT/v1"``).
         name : str, optional
             What to call it; defaults to the last part of the source.
         revision : str, optional
@@ -366,6 +374,12 @@ class ModelManager:
             Replace a model of the same name loaded with other settings.
         pin : bool
             Never evict this model to make room for another.
+        model : str, optional
+            A served model's id on its server (one of its ``/v1/models``); needed
+            when the server serves several.
+        api_key_env : str, optional
+            The environment variable that holds the server's API key. The key is
+            read from there only, and never stored or shown.
 
         Returns
         -------
@@ -380,11 +394,13 @@ class ModelManager:
         from .backends.base import LoadSpec
 
         kind, path = _sources.classify(source)
-        if kind == "url":
-            raise NotAvailableError(
-                "Serving models over an OpenAI-compatible URL is not available yet in this "
-                "version; load a local directory, a cached hub id or 'demo'."
+        if kind != "url" and (model is not None or api_key_env is not None):
+            raise InvalidOptionError(
+                "model= and api_key_env= apply to a model served at a URL; "
+                f"{source!r} is loaded in this kernel."
             )
+        if model is not None and (not isinstance(model, str) or not model.strip()):
+            raise InvalidOptionError(f"model must be the served model's id, not {model!r}.")
         cls = backend_class(kind)
         if revision is not None and kind != "hub":
             raise InvalidOptionError(
@@ -399,7 +415,7 @@ class ModelManager:
             resolved_device = cls.resolve_device(device)
             resolved_dtype = cls.resolve_dtype(dtype, resolved_device)
             canonical = path if kind == "local" else source.strip()
-            key = (canonical, revision, resolved_dtype, resolved_device)
+            key = (canonical, revision, resolved_dtype, resolved_device, model, api_key_env)
             existing = self._entries.get(name)
             if existing is not None:
                 if existing.key == key and not reload:
@@ -424,7 +440,8 @@ class ModelManager:
                 log.debug("resolved %s to %s in %.3fs", source, path, time.perf_counter() - t0)
             spec = LoadSpec(source=source.strip(), name=name, kind=kind, path=path,
                             revision=revision, dtype=resolved_dtype, device=resolved_device,
-                            trust_remote_code=trust_remote_code)
+                            trust_remote_code=trust_remote_code,
+                            model=model.strip() if model else None, api_key_env=api_key_env)
             estimated, placement = self._plan(spec, device) if cls.resident else (None, None)
             if placement is not None and placement.device_map is None:
                 spec = replace(spec, device=placement.device)  # "auto" may pick another GPU
@@ -449,6 +466,7 @@ class ModelManager:
                 context_length=facts.get("context_length"), chat=facts.get("chat", False),
                 architecture=facts.get("architecture", ""),
                 placement=tuple(facts.get("placement", {}).items()),
+                endpoint=facts.get("endpoint"),
             )
             with self._registry_lock:
                 self._entries[name] = _Entry(spec, key, backend, info)

@@ -121,3 +121,15 @@ def open_notebook(browser, lab_server, request: pytest.FixtureRequest):
             print(f"browser test failed: screenshot, notebook text and server log in "
                   f"{nb.record_failure()}")
         nb.close()
+
+
+@pytest.fixture(scope="session")
+def served_demo(tmp_path_factory: pytest.TempPathFactory):
+    """The demo model behind a real `transformers serve` on 127.0.0.1, once per session."""
+    import _serve
+
+    from llm_magic.demo import MODEL_DIR
+
+    served = _serve.start(MODEL_DIR, tmp_path_factory.mktemp("serve") / "serve.log", threads=1)
+    yield served
+    served.stop()

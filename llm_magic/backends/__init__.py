@@ -29,6 +29,7 @@ _REGISTRY: dict[str, str] = {
     "demo": "llm_magic.backends.hf:HFBackend",
     "local": "llm_magic.backends.hf:HFBackend",
     "hub": "llm_magic.backends.hf:HFBackend",
+    "url": "llm_magic.backends.openai:OpenAIBackend",
 }
 _loaded: dict[str, type[Backend]] = {}
 _lock = threading.Lock()

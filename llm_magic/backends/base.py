@@ -42,6 +42,9 @@ class LoadSpec:
     dtype: str = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
+    #: A served model: its id on the server, and the environment variable that holds the key.
+    model: str | None = None
+    api_key_env: str | None = None
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,9 @@ class Command:
 
 
 @magic_arguments("llm load")
-@argument("source", type=text, help="'demo', a local model directory or a Hugging Face hub id")
+@argument("source", type=text,
+          help="'demo', a local model directory, a Hugging Face hub id, or the URL of an "
+               "OpenAI-compatible server (http://HOST:PORT/v1)")
 @argument("--as", dest="name", type=text, metavar="NAME",
           help="the name to refer to it by (default: the last part of SOURCE)")
 @argument("--revision", type=text, help="branch, tag or commit of a hub model")
@@ -113,13 +115,18 @@ class Command:
 @argument("--reload", action="store_true",
           help="replace a model of the same name loaded with other settings")
 @argument("--pin", action="store_true", help="never evict this model to make room for another")
+@argument("--model", type=text, metavar="ID",
+          help="a served model's id on the server at SOURCE (one of its /v1/models)")
+@argument("--api-key-env", type=text, metavar="VAR",
+          help="the environment variable that holds the server's API key (never the key)")
 def _load(magics: Host, args: Namespace) -> None:
     """Load a model (or find it resident) and show its summary."""
     started = time.time()
     with usage_errors():
         info = load(args.source, name=args.name, revision=args.revision, dtype=args.dtype,
                     device=args.device, trust_remote_code=args.trust_remote_code,
-                    reload=args.reload, pin=args.pin).info
+                    reload=args.reload, pin=args.pin, model=args.model,
+                    api_key_env=args.api_key_env).info
     display(ModelSummary(info, resident=info.loaded_at < started))
 
 
@@ -140,7 +147,7 @@ def _unload(magics: Host, args: Namespace) -> None:
 
 @magic_arguments("llm list")
 def _list(magics: Host, args: Namespace) -> None:
-    """Show the loaded models: device, dtype, parameters, memory, last use."""
+    """Show the loaded models: device, dtype, parameters, memory, endpoint, last use."""
     display(models())
 
 
@@ -312,7 +319,7 @@ def _panel(magics: Host, args: Namespace) -> None:
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in (
-        Command("load", _load, "SOURCE [--as NAME] [options]"),
+        Command("load", _load, "SOURCE [--as NAME] [--model ID] [options]"),
         Command("unload", _unload, "NAME | --all"),
         Command("list", _list),
         Command("use", _use, "NAME"),

@@ -244,6 +244,14 @@ class ModelSummary:
 
     def rows(self) -> list[tuple[str, str]]:
         i = self.info
+        if i.endpoint:
+            return [
+                ("endpoint", i.endpoint),
+                ("served model", i.architecture),
+                ("memory here", "none: the server holds the model (budgets leave it alone)"),
+                ("connect time", f"{i.load_seconds:.2f} s"),
+                ("pinned", "yes" if i.pinned else "no"),
+            ]
         context = f"{i.context_length:,} tokens" if i.context_length else "-"
         return [
             ("source", i.source),
