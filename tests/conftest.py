@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -14,6 +15,12 @@ os.environ["HF_HOME"] = os.path.join(_HOME, "hf")
 os.environ["IPYTHONDIR"] = os.path.join(_HOME, "ipython")
 os.environ["JUPYTER_CONFIG_DIR"] = os.path.join(_HOME, "jupyter")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# The interrupt tests need Python's own SIGINT handler. A suite started in the
+# background by a shell without job control (`nohup make test &`, some CI
+# runners) inherits SIGINT ignored, and then interrupt_main() does nothing.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
 
