@@ -548,13 +548,6 @@ def test_bad_subcommands_raise_usage_error(ip, tiny, line):
     assert lm.get_manager().names() == names
 
 
-@pytest.mark.parametrize("name", _commands.LATER)
-def test_later_subcommands_are_not_available_yet(ip, name, capsys):
-    assert "not available yet" in str(usage_error(ip.run_line_magic, "llm", name))
-    ip.run_line_magic("llm", "help")
-    assert f"%llm {name}" not in capsys.readouterr().out
-
-
 def test_help_lists_every_subcommand_once(ip, capsys):
     ip.run_line_magic("llm", "help")
     out = capsys.readouterr().out

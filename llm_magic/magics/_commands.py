@@ -2,8 +2,8 @@
 
 Each subcommand is a function ``(magics, args)`` whose arguments are declared
 with :mod:`IPython.core.magic_arguments`; its docstring's first line is its
-summary in ``%llm help``. A subcommand whose feature is not there yet answers
-"not available yet" and stays out of the help.
+
+
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ..errors import LLMMagicError
 from ._output import ModelSummary
 from ._prompt import text
 
-__all__ = ["COMMANDS", "LATER", "Command", "Host", "find", "help_lines", "parse", "set_debug",
+__all__ = ["COMMANDS", "Command", "Host", "find", "help_lines", "parse", "set_debug",
            "usage_errors"]
 
 
@@ -40,10 +40,6 @@ class Host(Protocol):
 
 
 Run = Callable[[Host, Namespace], None]
-
-#: Subcommands that later versions fill; until then they answer "not available yet".
-LATER: tuple[str, ...] = ()
-
 
 @contextlib.contextmanager
 def usage_errors() -> Iterator[None]:
@@ -341,7 +337,7 @@ def find(name: str) -> Command:
     command = COMMANDS.get(name)
     if command is not None and command.available():
         return command
-    if command is not None or name in LATER:
+    if command is not None:
         raise UsageError(f"`%llm {name}` is not available yet in this version.")
     known = ", ".join(c.name for c in COMMANDS.values() if c.available())
     raise UsageError(
