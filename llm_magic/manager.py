@@ -404,7 +404,9 @@ class ModelManager:
         cls = backend_class(kind)
         if revision is not None and kind != "hub":
             raise InvalidOptionError(
-                f"revision={revision!r} applies to hub models; {source!r} is a local model."
+                f"revision={revision!r} applies to hub models; {source!r} is "
+                + ("a served model (its server chose the weights)." if kind == "url"
+                   else "a local model.")
             )
         if not isinstance(trust_remote_code, bool):
             raise InvalidOptionError("trust_remote_code must be True or False.")

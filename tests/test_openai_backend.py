@@ -205,6 +205,8 @@ def test_options_that_do_not_apply_to_a_served_model(manager, loopback, tiny_gpt
         manager.load(loopback.url, name="x", device="cuda")
     with pytest.raises(InvalidOptionError, match="runs on its server"):
         manager.load(loopback.url, name="x", dtype="bfloat16")
+    with pytest.raises(InvalidOptionError, match="is a served model"):
+        manager.load(loopback.url, name="x", revision="main")
     with pytest.raises(InvalidOptionError, match="apply to a model served at a URL"):
         manager.load(str(tiny_gpt2), name="x", model="tiny")
     with pytest.raises(InvalidOptionError, match="credentials in the URL"):
