@@ -1,11 +1,15 @@
-"""What reading the history gives back: rows, the table they render as, rerun results.
+"""What a history row holds: the values written, and what reading gives back.
 
-Private to :mod:`llm_magic.history`, which exports these names.
+Rows, the table they render as, rerun results, and the values of a row as a
+generation starts and ends (credentials taken out). Private to
+:mod:`llm_magic.history`, which exports the public names.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from html import escape
@@ -15,9 +19,11 @@ from typing import TYPE_CHECKING, Any
 from ._sizes import text_table
 
 if TYPE_CHECKING:
-    from .generation import Generation
+    from .generation import Generation, PendingGeneration
+    from .manager import ModelInfo
 
-__all__ = ["HistoryRow", "HistoryTable", "RerunResult", "rerun_options"]
+__all__ = ["HistoryRow", "HistoryTable", "RerunResult", "end_values", "redact", "rerun_options",
+           "start_values", "versions"]
 
 
 @dataclass(frozen=True)
@@ -194,3 +200,74 @@ class RerunResult:
         rest = "".join(f"<br><small>{escape(line)}</small>" for line in lines[1:])
         return (f"<div class='llm-magic-rerun'><b>{verdict}</b> {escape(lines[0])}{rest}"
                 f"<pre style='white-space:pre-wrap'>{escape(self.generation.text)}</pre></div>")
+
+
+# -- the values written ---------------------------------------------------------
+
+
+_versions_cache: dict[str, str | None] = {}
+
+
+def versions() -> dict[str, str | None]:
+    """The installed versions of llm_magic, torch and transformers (None when missing)."""
+    if not _versions_cache:
+        from importlib import metadata
+
+        for dist in ("llm_magic", "torch", "transformers"):
+            try:
+                _versions_cache[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                _versions_cache[dist] = None
+    return dict(_versions_cache)
+
+
+_SECRET_WORDS = ("key", "token", "secret", "password", "auth", "signature", "credential")
+
+
+def redact(url: str | None) -> str | None:
+    """A source or endpoint without credentials: no ``user:password@``, no key-like query values."""
+    if not url or "://" not in url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = "&".join(
+        (f"{k}=REDACTED" if any(w in k.lower() for w in _SECRET_WORDS) else f"{k}={v}")
+        if sep else k
+        for k, sep, v in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def start_values(pending: PendingGeneration) -> dict[str, Any]:
+    """The columns of a generation's row at its start."""
+    request = pending.request
+    info: ModelInfo | None = pending.info
+    params = {k: v for k, v in dataclasses.asdict(request).items() if k != "prompt"}
+    found = versions()
+    return {
+        "started_at": pending.started, "status": "running", "model": pending.model,
+        "source": redact(info.source) if info else None,
+        "backend": info.backend if info else None,
+        "endpoint": redact(getattr(info, "endpoint", None)),
+        "revision": info.revision if info else None,
+        "commit_hash": info.commit if info else None,
+        "dtype": info.dtype if info else None, "device": info.device if info else None,
+        "params": params, "seed": request.seed, "system": request.system,
+        "prompt": request.prompt, "output": "", "new_tokens": 0,
+        "llm_magic_version": found["llm_magic"], "torch_version": found["torch"],
+        "transformers_version": found["transformers"],
+    }
+
+
+def end_values(gen: Generation, error: str | None) -> dict[str, Any]:
+    """The columns that complete a generation's row at its end."""
+    stats = gen.stats
+    status = "error" if error else ("interrupted" if gen.interrupted else "ok")
+    return {
+        "ended_at": time.time(), "status": status, "error": error, "output": gen.text,
+        "prompt_tokens": stats.prompt_tokens, "new_tokens": stats.new_tokens,
+        "time_to_first_token": stats.time_to_first_token, "duration": stats.duration,
+        "tokens_per_second": stats.tokens_per_second, "stop_reason": stats.stop_reason,
+    }

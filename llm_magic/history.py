@@ -33,7 +33,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._history_read import HistoryRow, HistoryTable, RerunResult, rerun_options
+from ._history_read import (
+    HistoryRow,
+    HistoryTable,
+    RerunResult,
+    end_values,
+    redact,
+    rerun_options,
+    start_values,
+    versions,
+)
 from .errors import InvalidOptionError, LLMMagicWarning, ModelNotLoadedError
 from .events import Event, subscribe_everywhere
 
@@ -159,72 +168,6 @@ def _outside_stacklevel() -> int:
     return level
 
 
-_versions_cache: dict[str, str | None] = {}
-
-
-def versions() -> dict[str, str | None]:
-    """The installed versions of llm_magic, torch and transformers (None when missing)."""
-    if not _versions_cache:
-        from importlib import metadata
-
-        for dist in ("llm_magic", "torch", "transformers"):
-            try:
-                _versions_cache[dist] = metadata.version(dist)
-            except metadata.PackageNotFoundError:
-                _versions_cache[dist] = None
-    return dict(_versions_cache)
-
-
-_SECRET_WORDS = ("key", "token", "secret", "password", "auth", "signature", "credential")
-
-
-def redact(url: str | None) -> str | None:
-    """A source or endpoint without credentials: no ``user:password@``, no key-like query values."""
-    if not url or "://" not in url:
-        return url
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    query = "&".join(
-        (f"{k}=REDACTED" if any(w in k.lower() for w in _SECRET_WORDS) else f"{k}={v}")
-        if sep else k
-        for k, sep, v in (item.partition("=") for item in parts.query.split("&") if item)
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-
-
-def _start_values(pending: PendingGeneration) -> dict[str, Any]:
-    request = pending.request
-    info: ModelInfo | None = pending.info
-    params = {k: v for k, v in dataclasses.asdict(request).items() if k != "prompt"}
-    found = versions()
-    return {
-        "started_at": pending.started, "status": "running", "model": pending.model,
-        "source": redact(info.source) if info else None,
-        "backend": info.backend if info else None,
-        "endpoint": redact(getattr(info, "endpoint", None)),
-        "revision": info.revision if info else None,
-        "commit_hash": info.commit if info else None,
-        "dtype": info.dtype if info else None, "device": info.device if info else None,
-        "params": params, "seed": request.seed, "system": request.system,
-        "prompt": request.prompt, "output": "", "new_tokens": 0,
-        "llm_magic_version": found["llm_magic"], "torch_version": found["torch"],
-        "transformers_version": found["transformers"],
-    }
-
-
-def _end_values(gen: Generation, error: str | None) -> dict[str, Any]:
-    stats = gen.stats
-    status = "error" if error else ("interrupted" if gen.interrupted else "ok")
-    return {
-        "ended_at": time.time(), "status": status, "error": error, "output": gen.text,
-        "prompt_tokens": stats.prompt_tokens, "new_tokens": stats.new_tokens,
-        "time_to_first_token": stats.time_to_first_token, "duration": stats.duration,
-        "tokens_per_second": stats.tokens_per_second, "stop_reason": stats.stop_reason,
-    }
-
-
 Job = Callable[["sqlite3.Connection"], Any]
 
 
@@ -340,7 +283,7 @@ class _Recorder:
         now = settings()
         if pending is None or not now.enabled:
             return
-        values = _start_values(pending)
+        values = start_values(pending)
         # The writer thread may hold the lock while another program holds the file:
         # a generation waits a few seconds at most, then goes on unrecorded.
         if not self._lock.acquire(timeout=db.START_WAIT):
@@ -371,7 +314,7 @@ class _Recorder:
             running = self._running.pop(gen.id, None)
         if running is None:
             return
-        row_id, values = gen.id, _end_values(gen, error)
+        row_id, values = gen.id, end_values(gen, error)
         self._jobs.put((running.path, lambda con: db.complete(con, row_id, values)))
 
     # -- the writer thread ------------------------------------------------
