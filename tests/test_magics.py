@@ -790,6 +790,14 @@ def test_any_subcommand_gives_a_result_or_a_usage_error(ip, tiny_gpt2, line):
         assert type(exc) is UsageError
     finally:
         _commands.set_debug(False)
+        _close_widgets()  # `%llm monitor` opened gauges that would follow the sampler on
+
+
+def _close_widgets() -> None:
+    from ipywidgets.widgets.widget import _instances
+
+    for widget in list(_instances.values()):
+        widget.close()
 
 
 def test_package_exports():

@@ -172,6 +172,32 @@ def test_markup_in_prompts_and_sources_renders_as_text(open_notebook, long_model
     assert nb.outside_requests() == []
 
 
+def test_gpu_figures_render_with_na_for_unsupported_fields(open_notebook):
+    """No machine here has an NVIDIA GPU: the kernel gets the unit tests' fake NVML."""
+    nb = open_notebook([
+        "import sys\nfrom test_monitor import FakeGPU, FakeNVML\n"
+        "sys.modules['pynvml'] = FakeNVML([FakeGPU('GPU-aaaa', name='NVIDIA Fake 80GB', "
+        "not_supported={'power'})])\n"
+        "import llm_magic as lm\nfrom llm_magic.monitor import Sampler\n"
+        "lm.monitor(sampler=Sampler())",
+    ])
+    nb.run_and_wait(0)
+    gpu = nb.cell(0).locator(f"{MONITOR} .lm-gpu")
+    gpu.locator("[data-field='gpu-util']").filter(has_text="%").wait_for()
+    assert _field(gpu, "gpu-label") == "cuda:0 NVIDIA Fake 80GB"
+    assert _field(gpu, "gpu-util") == "42 %"
+    assert _field(gpu, "gpu-memory") == "10.7 GB / 85.9 GB"
+    assert _field(gpu, "gpu-temperature") == "55 °C"
+    assert _field(gpu, "gpu-power") == "n/a"
+    assert nb.cell(0).locator(f"{MONITOR} [data-field='gpu-note']").is_hidden()
+    width = gpu.locator("[data-field='gpu-util']").locator("xpath=..").locator(
+        ".lm-fill").first.evaluate("e => e.style.width")
+    assert width == "42%"  # the bar is as long as the figure says
+    gpu.scroll_into_view_if_needed()
+    nb.screenshot("monitor-gpu")
+    assert nb.outside_requests() == []
+
+
 def test_the_monitor_renders_in_notebook_7(open_notebook):
     nb = open_notebook(["import llm_magic as lm\nlm.monitor()"], app="notebook")
     nb.run_and_wait(0)
