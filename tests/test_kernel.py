@@ -90,7 +90,7 @@ def displays(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_streaming_arrives_as_display_updates(kernel):
     _, kc = kernel
-    msgs = run(kc, "%%llm -n 300 --no-chat\nHello")
+    msgs = run(kc, "%%llm -n 1500 --no-chat\nHello")
     shown = displays(msgs)
     assert shown[0]["msg_type"] == "display_data"
     updates = shown[1:]
@@ -108,7 +108,7 @@ def test_streaming_arrives_as_display_updates(kernel):
 def test_printed_text_and_the_stream_stay_in_order(kernel):
     _, kc = kernel
     msgs = run(kc, "print('before')\n"
-                   "get_ipython().run_cell_magic('llm', '-n 300 --no-chat', 'Hello')\n"
+                   "get_ipython().run_cell_magic('llm', '-n 1500 --no-chat', 'Hello')\n"
                    "print('after')")
     order = [m["content"]["text"].strip() if m["msg_type"] == "stream" else m["msg_type"]
              for m in msgs if m["msg_type"] in ("stream", "display_data", "update_display_data")]
@@ -125,7 +125,7 @@ def test_display_hooks_see_every_streamed_update(kernel):
             "    return msg\n"
             "get_ipython().display_pub.register_hook(_hook)")
     try:
-        msgs = run(kc, "%%llm -n 300 --no-chat\nHello")
+        msgs = run(kc, "%%llm -n 1500 --no-chat\nHello")
         sent = [m["msg_type"] for m in displays(msgs)]
         assert len(sent) >= 3 and value(kc, "_seen") == repr(sent)
     finally:
