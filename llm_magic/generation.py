@@ -9,6 +9,7 @@ second. The partial text is kept (``lm.last()``) and the model stays usable.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import math
 import sys
@@ -116,6 +117,8 @@ class PendingGeneration:
     and the count of new tokens, and may be called from any thread. ``id`` is
     set by the listener that records the generation (the history store) and
     becomes :attr:`Generation.id`; it stays None when nothing records it.
+    ``batch`` is shared by the prompts of one :func:`generate_batch` call, which
+    run together (None for a single generation).
     """
 
     prompt: str
@@ -125,6 +128,7 @@ class PendingGeneration:
     started: float
     progress: Callable[[], tuple[str, int]] = lambda: ("", 0)
     id: int | None = None
+    batch: int | None = None
 
 
 def _progress(trimmer: _StopTrimmer, job: Any) -> Callable[[], tuple[str, int]]:
@@ -139,9 +143,13 @@ def _progress(trimmer: _StopTrimmer, job: Any) -> Callable[[], tuple[str, int]]:
 
 
 def _started(manager: ModelManager, name: str, request: GenerationRequest,
-             progress: Callable[[], tuple[str, int]]) -> PendingGeneration:
+             progress: Callable[[], tuple[str, int]],
+             batch: int | None = None) -> PendingGeneration:
     return PendingGeneration(request.prompt, name, request, manager.info(name), time.time(),
-                             progress)
+                             progress, batch=batch)
+
+
+_batches = itertools.count(1)
 
 
 def _check_number(name: str, value: Any, *, low: float, high: float | None = None,
@@ -522,7 +530,8 @@ def generate_batch(
     name = manager.resolve(model)
     stop_event = stop_event or threading.Event()
     with manager.checkout(name) as backend:
-        pendings = [_started(manager, name, r, lambda: ("", 0)) for r in requests]
+        batch = next(_batches)
+        pendings = [_started(manager, name, r, lambda: ("", 0), batch) for r in requests]
         for pending in pendings:
             manager.events.emit("generation_start", name, request=pending.request,
                                 generation=pending)

@@ -291,6 +291,7 @@ class _Recorder:
                          now.path)
             return
         try:
+            self._end_orphans(pending)
             row_id = db.insert(self.connection(now.path), values, db.START_ATTEMPTS)
         except Exception as exc:
             self._failed(exc, now.path)
@@ -316,6 +317,45 @@ class _Recorder:
             return
         row_id, values = gen.id, end_values(gen, error)
         self._jobs.put((running.path, lambda con: db.complete(con, row_id, values)))
+
+    def _end_orphans(self, pending: PendingGeneration) -> None:
+        """End rows of this model's earlier generations that never sent their end event.
+
+        Generations on one loaded model never overlap (the manager's lock; the
+        prompts of one batch run together), so a row still running when the same
+        model starts again escaped by an exception in the code that received its
+        text. Call with ``_lock`` held.
+        """
+        if pending.info is None:
+            return
+        for row_id, entry in list(self._running.items()):
+            info = entry.pending.info
+            together = pending.batch is not None and entry.pending.batch == pending.batch
+            if entry.pending.model == pending.model and info is not None and \
+                    info.loaded_at == pending.info.loaded_at and not together:
+                del self._running[row_id]
+                self._stop_row(row_id, entry, "error", (
+                    "The generation stopped without ending: the code receiving its text "
+                    "raised. The output is as far as it was written."))
+
+    def _stop_row(self, row_id: int, entry: _Running, status: str, error: str | None) -> None:
+        from . import _history_db as db
+
+        try:
+            text, tokens = entry.pending.progress()
+        except Exception:
+            text, tokens = entry.written
+        values = {"ended_at": time.time(), "status": status, "error": error, "output": text,
+                  "new_tokens": tokens}
+        self._jobs.put((entry.path, lambda con: db.complete(con, row_id, values)))
+
+    def close_running(self) -> None:
+        """At exit: rows of generations still running end as interrupted, with their output."""
+        with self._lock:
+            running, self._running = self._running, {}
+        for row_id, entry in running.items():
+            self._stop_row(row_id, entry, "interrupted", None)
+        self.flush(5.0)
 
     # -- the writer thread ------------------------------------------------
 
@@ -384,7 +424,7 @@ class _Recorder:
 
 _recorder = _Recorder()
 subscribe_everywhere(_recorder.on_event, kinds={"generation_start", "generation_end"})
-atexit.register(_recorder.flush, 5.0)
+atexit.register(_recorder.close_running)
 
 
 # -- reading ----------------------------------------------------------------------

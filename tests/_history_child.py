@@ -4,6 +4,8 @@
 
 - ``kill``: three short generations (one JSON line each: id, text), then ``LONG``
   and a long streamed generation, each piece a JSON line, until it is killed;
+- ``exit``: a long generation in a daemon thread, and the interpreter exits
+  once its partial output is in the file;
 - ``writer NAME COUNT GO``: print ``ready``, wait for the file GO, then COUNT
   short generations on a model named NAME, one id per line;
 - ``full LONG_MODEL_DIR``: one generation, then fill the disk the database is
@@ -49,10 +51,14 @@ def written(database: str) -> bool:
     """Whether the running generation's partial output is in the file (read as another program)."""
     import sqlite3
 
-    con = sqlite3.connect(database)
+    if not Path(database).exists():
+        return False
+    con = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
         return bool(con.execute("SELECT 1 FROM generations WHERE status = 'running' "
                                 "AND output != ''").fetchall())
+    except sqlite3.OperationalError:  # not made yet
+        return False
     finally:
         con.close()
 
@@ -79,6 +85,16 @@ def main() -> None:
             emit({"id": g.id, "text": g.text})
         emit("LONG")
         lm.generate("The long one", max_new_tokens=8000, stream=emit)
+    elif role == "exit":
+        lm.load(model_dir, name="long")
+        out: list[str] = []
+        threading.Thread(target=lambda: lm.generate("Cut by the exit", max_new_tokens=15000,
+                                                    stream=out.append), daemon=True).start()
+        while not written(database):
+            time.sleep(0.05)
+        time.sleep(0.3)
+        emit("exiting")
+        sys.exit(0)  # the generation's thread is a daemon: the interpreter does not wait
     elif role == "writer":
         name, count, go = rest
         lm.load(model_dir, name=name)

@@ -203,6 +203,23 @@ def test_a_kernel_interrupt_leaves_an_interrupted_row(store, manager, long_model
     assert row.status == "interrupted" and row.output == partial.text and row.new_tokens > 0
 
 
+def test_a_generation_whose_sink_raised_is_ended_by_the_next_one(store, manager, tiny):
+    def sink(text: str) -> None:
+        raise ValueError("the display broke")
+
+    with pytest.raises(ValueError, match="display broke"):
+        generate("Broken sink", max_new_tokens=5, stream=sink, manager=manager)
+    (orphan,) = rows(store)
+    assert orphan["status"] == "running"  # nothing ended it
+    for worker in threading.enumerate():  # the exception did not stop the worker: let it end
+        if worker.name == "llm_magic-tiny":
+            worker.join(30)
+    generate("Next", max_new_tokens=2, manager=manager)
+    broken, following = rows(store)
+    assert (broken["status"], following["status"]) == ("error", "ok")
+    assert "raised" in broken["error"] and broken["ended_at"]
+
+
 def test_a_batch_is_one_row_per_prompt(store, manager, tiny):
     gens = generate_batch(["A list", "A dict"], max_new_tokens=3, manager=manager)
     assert [get(g.id).output for g in gens] == [g.text for g in gens]
@@ -525,6 +542,18 @@ def test_sigkill_during_a_long_generation_loses_nothing(tmp_path, long_model):
     assert killed["prompt"] == "The long one" and killed["new_tokens"] >= running[0]["new_tokens"]
     assert len(killed["output"]) >= len(running[0]["output"])
     assert streamed.startswith(killed["output"])
+
+
+def test_an_exit_during_a_generation_leaves_it_interrupted(tmp_path, long_model):
+    path = tmp_path / "exited.sqlite"
+    proc = child("exit", str(path), str(long_model))
+    out, err = proc.communicate(timeout=300)
+    # (torch may abort the interpreter's last step when a daemon thread is still inside it;
+    # the exit handlers, history's among them, have run by then)
+    assert out.splitlines()[-1] == '"exiting"', err
+    (row,) = rows(path)
+    assert (row["prompt"], row["status"], row["error"]) == ("Cut by the exit", "interrupted", None)
+    assert row["output"] and row["new_tokens"] > 0 and row["ended_at"]
 
 
 def test_two_processes_writing_at_once_lose_no_rows(tmp_path, tiny_gpt2):
