@@ -392,6 +392,7 @@ def generate(
                                   daemon=True)
         first: float | None = None
         interrupted = False
+        sink_error: Exception | None = None
         # Without a sink the text is decoded once at the end; the worker's own
         # stopping criteria enforce stop strings.
         incremental = emit is not None
@@ -411,17 +412,19 @@ def generate(
                     break
         except KeyboardInterrupt:
             interrupted = True
-            stop_event.set()
-            worker.join(_JOIN)
-            if worker.is_alive():
-                log.warning("generation worker still finishing its current step")
-            job.count([chunk for _, chunk in channel.drain()])
-        error = channel.error
+            _stop_worker(stop_event, worker, job, channel)
+        except Exception as exc:  # the stream's receiver raised: stop, keep what was made
+            sink_error = exc
+            trimmer.emit = None
+            _stop_worker(stop_event, worker, job, channel)
+        error = channel.error or sink_error
         duration = (channel.ended or time.perf_counter()) - t0
         text = trimmer.finish(job.final_text())
         reason = "stop" if trimmer.hit else job.stop_reason
         if interrupted:
             reason = "interrupted"
+        elif sink_error is not None:
+            reason = "error"
         n = job.new_tokens
         stats = GenerationStats(
             prompt_tokens=job.prompt_tokens, new_tokens=n, time_to_first_token=first,
@@ -447,6 +450,8 @@ def generate(
     if interrupted:
         log.info("generation on %r interrupted after %d tokens; partial text kept", name, n)
         raise KeyboardInterrupt
+    if sink_error is not None:
+        raise sink_error
     if error is not None:
         if isinstance(error, LLMMagicError):
             raise error
@@ -493,6 +498,16 @@ def _capture(backend: Any, job: Any, name: str) -> Any:
         raise NotAvailableError(f"Model {name!r} does not report the tokens it generated, so "
                                 "their attention cannot be captured.")
     return capture(backend, ids, name, prompt_tokens=job.prompt_tokens)
+
+
+def _stop_worker(stop_event: threading.Event, worker: threading.Thread, job: Any,
+                 channel: _Channel) -> None:
+    """Stop a generation early and take what the worker produced up to then."""
+    stop_event.set()
+    worker.join(_JOIN)
+    if worker.is_alive():
+        log.warning("generation worker still finishing its current step")
+    job.count([chunk for _, chunk in channel.drain()])
 
 
 def _params(request: GenerationRequest) -> dict[str, Any]:

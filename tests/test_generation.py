@@ -204,6 +204,27 @@ def _workers() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("llm_magic-") and t.is_alive()]
 
 
+def test_a_stream_receiver_that_raises_stops_the_worker_and_keeps_the_text(manager, long_model):
+    manager.load(str(long_model), name="long")
+    ended = []
+    manager.events.subscribe(ended.append, kinds={"generation_end"})
+    pieces: list[str] = []
+
+    def receiver(text: str) -> None:
+        pieces.append(text)
+        if len("".join(pieces)) > 20:
+            raise ValueError("the receiver broke")
+
+    with pytest.raises(ValueError, match="the receiver broke"):
+        generate("Hello", max_new_tokens=6000, stream=receiver, manager=manager)
+    assert not _workers()
+    partial = manager.last_generation
+    assert partial is not None and partial.stats.stop_reason == "error"
+    assert 0 < partial.stats.new_tokens < 6000 and partial.text.startswith("".join(pieces))
+    assert [e.data["error"] for e in ended] == ["the receiver broke"]
+    assert generate("Hello", max_new_tokens=3, manager=manager).stats.new_tokens == 3
+
+
 def test_keyboard_interrupt_stops_the_worker_and_keeps_the_text(manager, long_model):
     manager.load(str(long_model), name="long")
     fired: list[float] = []
