@@ -180,9 +180,7 @@ def launch_browser(playwright: Any) -> Any:
 def artifact_dir(test_id: str) -> Path:
     """The folder for one test's screenshots and failure records."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", test_id).strip("_")[:150]
-    folder = ARTIFACTS / safe
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return ARTIFACTS / safe  # made when something is saved there
 
 
 class Notebook:
@@ -316,6 +314,7 @@ class Notebook:
     # -- records -----------------------------------------------------------------
 
     def screenshot(self, name: str) -> Path:
+        self.artifacts.mkdir(parents=True, exist_ok=True)
         path = self.artifacts / f"{name}.png"
         self.page.screenshot(path=str(path), full_page=True)
         return path
@@ -333,6 +332,7 @@ class Notebook:
     def record_failure(self) -> Path:
         """Save a screenshot, the notebook's text, page errors and the server log in one folder."""
         folder = self.artifacts
+        folder.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(Exception):
             self.screenshot("failure")
         with contextlib.suppress(Exception):
