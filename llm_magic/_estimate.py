@@ -18,7 +18,7 @@ from typing import Any
 from ._sizes import format_count, format_size
 from .errors import LLMMagicError
 
-__all__ = ["Count", "Estimate", "count_model", "estimate_path"]
+__all__ = ["Count", "Estimate", "count_model", "estimate_path", "is_encoder_only"]
 
 log = logging.getLogger("llm_magic.resources")
 
@@ -70,15 +70,36 @@ def _config_dict(path: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+_NOT_CAUSAL_HEADS = ("ForMaskedLM", "ForSequenceClassification", "ForTokenClassification",
+                     "ForQuestionAnswering", "ForMultipleChoice", "ForPreTraining")
+
+
+def is_encoder_only(architectures: list[str]) -> bool:
+    """Whether a checkpoint's architectures are all encoders (or heads on one).
+
+    transformers maps some encoders (BERT, RoBERTa) to a causal head, which
+    would be freshly initialised: such a model loads (and is sized) as itself.
+
+    Examples
+    --------
+    >>> is_encoder_only(["BertModel"]), is_encoder_only(["GPT2LMHeadModel"])
+    (True, False)
+    """
+    return bool(architectures) and all(
+        a.endswith(_NOT_CAUSAL_HEADS) or (a.endswith("Model") and not a.endswith("LMHeadModel"))
+        for a in architectures
+    )
+
+
 def _from_meta(path: str, dtype: str, remote: bool) -> Count:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=remote)
+    auto = (AutoModel if is_encoder_only(list(getattr(config, "architectures", None) or []))
+            else AutoModelForCausalLM)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(
-            config, dtype=getattr(torch, dtype), trust_remote_code=remote
-        )
+        model = auto.from_config(config, dtype=getattr(torch, dtype), trust_remote_code=remote)
     keep32 = set(getattr(model, "_keep_in_fp32_modules", None) or ()) | set(
         getattr(model, "_keep_in_fp32_modules_strict", None) or ()
     )

@@ -374,3 +374,12 @@ def test_cell_on_an_encoder_says_it_cannot_generate(ip, minilm):
     ip.run_line_magic("llm", f"load {minilm} --as minilm")
     with pytest.raises(UsageError, match="is an encoder .*cannot generate"):
         ip.run_cell_magic("llm", "minilm -n 3", "Hello")
+
+
+def test_an_encoder_is_estimated_as_itself_with_no_causal_head(manager, minilm):
+    """The estimate builds the encoder (no freshly initialised LM head) on the meta device."""
+    from llm_magic import estimate
+
+    guess = estimate(str(minilm), dtype="float32", device="cpu")
+    manager.load(str(minilm), name="enc", dtype="float32", device="cpu")
+    assert guess.method == "meta" and guess.parameters == manager.info("enc").parameters

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._estimate import is_encoder_only
 from .._threads import apply_default_threads
 from ..errors import (
     BackendError,
@@ -61,10 +62,6 @@ __all__ = [
 
 log = logging.getLogger("llm_magic.hf")
 
-_NOT_CAUSAL_HEADS = ("ForMaskedLM", "ForSequenceClassification", "ForTokenClassification",
-                     "ForQuestionAnswering", "ForMultipleChoice", "ForPreTraining")
-
-
 def _check_causal(source: str, config: Any) -> bool:
     """Refuse seq2seq models before their weights are read; True for an encoder.
 
@@ -73,17 +70,13 @@ def _check_causal(source: str, config: Any) -> bool:
     itself, for attention only.
     """
     archs = list(getattr(config, "architectures", None) or [])
-    encoder_only = bool(archs) and all(
-        a.endswith(_NOT_CAUSAL_HEADS) or (a.endswith("Model") and not a.endswith("LMHeadModel"))
-        for a in archs
-    )
     if getattr(config, "is_encoder_decoder", False):
         what = ", ".join(archs) or type(config).__name__
         raise BackendError(
             f"{source!r} is not a causal language model ({what}); llm_magic generates text "
             "with causal LMs (GPT-2, Llama, Qwen, ...)."
         )
-    return encoder_only
+    return is_encoder_only(archs)
 
 
 class _Detokenizer:
