@@ -22,7 +22,10 @@ from typing import TYPE_CHECKING, Any
 from . import _rooms, _sources
 from ._estimate import estimate_path
 from ._holders import find_holders
-from ._sizes import format_count, text_table
+from ._model_info import ModelInfo, ModelTable, UnloadReport
+from ._model_info import ago as _ago
+from ._model_info import count as _count
+from ._model_info import size as _size
 from .backends import backend_class
 from .errors import (
     BudgetExceededError,
@@ -46,53 +49,6 @@ __all__ = ["ModelHandle", "ModelInfo", "ModelManager", "ModelTable", "UnloadRepo
 log = logging.getLogger("llm_magic.manager")
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the manager knows about one loaded model.
-
-    ``memory`` is the measured size of its weights and buffers; ``estimate`` the
-    figure predicted before loading (None when no estimate was possible).
-    ``placement`` gives the measured bytes per device (one entry unless the
-    model is spread over several devices).
-    """
-
-    name: str
-    source: str
-    backend: str
-    device: str
-    dtype: str
-    parameters: int
-    memory: int
-    revision: str | None = None
-    commit: str | None = None
-    estimate: int | None = None
-    load_seconds: float = 0.0
-    loaded_at: float = 0.0
-    last_used: float = 0.0
-    pinned: bool = False
-    generating: bool = False
-    context_length: int | None = None
-    chat: bool = False
-    architecture: str = ""
-    placement: tuple[tuple[str, int], ...] = ()
-    #: The server's URL for a served model (None for a model in this kernel).
-    endpoint: str | None = None
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} GB"
-
-
-_count = format_count
-
-
 def _outside_stacklevel() -> int:
     """The ``stacklevel`` that points a warning at the first caller outside llm_magic."""
     package = os.path.dirname(os.path.abspath(__file__))
@@ -100,87 +56,6 @@ def _outside_stacklevel() -> int:
     while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
         frame, level = frame.f_back, level + 1
     return level
-
-
-def _ago(t: float) -> str:
-    if not t:
-        return "never"
-    dt = time.time() - t
-    if dt < 60:
-        return f"{dt:.0f}s ago"
-    if dt < 3600:
-        return f"{dt / 60:.0f}m ago"
-    return f"{dt / 3600:.1f}h ago"
-
-
-class ModelTable(tuple):  # type: ignore[type-arg]
-    """The loaded models, a tuple of :class:`ModelInfo` that renders as a table."""
-
-    columns = ("name", "source", "backend", "device", "dtype", "params", "memory",
-               "estimate", "revision", "last used")
-
-    def rows(self) -> list[tuple[str, ...]]:
-        out: list[tuple[str, ...]] = []
-        for m in self:
-            rev = m.commit[:10] if m.commit else (m.revision or "-")
-            name = m.name + (" (pinned)" if m.pinned else "") + (" *" if m.generating else "")
-            if m.endpoint:  # served: the server holds it; budgets leave it alone
-                out.append((name, f"{m.architecture} at {m.endpoint}", m.backend, m.device,
-                            m.dtype, "-", "none here", "-", rev, _ago(m.last_used)))
-                continue
-            out.append((name, m.source, m.backend, m.device, m.dtype, _count(m.parameters),
-                        _size(m.memory), _size(m.estimate), rev, _ago(m.last_used)))
-        return out
-
-    def __str__(self) -> str:
-        if not self:
-            return "No models loaded. Load one with lm.load('demo') or `%llm load demo`."
-        return text_table(self.columns, self.rows())
-
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
-        p.text(str(self))
-
-    def _repr_html_(self) -> str:
-        from html import escape
-
-        if not self:
-            return f"<p>{escape(str(self))}</p>"
-        head = "".join(f"<th>{escape(c)}</th>" for c in self.columns)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{escape(v)}</td>" for v in row) + "</tr>" for row in self.rows()
-        )
-        return (f"<table class='llm-magic-models'><thead><tr>{head}</tr></thead>"
-                f"<tbody>{body}</tbody></table>")
-
-
-@dataclass(frozen=True)
-class UnloadReport:
-    """The outcome of unloading one model.
-
-    ``freed`` is True only when the model object is verifiably gone; otherwise
-    ``holders`` says what still refers to it.
-    """
-
-    name: str
-    memory: int
-    freed: bool
-    holders: tuple[str, ...] = ()
-
-    @property
-    def message(self) -> str:
-        if self.freed:
-            return f"Unloaded {self.name!r}; {_size(self.memory)} freed."
-        held = "; ".join(self.holders) or "an object outside llm_magic"
-        return (
-            f"Unloaded {self.name!r} from the manager, but its memory ({_size(self.memory)}) is "
-            f"still held by: {held}. Delete those references to free it."
-        )
-
-    def __str__(self) -> str:
-        return self.message
-
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
-        p.text(self.message)
 
 
 @dataclass
