@@ -13,41 +13,20 @@ Examples
 
 from __future__ import annotations
 
-import importlib
-import threading
 from typing import Any
 
-from .errors import InvalidOptionError
+from ._registry import LazyRegistry
 
 __all__ = ["register", "view_class"]
 
-# kind -> "module:Class", imported on first use.
-_REGISTRY: dict[str, str] = {
-    "attention": "llm_magic.widgets.attention:AttentionWidget",
-}
-_loaded: dict[str, Any] = {}
-_lock = threading.Lock()
+_VIEWS = LazyRegistry("view", {"attention": "llm_magic.widgets.attention:AttentionWidget"})
 
 
 def register(kind: str, target: str) -> None:
     """Show objects of ``kind`` with the class at ``target`` (``"module:Class"``)."""
-    module, sep, name = target.partition(":")
-    if not sep or not module or not name.isidentifier():
-        raise InvalidOptionError(f"Write a view as 'module:Class', not {target!r}.")
-    with _lock:
-        _REGISTRY[kind] = target
-        _loaded.pop(kind, None)
+    _VIEWS.register(kind, target)
 
 
 def view_class(kind: str) -> Any:
     """The view class for ``kind``, its module imported now if it was not."""
-    with _lock:
-        cls = _loaded.get(kind)
-        if cls is None:
-            target = _REGISTRY.get(kind)
-            if target is None:
-                raise InvalidOptionError(f"No view is registered for {kind!r}.")
-            module, _, name = target.partition(":")
-            cls = getattr(importlib.import_module(module), name)
-            _loaded[kind] = cls
-        return cls
+    return _VIEWS.get(kind)

@@ -15,24 +15,19 @@ Examples
 
 from __future__ import annotations
 
-import importlib
-import threading
-
-from ..errors import InvalidOptionError
+from .._registry import LazyRegistry
 from .base import Backend, GenerationJob, GenerationRequest, LoadSpec
 
 __all__ = ["Backend", "GenerationJob", "GenerationRequest", "LoadSpec", "backend_class",
            "kinds", "register"]
 
 # kind -> "module:Class", imported on first use so that `import llm_magic` stays cheap.
-_REGISTRY: dict[str, str] = {
+_BACKENDS = LazyRegistry("backend", {
     "demo": "llm_magic.backends.hf:HFBackend",
     "local": "llm_magic.backends.hf:HFBackend",
     "hub": "llm_magic.backends.hf:HFBackend",
     "url": "llm_magic.backends.openai:OpenAIBackend",
-}
-_loaded: dict[str, type[Backend]] = {}
-_lock = threading.Lock()
+}, base=Backend)
 
 
 def register(kind: str, target: str) -> None:
@@ -42,12 +37,7 @@ def register(kind: str, target: str) -> None:
     --------
     >>> register("demo", "llm_magic.backends.hf:HFBackend")
     """
-    module, sep, name = target.partition(":")
-    if not sep or not module or not name.isidentifier():
-        raise InvalidOptionError(f"Write a backend as 'module:Class', not {target!r}.")
-    with _lock:
-        _REGISTRY[kind] = target
-        _loaded.pop(kind, None)
+    _BACKENDS.register(kind, target)
 
 
 def kinds() -> list[str]:
@@ -58,24 +48,9 @@ def kinds() -> list[str]:
     >>> "local" in kinds()
     True
     """
-    return sorted(_REGISTRY)
+    return _BACKENDS.kinds()
 
 
 def backend_class(kind: str) -> type[Backend]:
     """The backend class for sources of ``kind``, its module imported now if it was not."""
-    with _lock:
-        cls = _loaded.get(kind)
-        if cls is not None:
-            return cls
-        target = _REGISTRY.get(kind)
-        if target is None:
-            known = ", ".join(sorted(_REGISTRY))
-            raise InvalidOptionError(
-                f"No backend serves sources of kind {kind!r} (known: {known})."
-            )
-        module, _, name = target.partition(":")
-        cls = getattr(importlib.import_module(module), name)
-        if not (isinstance(cls, type) and issubclass(cls, Backend)):
-            raise TypeError(f"{target} is not a Backend subclass.")
-        _loaded[kind] = cls
-        return cls
+    return _BACKENDS.get(kind)  # type: ignore[no-any-return]
