@@ -356,13 +356,12 @@ function render({ model, el: root }) {
     fillTokens();
     shadeTokens();
   };
-  model.on("change:data", drawHeatmap);
-  model.on("change:selected", shadeTokens);
-  model.on("change:layer", onChoice);
-  model.on("change:head", onChoice);
-  model.on("change:mean", onChoice);
-  model.on("change:thumbs", drawThumbs);
-  model.on("change:tokens", onTokens);
+  const listeners = [
+    ["change:data", drawHeatmap], ["change:selected", shadeTokens],
+    ["change:layer", onChoice], ["change:head", onChoice], ["change:mean", onChoice],
+    ["change:thumbs", drawThumbs], ["change:tokens", onTokens],
+  ];
+  for (const [name, fn] of listeners) model.on(name, fn);
 
   fillSelects();
   fillTokens();
@@ -370,13 +369,7 @@ function render({ model, el: root }) {
   drawThumbs();
 
   return () => {
-    model.off("change:data", drawHeatmap);
-    model.off("change:selected", shadeTokens);
-    model.off("change:layer", onChoice);
-    model.off("change:head", onChoice);
-    model.off("change:mean", onChoice);
-    model.off("change:thumbs", drawThumbs);
-    model.off("change:tokens", onTokens);
+    for (const [name, fn] of listeners) model.off(name, fn);
   };
 }
 
