@@ -446,12 +446,21 @@ class ModelManager:
             else:
                 self._entry(name)
                 names = [name]
-            for n in names:
-                if self._entries[n].lock.locked():
-                    raise LLMMagicError(
-                        f"Model {n!r} is generating. Stop that generation first, then unload."
-                    )
-            reports = [self._drop(n, reason=None) for n in names]
+            # Each model's lock is held while it is dropped: a generation starting meanwhile
+            # (a cell, while a panel's click unloads) waits, then finds the model gone.
+            taken: list[threading.Lock] = []
+            try:
+                for n in names:
+                    lock = self._entries[n].lock
+                    if not lock.acquire(blocking=False):
+                        raise LLMMagicError(
+                            f"Model {n!r} is generating. Stop that generation first, then unload."
+                        )
+                    taken.append(lock)
+                reports = [self._drop(n, reason=None) for n in names]
+            finally:
+                for lock in taken:
+                    lock.release()
         return reports
 
     def _drop(self, name: str, reason: str | None) -> UnloadReport:

@@ -7,6 +7,11 @@ shows at once) and to the sampler's ticks (pins, last use, load progress).
 the estimate shows before loading, the load runs on a worker thread, and any
 error is one line in the panel.
 
+Clicks and edits arrive on llm_magic's kernel subshell (see ``_subshell``), so
+they act while a cell runs, on another thread than the cells: the view's state
+changes under its one lock (:class:`~._common.Updates`), loads and unloads go
+through the manager's locks, and a handler never prints.
+
 Examples
 --------
 >>> from llm_magic.widgets.models import ModelManagerPanel
@@ -31,6 +36,7 @@ from ..events import Event
 from ..manager import ModelInfo, ModelManager, get_manager
 from ..monitor import Sample, Sampler, get_sampler
 from ._common import Updates, css, esm, one_line, size, stop_with_comm, with_fallback
+from ._subshell import route
 
 __all__ = ["DTYPES", "ModelManagerPanel", "ModelsView"]
 
@@ -76,6 +82,8 @@ class ModelsView(anywidget.AnyWidget):  # type: ignore[misc]
     loading = t.Dict().tag(sync=True)  # {} when nothing loads
     error = t.Unicode("").tag(sync=True)
     notice = t.Unicode("").tag(sync=True)
+    #: One line when clicks wait for the running cell (no kernel subshell); else empty.
+    wait_note = t.Unicode("").tag(sync=True)
 
     def __init__(self, *, manager: ModelManager | None = None,
                  sampler: Sampler | None = None) -> None:
@@ -91,6 +99,7 @@ class ModelsView(anywidget.AnyWidget):  # type: ignore[misc]
         ]
         self.on_msg(self._on_message)
         stop_with_comm(self, self.stop)
+        self.wait_note = route(self)
 
     def refresh(self) -> None:
         """Show the manager's models as they are now."""
@@ -234,9 +243,18 @@ class ModelManagerPanel(w.VBox):  # type: ignore[misc]
         self.add_class("llm-magic-manager")
         self._busy = threading.Lock()
         self._estimating = 0
-        self.load_button.on_click(lambda _button: self.load())
+        self._estimate_lock = threading.Lock()  # the form's latest estimate wins
+        self.load_button.on_click(lambda _button: self._guarded(self.load))
         for field in (self.source, self.dtype, self.device):
-            field.observe(lambda _change: self.update_estimate(), names="value")
+            field.observe(lambda _change: self._guarded(self.update_estimate), names="value")
+        route(self)
+
+    def _guarded(self, action: Any) -> None:
+        """Run a click's or an edit's action; an error is the panel's one line, never printed."""
+        try:
+            action()
+        except Exception as exc:
+            self.view.show_error(exc)
 
     def _settings(self) -> tuple[str, str, str]:
         return self.source.value.strip(), self.dtype.value, (self.device.value.strip() or "auto")
@@ -247,17 +265,19 @@ class ModelManagerPanel(w.VBox):  # type: ignore[misc]
         if not source:
             self.estimate.value = ""
             return None
-        self._estimating += 1
-        mine = self._estimating
-        self.estimate.value = f"Estimating {source}…"
+        with self._estimate_lock:
+            self._estimating += 1
+            mine = self._estimating
+            self.estimate.value = f"Estimating {source}…"
 
         def work() -> None:
             try:
                 text = f"Estimate: {estimate(source, dtype=dtype, device=device)}"
             except Exception as exc:
                 text = f"No estimate: {one_line(exc)}"
-            if mine == self._estimating:  # the form has not changed meanwhile
-                self.estimate.value = text
+            with self._estimate_lock:
+                if mine == self._estimating:  # the form has not changed meanwhile
+                    self.estimate.value = text
 
         thread = threading.Thread(target=work, name="llm_magic-estimate", daemon=True)
         thread.start()

@@ -41,6 +41,7 @@ from ._common import (
     stop_with_comm,
     with_fallback,
 )
+from ._subshell import route
 
 __all__ = ["Monitor", "gpu_note", "monitor"]
 
@@ -196,6 +197,7 @@ class Monitor(anywidget.AnyWidget):  # type: ignore[misc]
         latest = recent[-1] if recent else self._sampler.sample_now()
         self._on_sample(latest)  # the static snapshot has figures from the start
         self.start()
+        route(self)  # the close button acts while a cell runs
 
     # -- life cycle
 

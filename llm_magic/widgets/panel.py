@@ -15,6 +15,7 @@ import ipywidgets as w
 from ..manager import ModelManager
 from ..monitor import Sampler
 from ._common import with_fallback
+from ._subshell import route
 from .models import ModelManagerPanel
 from .playground import Playground
 
@@ -39,10 +40,12 @@ class Panel(w.VBox):  # type: ignore[misc]
     def __init__(self, *, manager: ModelManager | None = None,
                  sampler: Sampler | None = None) -> None:
         self.models = ModelManagerPanel(manager=manager, sampler=sampler)
-        self.playground = Playground(manager=self.models.manager)
+        # The models view says it when clicks wait for the running cell; once is enough.
+        self.playground = Playground(manager=self.models.manager, note=False)
         super().__init__([w.HTML("<b>Models</b>"), self.models,
                           w.HTML("<b>Playground</b>"), self.playground])
         self.add_class("llm-magic-panel")
+        route(self)
 
     def stop(self) -> None:
         """Stop following the manager and stop a running generation."""

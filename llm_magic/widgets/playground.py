@@ -7,6 +7,11 @@ interleaving. The result is a :class:`~llm_magic.Generation` like any other,
 and the latest one is ``lm.last()``. Stop works as an interrupt: the partial
 text is kept and the model stays usable.
 
+Generate, Stop and every edit arrive on llm_magic's kernel subshell (see
+``_subshell``), so they act while another cell runs; the playground's state
+(the running generation, its stop event, the latest result) changes under its
+one lock, and a click's error is the output's one line, never printed.
+
 Examples
 --------
 >>> from llm_magic.widgets.playground import Playground
@@ -32,6 +37,7 @@ from ..events import Event
 from ..generation import Generation, generate
 from ..manager import ModelManager, get_manager
 from ._common import css, esm, one_line, with_fallback
+from ._subshell import route
 
 __all__ = ["Playground", "StreamView"]
 
@@ -98,7 +104,7 @@ class Playground(w.VBox):  # type: ignore[misc]
     >>> Playground()                  # doctest: +SKIP
     """
 
-    def __init__(self, *, manager: ModelManager | None = None) -> None:
+    def __init__(self, *, manager: ModelManager | None = None, note: bool = True) -> None:
         self.manager = manager or get_manager()
         self.prompt = w.Textarea(placeholder="Write a prompt…", description="prompt",
                                  layout=w.Layout(width="100%", height="6em"))
@@ -114,22 +120,38 @@ class Playground(w.VBox):  # type: ignore[misc]
         self.generate_button = w.Button(description="Generate", button_style="primary")
         self.stop_button = w.Button(description="Stop", button_style="warning", disabled=True)
         self.output = StreamView()
+        #: One line when clicks wait for the running cell (no kernel subshell).
+        self.wait_note = w.Label(value="", layout=w.Layout(display="none"))
+        self.wait_note.add_class("llm-magic-wait-note")
         settings = w.HBox([self.model, self.seed])
         sliders = w.HBox([self.temperature, self.top_p, self.max_new_tokens])
         buttons = w.HBox([self.generate_button, self.stop_button])
-        super().__init__([self.prompt, settings, sliders, buttons, self.output])
+        super().__init__([self.prompt, settings, sliders, buttons, self.output, self.wait_note])
         self.add_class("llm-magic-playground")
-        self._lock = threading.Lock()  # one generation at a time from this playground
+        self._lock = threading.Lock()  # the playground's state: running, stop event, thread, last
+        self._running = False
         self._stop_event: threading.Event | None = None
         self._thread: threading.Thread | None = None
         self.last: Generation | None = None
-        self.generate_button.on_click(lambda _b: self.generate())
-        self.stop_button.on_click(lambda _b: self.stop())
-        self.model.observe(lambda _change: self._fit_length(), names="value")
+        self.generate_button.on_click(lambda _b: self._guarded(self.generate))
+        self.stop_button.on_click(lambda _b: self._guarded(self.stop))
+        self.model.observe(lambda _change: self._guarded(self._fit_length), names="value")
         self._refresh_models()
         self._fit_length()
         self._unsubscribe = self.manager.events.subscribe(
             self._on_event, kinds=("loaded", "unloaded", "default_changed"))
+        waits = route(self)
+        if note and waits:
+            self.wait_note.value, self.wait_note.layout.display = waits, ""
+
+    def _guarded(self, action: Any) -> None:
+        """Run a click's or an edit's action; an error is the output's one line, never printed."""
+        try:
+            action()
+        except Exception as exc:
+            log.debug("playground action failed", exc_info=True)
+            with self.output.hold_sync():
+                self.output.error, self.output.state = one_line(exc), "error"
 
     # -- the model list
 
@@ -137,11 +159,13 @@ class Playground(w.VBox):  # type: ignore[misc]
         self._refresh_models()
 
     def _refresh_models(self) -> None:
-        names = self.manager.names()
-        if list(self.model.options) != names:
-            keep = self.model.value if self.model.value in names else self.manager.default
-            self.model.options = names
-            self.model.value = keep if keep in names else (names[0] if names else None)
+        # Gathered outside the lock: the manager may hold its own lock while it emits.
+        names, default = self.manager.names(), self.manager.default
+        with self._lock:
+            if list(self.model.options) != names:
+                keep = self.model.value if self.model.value in names else default
+                self.model.options = names
+                self.model.value = keep if keep in names else (names[0] if names else None)
 
     def _fit_length(self) -> None:
         """The max-new-tokens slider ends at the chosen model's context length."""
@@ -178,20 +202,22 @@ class Playground(w.VBox):  # type: ignore[misc]
         except LLMMagicError as exc:
             out.error, out.state = one_line(exc), "error"
             return None
-        if not self._lock.acquire(blocking=False):
-            out.error = "A generation is already running here; Stop it first."
-            return None
-        stop_event = threading.Event()
-        self._stop_event = stop_event
-        with out.hold_sync():
-            out.prompt, out.text, out.stats, out.error = prompt, "", "", ""
-            out.state = "waiting"
-        self.generate_button.disabled, self.stop_button.disabled = True, False
-        self._thread = threading.Thread(target=self._run, args=(prompt, kwargs, stop_event),
-                                        name="llm_magic-playground", daemon=True)
-        self._thread.start()
+        with self._lock:
+            if self._running:
+                out.error = "A generation is already running here; Stop it first."
+                return None
+            self._running = True
+            stop_event = threading.Event()
+            thread = threading.Thread(target=self._run, args=(prompt, kwargs, stop_event),
+                                      name="llm_magic-playground", daemon=True)
+            self._stop_event, self._thread = stop_event, thread
+            with out.hold_sync():
+                out.prompt, out.text, out.stats, out.error = prompt, "", "", ""
+                out.state = "waiting"
+            self.generate_button.disabled, self.stop_button.disabled = True, False
+        thread.start()
         if wait:
-            self._thread.join()
+            thread.join()
             return self.last
         return None
 
@@ -217,18 +243,20 @@ class Playground(w.VBox):  # type: ignore[misc]
             with out.hold_sync():
                 out.text, out.error, out.state = "".join(pieces), one_line(exc), "error"
         else:
-            self.last = gen
+            with self._lock:
+                self.last = gen
             with out.hold_sync():
                 out.text, out.stats = gen.text, _stats_line(gen)
                 out.state = "stopped" if gen.interrupted else "done"
         finally:
-            self.generate_button.disabled, self.stop_button.disabled = False, True
-            self._stop_event = None
-            self._lock.release()
+            with self._lock:
+                self.generate_button.disabled, self.stop_button.disabled = False, True
+                self._stop_event, self._running = None, False
 
     def stop(self, wait: bool = False) -> None:
         """Stop the running generation, keeping its text so far."""
-        stop_event, thread = self._stop_event, self._thread
+        with self._lock:
+            stop_event, thread = self._stop_event, self._thread
         if stop_event is not None:
             stop_event.set()
         if wait and thread is not None:
@@ -236,7 +264,8 @@ class Playground(w.VBox):  # type: ignore[misc]
 
     @property
     def running(self) -> bool:
-        return self._lock.locked()
+        with self._lock:
+            return self._running
 
     def close(self) -> None:
         if hasattr(self, "_unsubscribe"):  # ipywidgets also closes half-built widgets

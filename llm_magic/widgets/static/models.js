@@ -37,7 +37,9 @@ function render({ model, el }) {
   const notice = node("div", "lm-notice");
   const error = node("div", "lm-error");
   error.setAttribute("role", "alert");
-  root.append(table, empty, loading, notice, error);
+  const waits = node("div", "lm-wait-note");
+  waits.dataset.field = "wait-note";
+  root.append(table, empty, loading, notice, error, waits);
   let ages = [];
 
   function button(label, title, onClick) {
@@ -67,7 +69,7 @@ function render({ model, el }) {
       const unload = button("Unload", `Unload ${m.name} and free its memory`,
         () => model.send({ action: "unload", name: m.name }));
       unload.dataset.action = "unload";
-      unload.disabled = !!m.generating;
+      // Enabled while it generates: the kernel refuses in one line, as the API does.
       const pin = button(m.pinned ? "Unpin" : "Pin",
         m.pinned ? "Let loads evict it again" : "Never evict it to make room",
         () => model.send({ action: "pin", name: m.name, pinned: !m.pinned }));
@@ -96,8 +98,10 @@ function render({ model, el }) {
     loading.hidden = !l.name;
     notice.textContent = model.get("notice") || "";
     error.textContent = model.get("error") || "";
+    waits.textContent = model.get("wait_note") || "";
     notice.hidden = !notice.textContent;
     error.hidden = !error.textContent;
+    waits.hidden = !waits.textContent;
   }
 
   const tick = setInterval(() => {
@@ -105,13 +109,14 @@ function render({ model, el }) {
     if ((model.get("loading") || {}).name) status();
   }, 1000);
   model.on("change:models", rows);
-  ["change:loading", "change:error", "change:notice"].forEach((e) => model.on(e, status));
+  const changes = ["change:loading", "change:error", "change:notice", "change:wait_note"];
+  changes.forEach((e) => model.on(e, status));
   rows();
   status();
   return () => {
     clearInterval(tick);
     model.off("change:models", rows);
-    ["change:loading", "change:error", "change:notice"].forEach((e) => model.off(e, status));
+    changes.forEach((e) => model.off(e, status));
   };
 }
 
