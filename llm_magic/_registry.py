@@ -56,6 +56,10 @@ class LazyRegistry:
     def kinds(self) -> list[str]:
         return sorted(self._targets)
 
+    def target(self, kind: str) -> str | None:
+        """The ``"module:Class"`` registered for ``kind`` (None when there is none)."""
+        return self._targets.get(kind)  # no lock: get() holds it while a module imports
+
     def get(self, kind: str) -> Any:
         """The class for ``kind``, its module imported now if it was not."""
         with self._lock:

@@ -63,11 +63,26 @@ def default_threads() -> int:
 
 
 def threads() -> int:
-    """The intra-op thread count torch uses now (or will use, before torch is imported)."""
+    """The intra-op thread count torch uses now (or will use once the first model loads).
+
+    torch may be imported before any model loads (the warm-up of ``%load_ext``
+    does it): until the default is applied, this is the count it will apply.
+    """
     torch = sys.modules.get("torch")
-    if torch is None:
-        return default_threads()
-    return int(torch.get_num_threads())
+    if torch is None or getattr(getattr(torch, "__spec__", None), "_initializing", False):
+        return default_threads()  # not imported, or still importing on another thread
+    current = int(torch.get_num_threads())
+    if _threads_settled or (_sysmem.env_int("LLM_MAGIC_THREADS") is None
+                            and _user_chose_threads(current)):
+        return current
+    return default_threads()
+
+
+def _user_chose_threads(current: int) -> bool:
+    """Whether torch's threads were set outside llm_magic (environment, or through torch)."""
+    if any(os.environ.get(v, "").strip() for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
+        return True
+    return current != _torch_default_threads()
 
 
 def set_threads(n: int | None = None) -> int:
@@ -126,12 +141,9 @@ def apply_default_threads() -> int | None:
                       LLMMagicWarning, stacklevel=2)
     elif raw:
         return set_threads(default_threads())
-    if any(os.environ.get(v, "").strip() for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
-        log.debug("threads left to OMP_NUM_THREADS/MKL_NUM_THREADS")
-        return None
     current = int(torch.get_num_threads())
-    if current != _torch_default_threads():
-        log.debug("torch threads were set to %d by the user; leaving them", current)
+    if _user_chose_threads(current):
+        log.debug("torch threads left as the user chose (%d)", current)
         return None
     n = max(1, _usable_cores() - 1)
     if n != current:

@@ -17,6 +17,10 @@ os.environ["JUPYTER_CONFIG_DIR"] = os.path.join(_HOME, "jupyter")
 # Every generation of every test (and of the kernels they start) is recorded here.
 os.environ["LLM_MAGIC_HISTORY"] = os.path.join(_HOME, "history.sqlite")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Test code beside the loaded extension is not a notebook cell: it would import
+# transformers at the same time as the warm-up thread of %load_ext, which cells
+# never do. tests/test_warmup.py turns the warm-up on where it tests it.
+os.environ.setdefault("LLM_MAGIC_WARM_UP", "0")
 
 # The interrupt tests need Python's own SIGINT handler. A suite started in the
 # background by a shell without job control (`nohup make test &`, some CI

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -13,7 +14,10 @@ HEAVY = ("torch", "transformers", "pynvml", "anywidget")
 
 def _imported_after(code: str) -> list[str]:
     probe = f"{code}\nimport sys\nprint(','.join(m for m in {HEAVY!r} if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    # Without the warm-up thread of %load_ext (tests/test_magics.py checks the calling
+    # thread with it): nothing heavy in sys.modules at all.
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env={**os.environ, "LLM_MAGIC_WARM_UP": "0"})
     return [m for m in out.stdout.strip().split(",") if m]
 
 

@@ -19,7 +19,7 @@ from .._registry import LazyRegistry
 from .base import Backend, GenerationJob, GenerationRequest, LoadSpec
 
 __all__ = ["Backend", "GenerationJob", "GenerationRequest", "LoadSpec", "backend_class",
-           "kinds", "register"]
+           "kinds", "register", "wait_for_warm_up", "warm_up", "warming"]
 
 # kind -> "module:Class", imported on first use so that `import llm_magic` stays cheap.
 _BACKENDS = LazyRegistry("backend", {
@@ -52,5 +52,58 @@ def kinds() -> list[str]:
 
 
 def backend_class(kind: str) -> type[Backend]:
-    """The backend class for sources of ``kind``, its module imported now if it was not."""
+    """The backend class for sources of ``kind``, its module imported now if it was not.
+
+    While that backend's engine warms up on another thread (:func:`warm_up`),
+    this waits for it, so the load that follows imports nothing at the same time.
+    """
+    if _warmed and _BACKENDS.target(kind) in _warmed:
+        from . import _warm_up
+
+        _warm_up.wait()
     return _BACKENDS.get(kind)  # type: ignore[no-any-return]
+
+
+# The "module:Class" targets whose engine was warmed up (their loads wait for it).
+_warmed: set[str] = set()
+
+
+def warm_up(kind: str = "demo") -> bool:
+    """Import, on a background thread, what a first load of a ``kind`` source imports.
+
+    ``%load_ext llm_magic`` calls this so that torch and transformers import
+    while the first cell is typed. Only modules are imported: no model is read
+    and nothing is put on a GPU. Returns False, starting nothing, when
+    ``LLM_MAGIC_WARM_UP=0`` or when a warm-up already started in this process.
+    In a kernel without the backend's engine (no torch) it ends at once, quietly.
+
+    Examples
+    --------
+    >>> warm_up("demo")  # doctest: +SKIP
+    True
+    """
+    from . import _warm_up
+
+    target = _BACKENDS.target(kind)
+    if not _warm_up.enabled() or target is None or _warm_up.started():
+        return False
+    modules = _BACKENDS.get(kind).warm_up_modules()  # imports the backend's module, not its engine
+    _warmed.add(target)
+    return _warm_up.start(modules)
+
+
+def warming() -> bool:
+    """Whether the warm-up is importing now."""
+    from . import _warm_up
+
+    return _warm_up.running()
+
+
+def wait_for_warm_up() -> None:
+    """Wait until the warm-up has imported everything (at once when none runs).
+
+    A kernel interrupt stops the wait; the warm-up goes on.
+    """
+    from . import _warm_up
+
+    _warm_up.wait()

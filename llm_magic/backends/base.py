@@ -184,6 +184,16 @@ class Backend(abc.ABC):
     def release_memory(cls) -> None:
         """Hand memory freed by a dropped model back to the system."""
 
+    @classmethod
+    def warm_up_modules(cls) -> tuple[str, ...]:
+        """The modules a first :meth:`load` imports, heaviest first (none by default).
+
+        ``%load_ext`` imports them on a background thread (see
+        :func:`llm_magic.backends.warm_up`), and only them: importing one must not
+        read a model or touch a device.
+        """
+        return ()
+
     # -- a loaded model ----------------------------------------------------
 
     @abc.abstractmethod

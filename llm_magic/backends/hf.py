@@ -43,6 +43,7 @@ from ._stopping import Interrupted as _Interrupted
 from ._stopping import StopStrings as _StopStrings
 from ._stopping import criteria_list as _criteria_list
 from ._stopping import stop_hooks as _stop_hooks
+from ._warm_up import HF_MODULES as _HF_MODULES
 from .base import Backend, BatchResult, GenerationJob, GenerationRequest, LoadSpec
 
 if TYPE_CHECKING:
@@ -181,6 +182,11 @@ class HFBackend(Backend):
     """A causal LM and its tokenizer, resident in this process."""
 
     kind = "hf"
+
+    @classmethod
+    def warm_up_modules(cls) -> tuple[str, ...]:
+        """torch, transformers and what a first load of the demo or a causal LM imports."""
+        return _HF_MODULES
 
     def __init__(self, spec: LoadSpec, model: Any, tokenizer: Any, device: str, dtype: str,
                  encoder: bool = False) -> None:

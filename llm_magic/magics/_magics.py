@@ -162,6 +162,11 @@ class LLMMagics(Magics):
         "", help="The history database file. '' uses $LLM_MAGIC_HISTORY, else a file in the "
         "per-user data directory.",
     ).tag(config=True)
+    warm_up = Bool(
+        True, help="Import torch and transformers on a background thread at `%load_ext`, so "
+        "that the first cell answers at once (only modules: no model is read, no GPU used). "
+        "LLM_MAGIC_WARM_UP=0 in the environment turns it off too.",
+    ).tag(config=True)
 
     _default_set = False
 
