@@ -20,7 +20,8 @@ import types
 from typing import Any
 
 from . import monitor as _sampler_module
-from .attention import AttentionMap, attention, attention_max_tokens
+from .analysis.attention import AttentionMap, attention, attention_max_tokens
+from .analysis.tokens import Scores, TokenRecord, score
 from .errors import (
     BudgetExceededError,
     InvalidOptionError,
@@ -63,7 +64,9 @@ __all__ = [
     "NotAvailableError",
     "PromptTooLongError",
     "RerunResult",
+    "Scores",
     "ServerError",
+    "TokenRecord",
     "UnloadReport",
     "__version__",
     "attention",
@@ -82,6 +85,7 @@ __all__ = [
     "panel",
     "pin",
     "rerun",
+    "score",
     "set_threads",
     "threads",
     "unload",

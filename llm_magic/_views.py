@@ -19,7 +19,10 @@ from ._registry import LazyRegistry
 
 __all__ = ["register", "view_class"]
 
-_VIEWS = LazyRegistry("view", {"attention": "llm_magic.widgets.attention:AttentionWidget"})
+_VIEWS = LazyRegistry("view", {
+    "attention": "llm_magic.widgets.attention:AttentionWidget",
+    "tokens": "llm_magic.widgets.tokens:TokensWidget",
+})
 
 
 def register(kind: str, target: str) -> None:

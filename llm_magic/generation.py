@@ -9,6 +9,7 @@ second. The partial text is kept (``lm.last()``) and the model stays usable.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import logging
 import math
@@ -21,11 +22,12 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any, Protocol
 
-from .backends.base import GenerationRequest
+from .backends.base import MAX_LOGPROBS, GenerationRequest, TokenRecord, check_logprobs
 from .errors import BackendError, InvalidOptionError, LLMMagicError, NotAvailableError
 from .manager import ModelInfo, ModelManager, get_manager, set_generator
 
 __all__ = [
+    "MAX_LOGPROBS",
     "Generation",
     "GenerationStats",
     "PendingGeneration",
@@ -90,16 +92,56 @@ class Generation:
     params: dict[str, Any] = field(default_factory=dict)
     attention: Any = None
     id: int | None = None
+    #: One :class:`~llm_magic.TokenRecord` per generated token (with ``logprobs=K``), else None.
+    tokens: tuple[TokenRecord, ...] | None = None
+    #: The generation this one branched from (its history id) and at which position of it.
+    parent: int | None = None
+    branch_at: int | None = None
+    #: The prompt's token ids as the model saw them (what a branch continues from).
+    prompt_ids: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
 
     @property
     def interrupted(self) -> bool:
         return self.stats.stop_reason == "interrupted"
+
+    @property
+    def logprobs_mode(self) -> str | None:
+        """Which distribution :attr:`tokens` describe: "raw" or "sampled" (None: no records)."""
+        return None if self.tokens is None else str(self.params.get("logprobs_mode") or "raw")
+
+    def branch(self, position: int, token: int | str, *, stream: Any = None,
+               stop_event: threading.Event | None = None) -> Generation:
+        """Continue from token ``position`` of :attr:`tokens`, with ``token`` there instead.
+
+        The branch keeps the prompt and the tokens before ``position``, puts
+        ``token`` (an id, or a text that is exactly one token) at ``position``,
+        and generates the rest with the same options and seed, up to where this
+        generation would have ended. It works on token ids: nothing is
+        re-tokenised (except for a served model, which is sent the text).
+
+        Examples
+        --------
+        >>> g = lm.generate("The import statement", max_new_tokens=10, logprobs=5)  # doctest: +SKIP
+        >>> alt = g.tokens[3].top[1][0]  # the second likeliest at step 3  # doctest: +SKIP
+        >>> b = g.branch(3, alt)                                                   # doctest: +SKIP
+        >>> b.parent == g.id, b.branch_at                                          # doctest: +SKIP
+        (True, 3)
+        """
+        return branch(self, position, token, stream=stream, stop_event=stop_event)
 
     def __str__(self) -> str:
         return self.text
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         p.text(self.text)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """The token probability view when there are records; else the text as HTML."""
+        if self.tokens is not None:
+            from .analysis.tokens import view
+
+            return view(self)._repr_mimebundle_(include=include, exclude=exclude)  # type: ignore[no-any-return]
+        return {"text/plain": self.text, "text/html": self._repr_html_()}
 
     def _repr_html_(self) -> str:
         text = escape(self.text)
@@ -177,6 +219,8 @@ def make_request(
     stop: str | Sequence[str] | None = None,
     system: str | None = None,
     chat: bool | None = None,
+    logprobs: int | None = None,
+    logprobs_mode: str = "raw",
 ) -> GenerationRequest:
     """Validate options into a :class:`GenerationRequest`; raise ``InvalidOptionError`` if unfit."""
     if not isinstance(prompt, str):
@@ -207,10 +251,11 @@ def make_request(
         raise InvalidOptionError("system must be a string.")
     if chat is not None and not isinstance(chat, bool):
         raise InvalidOptionError("chat must be True, False or None (use the template if any).")
+    check_logprobs(logprobs, logprobs_mode)
     return GenerationRequest(
         prompt=prompt, max_new_tokens=max_new_tokens, temperature=float(temperature),
         top_p=top_p, top_k=top_k, seed=seed, stop=stops, system=system or None, chat=chat,
-        explicit_length=explicit,
+        explicit_length=explicit, logprobs=logprobs or None, logprobs_mode=logprobs_mode,
     )
 
 
@@ -318,6 +363,8 @@ def generate(
     system: str | None = None,
     chat: bool | None = None,
     attention: bool = False,
+    logprobs: int | None = None,
+    logprobs_mode: str = "raw",
     stream: bool | Sink | Callable[[str], Any] | None = None,
     stop_event: threading.Event | None = None,
     manager: ModelManager | None = None,
@@ -346,8 +393,15 @@ def generate(
         Use the model's chat template; by default when it has one.
     attention : bool
         Also capture the attention of the whole sequence (prompt and new tokens)
-        in ``.attention``, an :class:`~llm_magic.attention.AttentionMap`. It is one
+        in ``.attention``, an :class:`~llm_magic.analysis.attention.AttentionMap`. It is one
         extra, exact forward pass after the generation, which keeps its fast kernel.
+    logprobs : int, optional
+        Record each new token's log-probability, its rank and the ``logprobs``
+        likeliest alternatives (1 to 20) in ``.tokens``, inside the one
+        generation loop; the view shades the text by probability.
+    logprobs_mode : {"raw", "sampled"}
+        "raw": the model's own distribution (softmax of the raw logits);
+        "sampled": the one drawn from, after temperature, top-k and top-p.
     stream : bool, callable or object with ``write``
         Where streamed text goes: True prints to stdout.
     stop_event : threading.Event, optional
@@ -373,10 +427,27 @@ def generate(
     manager = manager or get_manager()
     request = make_request(prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                            top_p=top_p, top_k=top_k, seed=seed, stop=stop, system=system,
-                           chat=chat)
+                           chat=chat, logprobs=logprobs, logprobs_mode=logprobs_mode)
     emit = _sink(stream)
     name = manager.resolve(model)
-    stop_event = stop_event or threading.Event()
+    return _run(manager, name, request, emit, stop_event or threading.Event(),
+                attention=attention)
+
+
+@dataclass(frozen=True)
+class _Branch:
+    """What a branch keeps of its parent: records before the branch point, and where."""
+
+    records: tuple[TokenRecord, ...]
+    parent: int | None
+    at: int
+    params: dict[str, Any]
+
+
+def _run(manager: ModelManager, name: str, request: GenerationRequest,
+         emit: Callable[[str], Any] | None, stop_event: threading.Event, *,
+         attention: bool = False, branched: _Branch | None = None) -> Generation:
+    """Run one request on ``name``: the worker, the drain, the result and its events."""
     with manager.checkout(name) as backend:
         t0 = time.perf_counter()
         job = backend.prepare(request, stop_event)
@@ -385,61 +456,36 @@ def generate(
         log.debug("prompt processed: %d tokens in %.3fs", job.prompt_tokens,
                   time.perf_counter() - t0)
         trimmer = _StopTrimmer(request.stop, emit)
+        trimmer.feed(job.lead_text())
         pending = _started(manager, name, request, _progress(trimmer, job))
         manager.events.emit("generation_start", name, request=request, generation=pending)
         channel = _Channel()
         worker = threading.Thread(target=channel.run, args=(job,), name=f"llm_magic-{name}",
                                   daemon=True)
-        first: float | None = None
-        interrupted = False
-        sink_error: Exception | None = None
-        # Without a sink the text is decoded once at the end; the worker's own
-        # stopping criteria enforce stop strings.
-        incremental = emit is not None
-        worker.start()
-        try:
-            while True:
-                finished = channel.done.wait(_POLL)
-                chunks = channel.drain()
-                if chunks and first is None:
-                    first = chunks[0][0] - t0
-                    log.debug("first token after %.3fs", first)
-                if incremental:
-                    trimmer.feed(job.decode([chunk for _, chunk in chunks]))
-                else:
-                    job.count([chunk for _, chunk in chunks])
-                if finished and not channel.items:
-                    break
-        except KeyboardInterrupt:
-            interrupted = True
-            _stop_worker(stop_event, worker, job, channel)
-        except Exception as exc:  # the stream's receiver raised: stop, keep what was made
-            sink_error = exc
-            trimmer.emit = None
-            _stop_worker(stop_event, worker, job, channel)
-        error = channel.error or sink_error
+        drained = _drain(worker, channel, job, trimmer, stop_event, t0,
+                         incremental=emit is not None)
+        error = channel.error or drained.sink_error
         duration = (channel.ended or time.perf_counter()) - t0
         text = trimmer.finish(job.final_text())
         reason = "stop" if trimmer.hit else job.stop_reason
-        if interrupted:
+        if drained.interrupted:
             reason = "interrupted"
-        elif sink_error is not None:
+        elif drained.sink_error is not None:
             reason = "error"
         n = job.new_tokens
         stats = GenerationStats(
-            prompt_tokens=job.prompt_tokens, new_tokens=n, time_to_first_token=first,
+            prompt_tokens=job.prompt_tokens, new_tokens=n, time_to_first_token=drained.first,
             tokens_per_second=(n / duration) if duration > 0 and n else None,
             duration=duration, stop_reason=reason,
         )
         amap: Any = None
         failed: BaseException | None = None
-        if attention and not interrupted and error is None:
+        if attention and not drained.interrupted and error is None:
             try:
                 amap = _capture(backend, job, name)
             except (LLMMagicError, KeyboardInterrupt) as exc:
                 failed = exc  # raised once the generation itself is kept
-        gen = Generation(text=text, prompt=prompt, model=name, stats=stats,
-                         params=_params(request), attention=amap, id=pending.id)
+        gen = _result(request, job, name, text, stats, amap, pending.id, branched)
         manager.last_generation = gen
         if amap is not None:
             manager.last_attention = amap
@@ -447,11 +493,11 @@ def generate(
                             error=None if error is None else str(error))
         del job
     log.debug("generation on %r: %s", name, stats)
-    if interrupted:
+    if drained.interrupted:
         log.info("generation on %r interrupted after %d tokens; partial text kept", name, n)
         raise KeyboardInterrupt
-    if sink_error is not None:
-        raise sink_error
+    if drained.sink_error is not None:
+        raise drained.sink_error
     if error is not None:
         if isinstance(error, LLMMagicError):
             raise error
@@ -461,10 +507,149 @@ def generate(
     return gen
 
 
+@dataclass
+class _Drained:
+    first: float | None = None
+    interrupted: bool = False
+    sink_error: Exception | None = None
+
+
+def _drain(worker: threading.Thread, channel: _Channel, job: Any, trimmer: _StopTrimmer,
+           stop_event: threading.Event, t0: float, *, incremental: bool) -> _Drained:
+    """Start the worker and read its output until it ends, an interrupt, or a failing sink.
+
+    Without a sink the text is decoded once at the end; the worker's own
+    stopping criteria enforce stop strings.
+    """
+    out = _Drained()
+    worker.start()
+    try:
+        while True:
+            finished = channel.done.wait(_POLL)
+            chunks = channel.drain()
+            if chunks and out.first is None:
+                out.first = chunks[0][0] - t0
+                log.debug("first token after %.3fs", out.first)
+            if incremental:
+                trimmer.feed(job.decode([chunk for _, chunk in chunks]))
+            else:
+                job.count([chunk for _, chunk in chunks])
+            if finished and not channel.items:
+                break
+    except KeyboardInterrupt:
+        out.interrupted = True
+        _stop_worker(stop_event, worker, job, channel)
+    except Exception as exc:  # the stream's receiver raised: stop, keep what was made
+        out.sink_error = exc
+        trimmer.emit = None
+        _stop_worker(stop_event, worker, job, channel)
+    return out
+
+
+def _result(request: GenerationRequest, job: Any, name: str, text: str,
+            stats: GenerationStats, amap: Any, id: int | None,
+            branched: _Branch | None) -> Generation:
+    records = job.token_records() if request.logprobs else None
+    prompt_ids = job.prompt_ids()
+    params = _params(request)
+    parent = at = None
+    if branched is not None:
+        records = branched.records + (records or ())
+        params, parent, at = branched.params, branched.parent, branched.at
+    return Generation(text=text, prompt=request.prompt, model=name, stats=stats,
+                      params=params, attention=amap, id=id,
+                      tokens=None if records is None else tuple(records), parent=parent,
+                      branch_at=at, prompt_ids=None if prompt_ids is None else tuple(prompt_ids))
+
+
+def branch(gen: Generation, position: int, token: int | str, *,
+           stream: bool | Sink | Callable[[str], Any] | None = None,
+           stop_event: threading.Event | None = None,
+           manager: ModelManager | None = None) -> Generation:
+    """A generation from ``gen`` with ``token`` at ``position``; see :meth:`Generation.branch`."""
+    manager = manager or get_manager()
+    records = gen.tokens
+    if records is None:
+        raise InvalidOptionError(
+            "This generation has no token records to branch from: generate with logprobs=K "
+            "(`%%llm --logprobs K`), then branch."
+        )
+    if isinstance(position, bool) or not isinstance(position, int) or not (
+        0 <= position < len(records)
+    ):
+        raise InvalidOptionError(
+            f"position indexes the generation's tokens: an integer from 0 to "
+            f"{len(records) - 1}, not {position!r}."
+        )
+    name = manager.resolve(gen.model)
+    params = dict(gen.params)
+    k = int(params.get("logprobs") or len(records[position].top) or 1)
+    mode = str(params.get("logprobs_mode") or "raw")
+    with manager.checkout(name) as backend:
+        chosen = _branch_token(backend, records[position], token)
+        record = _chosen_record(backend, gen, records, position, chosen, k)
+    lead = records[:position] + (record,)
+    options = {key: params.get(key) for key in ("temperature", "top_p", "top_k", "seed",
+                                                 "stop", "system", "chat")}
+    total = int(params.get("max_new_tokens") or len(records))
+    request = make_request(gen.prompt, max_new_tokens=max(1, total - position - 1),
+                           logprobs=k, logprobs_mode=mode,
+                           **{key: value for key, value in options.items() if value is not None})
+    lead_ids = tuple(int(r.id) for r in lead if r.id is not None)
+    if gen.prompt_ids is not None and len(lead_ids) == len(lead):
+        request = dataclasses.replace(request, prefix_ids=gen.prompt_ids + lead_ids,
+                                      lead_ids=lead_ids)
+    else:  # a served model: the server is sent the text and tokenizes it again
+        request = dataclasses.replace(request, lead="".join(r.text for r in lead))
+    branched = _Branch(records=lead, parent=gen.id, at=position, params=params)
+    if total - position - 1 <= 0:
+        request = dataclasses.replace(request, max_new_tokens=0)
+    return _run(manager, name, request, _sink(stream), stop_event or threading.Event(),
+                branched=branched)
+
+
+def _branch_token(backend: Any, record: TokenRecord, token: int | str) -> int:
+    """The id the user means: an id, or a text that is one token (an alternative's first)."""
+    if isinstance(token, bool):
+        raise InvalidOptionError(f"token must be a token id or its text, not {token!r}.")
+    if isinstance(token, int):
+        return token
+    if not isinstance(token, str) or not token:
+        raise InvalidOptionError(f"token must be a token id or its text, not {token!r}.")
+    same = [i for i, text, _ in record.top if text == token and i is not None]
+    if len(same) > 1:
+        raise InvalidOptionError(
+            f"Several alternatives here read {token!r} (ids {same}); pass the id you mean."
+        )
+    if same:
+        return int(same[0])
+    return int(backend.token_id(token))
+
+
+def _chosen_record(backend: Any, gen: Generation, records: tuple[TokenRecord, ...],
+                   position: int, chosen: int, k: int) -> TokenRecord:
+    """The record of the token put at ``position``: the same distribution as the original's."""
+    at = records[position]
+    if chosen == at.id:
+        return at
+    for rank, (i, text, logprob) in enumerate(at.top, start=1):
+        if i == chosen:
+            return TokenRecord(chosen, text, logprob, rank, at.top, at.entropy)
+    if gen.prompt_ids is None:
+        raise InvalidOptionError(
+            f"Token {chosen} is not one of the {len(at.top)} alternatives the server sent at "
+            f"position {position}; choose one of them."
+        )
+    ids = list(gen.prompt_ids) + [int(r.id) for r in records[:position] if r.id is not None]
+    scored = backend.score(ids + [chosen], logprobs=k)
+    last = scored.records[-1]
+    return TokenRecord(chosen, last.text, last.logprob, last.rank, at.top, at.entropy)
+
+
 def _check_attention(backend: Any, name: str, prompt_tokens: int,
                      request: GenerationRequest) -> None:
     """Refuse a capture that cannot be done before generating, not after."""
-    from .attention import attention_max_tokens
+    from .analysis.attention import attention_max_tokens
     from .backends.base import Backend
 
     if type(backend).capture_attention is Backend.capture_attention:
@@ -491,7 +676,7 @@ def _check_attention(backend: Any, name: str, prompt_tokens: int,
 
 
 def _capture(backend: Any, job: Any, name: str) -> Any:
-    from .attention import capture
+    from .analysis.attention import capture
 
     ids = job.sequence_ids()
     if ids is None:
@@ -515,6 +700,7 @@ def _params(request: GenerationRequest) -> dict[str, Any]:
         "max_new_tokens": request.max_new_tokens, "temperature": request.temperature,
         "top_p": request.top_p, "top_k": request.top_k, "seed": request.seed,
         "stop": list(request.stop), "system": request.system, "chat": request.chat,
+        "logprobs": request.logprobs, "logprobs_mode": request.logprobs_mode,
     }
 
 
@@ -568,7 +754,9 @@ def generate_batch(
             duration=duration, stop_reason="stop" if trimmer.hit else result.stop_reason,
         )
         gen = Generation(text=text, prompt=request.prompt, model=name, stats=stats,
-                         params=_params(request), id=pending.id)
+                         params=_params(request), id=pending.id,
+                         tokens=result.records if request.logprobs else None,
+                         prompt_ids=result.prompt_ids)
         manager.events.emit("generation_end", name, generation=gen, error=None)
         gens.append(gen)
     if gens:

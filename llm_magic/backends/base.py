@@ -12,18 +12,44 @@ thread.
 from __future__ import annotations
 
 import abc
+import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NotAvailableError
+from ..errors import InvalidOptionError, NotAvailableError
 
 if TYPE_CHECKING:
     import numpy as np
 
 __all__ = ["AttentionCapture", "Backend", "BatchResult", "GenerationJob", "GenerationRequest",
-           "LoadSpec"]
+           "LOGPROBS_MODES", "MAX_LOGPROBS", "LoadSpec", "ScoreCapture", "TokenRecord",
+           "check_logprobs"]
+
+#: What a token record's probabilities describe: the model's own distribution
+#: (softmax of the raw logits) or the one sampled from (after temperature, top-k, top-p).
+LOGPROBS_MODES = ("raw", "sampled")
+#: The most alternatives a token record keeps (OpenAI's convention for top_logprobs).
+MAX_LOGPROBS = 20
+
+
+def check_logprobs(logprobs: int | None, mode: str = "raw") -> None:
+    """Refuse a K outside 1 to :data:`MAX_LOGPROBS`, or an unknown mode."""
+    if logprobs is not None:
+        if isinstance(logprobs, bool) or not isinstance(logprobs, int) or not (
+            1 <= logprobs <= MAX_LOGPROBS
+        ):
+            raise InvalidOptionError(
+                f"logprobs is how many alternatives each token keeps: an integer from 1 to "
+                f"{MAX_LOGPROBS}, not {logprobs!r}."
+            )
+    if mode not in LOGPROBS_MODES:
+        raise InvalidOptionError(
+            f"logprobs_mode must be 'raw' (the model's own distribution) or 'sampled' (after "
+            f"temperature, top-k and top-p), not {mode!r}."
+        )
+
 
 
 @dataclass(frozen=True)
@@ -62,6 +88,16 @@ class GenerationRequest:
     chat: bool | None = None
     #: False when max_new_tokens is the default: then it is fitted to the context quietly.
     explicit_length: bool = True
+    #: Record each new token's log-probability and this many alternatives (None: no records).
+    logprobs: int | None = None
+    #: "raw" or "sampled" (see :data:`LOGPROBS_MODES`).
+    logprobs_mode: str = "raw"
+    #: Continue from these token ids instead of the rendered prompt (a branch).
+    prefix_ids: tuple[int, ...] | None = None
+    #: The output so far that this request continues (a branch): the trailing
+    #: ``len(lead_ids)`` ids of ``prefix_ids``, or ``lead`` text for a served model.
+    lead_ids: tuple[int, ...] = ()
+    lead: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,6 +108,75 @@ class BatchResult:
     prompt_tokens: int
     new_tokens: int
     stop_reason: str
+    #: One record per new token when the requests asked for logprobs.
+    records: tuple[TokenRecord, ...] | None = None
+    #: The prompt's token ids as the model saw them, padding left out.
+    prompt_ids: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """One token as the model predicted it: its probability and the likeliest alternatives.
+
+    Attributes
+    ----------
+    id : int or None
+        The token id (None only where a served model does not report ids).
+    text : str
+        The token's text on its own; a piece of a multi-byte character shows its
+        bytes (``\\xe2``).
+    logprob : float
+        Natural log of the token's probability (float32 math on the model's device).
+    rank : int or None
+        1 for the likeliest token; None where unknown (a served token outside the
+        alternatives the server sent).
+    top : tuple of (id, text, logprob)
+        The K likeliest tokens at this step, likeliest first.
+    entropy : float or None
+        Entropy of the whole distribution at this step, in nats (None where unknown).
+
+    Examples
+    --------
+    >>> r = TokenRecord(7, " the", -0.5, 1, ((7, " the", -0.5), (9, " a", -1.5)))
+    >>> round(r.prob, 3), r.in_top
+    (0.607, True)
+    """
+
+    id: int | None
+    text: str
+    logprob: float
+    rank: int | None
+    top: tuple[tuple[int | None, str, float], ...]
+    entropy: float | None = None
+
+    @property
+    def prob(self) -> float:
+        """The token's probability."""
+        return math.exp(self.logprob)
+
+    @property
+    def surprisal(self) -> float:
+        """``-logprob`` in bits: how surprised the model was by this token."""
+        return -self.logprob / math.log(2)
+
+    @property
+    def in_top(self) -> bool:
+        """Whether the token is one of the K alternatives recorded with it."""
+        return self.rank is not None and self.rank <= len(self.top)
+
+    @property
+    def others(self) -> float:
+        """Probability of every token outside :attr:`top` (1 - the sum of the top K)."""
+        return max(0.0, 1.0 - sum(math.exp(lp) for _, _, lp in self.top))
+
+
+@dataclass(frozen=True)
+class ScoreCapture:
+    """A text teacher-forced through the model: its ids and one record per token after the first."""
+
+    ids: tuple[int, ...]
+    texts: tuple[str, ...]
+    records: tuple[TokenRecord, ...]
 
 
 @dataclass(frozen=True)
@@ -140,6 +245,18 @@ class GenerationJob(abc.ABC):
     def sequence_ids(self) -> list[int] | None:
         """Prompt and generated token ids, once :meth:`run` has returned (None if unknown)."""
         return None
+
+    def prompt_ids(self) -> list[int] | None:
+        """The prompt's token ids as the model saw them (None if unknown)."""
+        return None
+
+    def token_records(self) -> tuple[TokenRecord, ...] | None:
+        """One record per new token, once :meth:`run` has returned (None unless asked for)."""
+        return None
+
+    def lead_text(self) -> str:
+        """The output so far that this job continues (a branch), as text."""
+        return ""
 
 
 class Backend(abc.ABC):
@@ -214,8 +331,10 @@ class Backend(abc.ABC):
             chunks: list[Any] = []
             job.run(chunks.append)
             job.count(chunks)
+            prompt = job.prompt_ids()
             results.append(BatchResult(job.final_text(), job.prompt_tokens, job.new_tokens,
-                                       job.stop_reason))
+                                       job.stop_reason, records=job.token_records(),
+                                       prompt_ids=None if prompt is None else tuple(prompt)))
         return results
 
     def capture_attention(
@@ -231,6 +350,22 @@ class Backend(abc.ABC):
             f"The {self.kind!r} backend cannot capture attention; load the model in this "
             "kernel (a local directory, a cached hub id or 'demo')."
         )
+
+    def score(self, source: str | Sequence[int], *, logprobs: int,
+              max_tokens: int | None = None) -> ScoreCapture:
+        """Teacher-force ``source`` (a text or token ids) in one forward pass.
+
+        Each token after the first gets a :class:`TokenRecord` from the model's
+        prediction at the position before it.
+        """
+        raise NotAvailableError(
+            f"The {self.kind!r} backend cannot score a given text; load the model in this "
+            "kernel (a local directory, a cached hub id or 'demo')."
+        )
+
+    def token_id(self, text: str) -> int:
+        """The id of ``text`` when it is exactly one token of this model's vocabulary."""
+        raise NotAvailableError(f"The {self.kind!r} backend does not expose its vocabulary.")
 
     def memory_owner(self) -> object | None:
         """The object whose death means the memory is free (a torch module), or None."""

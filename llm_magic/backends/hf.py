@@ -9,12 +9,13 @@ and stopping (``_stopping``).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._estimate import is_encoder_only
@@ -33,6 +34,8 @@ from ._devices import device_order as _device_order
 from ._devices import resolve_device, resolve_dtype
 from ._devices import torch_module as _torch
 from ._hub import commit_of, config_dir, resolve_hub
+from ._logprobs import Recorder as _Recorder
+from ._logprobs import TokenTexts as _TokenTexts
 from ._memory import loaded_by_this_thread as _loaded_by_this_thread
 from ._memory import release_memory
 from ._oom import forget as _forget
@@ -62,6 +65,12 @@ __all__ = [
 ]
 
 log = logging.getLogger("llm_magic.hf")
+
+
+def _logits_processors(items: list[Any]) -> Any:
+    from transformers import LogitsProcessorList
+
+    return LogitsProcessorList(items)
 
 def _check_causal(source: str, config: Any) -> bool:
     """Refuse seq2seq models before their weights are read; True for an encoder.
@@ -109,15 +118,31 @@ class _Streamer:
     def __init__(self, put: Callable[[Any], None]) -> None:
         self._put = put
         self._prompt_seen = False
+        #: Steps streamed so far (each a token per row).
+        self.steps = 0
 
     def put(self, value: torch.Tensor) -> None:
         if not self._prompt_seen:
             self._prompt_seen = True
             return
+        self.steps += 1
         self._put(value.reshape(-1).tolist())
 
     def end(self) -> None:
         pass
+
+
+@contextlib.contextmanager
+def _recording(model: Any, recorder: _Recorder | None) -> Iterator[None]:
+    """Read the raw distribution with a forward hook on the model while it generates."""
+    if recorder is None or recorder.mode != "raw":
+        yield
+        return
+    handle = model.register_forward_hook(recorder.hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class HFJob(GenerationJob):
@@ -130,6 +155,8 @@ class HFJob(GenerationJob):
         kwargs: dict[str, Any],
         seed: int | None,
         stop_event: threading.Event,
+        recorder: _Recorder | None = None,
+        lead_ids: Sequence[int] = (),
     ) -> None:
         self.backend = backend
         self.inputs = inputs
@@ -137,23 +164,38 @@ class HFJob(GenerationJob):
         self.seed = seed
         self.stop_event = stop_event
         self.prompt_tokens = int(inputs["input_ids"].shape[-1])
-        self._prompt_ids: list[int] = inputs["input_ids"][0].tolist()
+        ids: list[int] = inputs["input_ids"][0].tolist()
+        #: A branch continues output it already has: those ids count as text, not as prompt.
+        lead = len(lead_ids)
+        self._prompt_ids = ids[: len(ids) - lead]
+        self.prompt_tokens = len(self._prompt_ids)
         self._detok = _Detokenizer(backend.tokenizer)
+        self._detok.ids, self._detok.read = list(ids[len(ids) - lead :]), lead
+        self._lead = lead
         self._eos = set(backend.eos_ids)
+        self.recorder = recorder
+        self._records: tuple[Any, ...] | None = None
 
     def run(self, put: Callable[[Any], None]) -> None:
         torch = _torch()
         model = self.backend.model
         streamer = _Streamer(put)
+        if self.kwargs["generation_config"].max_new_tokens == 0:  # a branch at the last token
+            self._records = () if self.recorder is not None else None
+            return
         if self.seed is not None:
             torch.manual_seed(self.seed)
         try:
             with (_out_of_memory_guard(repr(self.backend.spec.name), self.backend.device),
-                  torch.inference_mode(), _stop_hooks(model, self.stop_event)):
+                  torch.inference_mode(), _stop_hooks(model, self.stop_event),
+                  _recording(model, self.recorder)):
                 out = model.generate(**self.inputs, **self.kwargs, streamer=streamer)
         except _Interrupted:
             self.stop_reason = "interrupted"
             return
+        finally:
+            if self.recorder is not None:
+                self._records = self.recorder.records([streamer.steps])[0]
         new = out[0, self.prompt_tokens :].tolist()
         if self.stop_event.is_set():
             self.stop_reason = "interrupted"
@@ -176,6 +218,18 @@ class HFJob(GenerationJob):
 
     def sequence_ids(self) -> list[int]:
         return self._prompt_ids + self._detok.ids
+
+    def prompt_ids(self) -> list[int]:
+        return list(self._prompt_ids)
+
+    def token_records(self) -> tuple[Any, ...] | None:
+        return self._records
+
+    def lead_text(self) -> str:
+        if not self._lead:
+            return ""
+        return str(self.backend.tokenizer.decode(self._detok.ids[: self._lead],
+                                                 skip_special_tokens=True))
 
 
 class HFBackend(Backend):
@@ -458,8 +512,10 @@ class HFBackend(Backend):
         return {"generation_config": config}
 
     def _criteria(self, request: GenerationRequest, prompt_len: int,
-                  stop_event: threading.Event) -> Any:
+                  stop_event: threading.Event, recorder: _Recorder | None = None) -> Any:
         items: list[Any] = [_EventCriteria(stop_event)]
+        if recorder is not None:  # first: it completes the step, whoever stops after it
+            items.insert(0, recorder.criteria)
         if request.stop:
             items.append(_StopStrings(self.tokenizer, prompt_len, request.stop))
         return _criteria_list(items)
@@ -490,15 +546,69 @@ class HFBackend(Backend):
 
     def prepare(self, request: GenerationRequest, stop_event: threading.Event) -> HFJob:
         self._check_generates()
-        text, templated = self.render_prompt(request)
-        inputs = self._encode([text], templated)
+        if request.prefix_ids is not None:
+            torch = _torch()
+            ids = torch.tensor([list(request.prefix_ids)], device=self.model.device)
+            inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        else:
+            text, templated = self.render_prompt(request)
+            inputs = self._encode([text], templated)
         n = int(inputs["input_ids"].shape[-1])
         if n == 0:
             raise InvalidOptionError("The prompt encodes to no tokens; write some text.")
         max_new = self._check_length(n, request.max_new_tokens, request.explicit_length)
         kwargs = self._generate_kwargs(request, max_new)
-        kwargs["stopping_criteria"] = self._criteria(request, n, stop_event)
-        return HFJob(self, inputs, kwargs, request.seed, stop_event)
+        recorder = self._recorder(request)
+        kwargs["stopping_criteria"] = self._criteria(request, n, stop_event, recorder)
+        if recorder is not None and recorder.mode == "sampled":
+            kwargs["logits_processor"] = _logits_processors([recorder])
+        return HFJob(self, inputs, kwargs, request.seed, stop_event, recorder,
+                     request.lead_ids)
+
+    def _recorder(self, request: GenerationRequest) -> _Recorder | None:
+        """A recorder of token probabilities when the request asks for them."""
+        if not request.logprobs:
+            return None
+        sampling = ()
+        if request.logprobs_mode == "sampled" and request.temperature > 0:
+            from ._logprobs import warpers
+
+            sampling = tuple(warpers(request.temperature, request.top_k, request.top_p))
+        return _Recorder(request.logprobs, request.logprobs_mode, self._texts(), sampling)
+
+    def _texts(self) -> _TokenTexts:
+        texts = getattr(self, "_token_texts", None)
+        if texts is None:
+            texts = self._token_texts = _TokenTexts(self.tokenizer)
+        return texts
+
+    def score(self, source: str | Sequence[int], *, logprobs: int,
+              max_tokens: int | None = None) -> Any:
+        """Teacher-force ``source`` in one forward pass (see ``backends/_logprobs``)."""
+        from . import _logprobs
+
+        self._check_generates()
+        if isinstance(source, str):
+            if not source.strip():
+                raise InvalidOptionError("The text is empty: write some text to score.")
+            ids = self.tokenizer(source, add_special_tokens=True, verbose=False)["input_ids"]
+        else:
+            ids = list(source)
+        with _out_of_memory_guard(repr(self.spec.name), self.device):
+            return _logprobs.score(self.model, self.tokenizer, ids, k=logprobs,
+                                   max_tokens=max_tokens or 1_000_000,
+                                   context_length=self.context_length)
+
+    def token_id(self, text: str) -> int:
+        """The id of ``text`` when the tokenizer makes exactly one token of it."""
+        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        if len(ids) != 1:
+            shown = [self._texts()(i) for i in ids]
+            raise InvalidOptionError(
+                f"{text!r} is {len(ids)} tokens for {self.spec.name!r} ({shown!r}), not one; "
+                "pass a single token's text or its id."
+            )
+        return int(ids[0])
 
     def generate_batch(
         self, requests: Sequence[GenerationRequest], stop_event: threading.Event
@@ -524,14 +634,18 @@ class HFBackend(Backend):
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         max_new = self._check_length(width, first.max_new_tokens, first.explicit_length)
         kwargs = self._generate_kwargs(first, max_new)
+        recorder = self._recorder(first)
+        if recorder is not None and recorder.mode == "sampled":
+            kwargs["logits_processor"] = _logits_processors([recorder])
         if first.seed is not None:
             torch.manual_seed(first.seed)
         interrupted = False
         with (_out_of_memory_guard(repr(self.spec.name), self.device), torch.inference_mode(),
-              _stop_hooks(self.model, stop_event)):
+              _stop_hooks(self.model, stop_event), _recording(self.model, recorder)):
             try:
                 out = self.model.generate(
-                    **inputs, **kwargs, stopping_criteria=self._criteria(first, width, stop_event)
+                    **inputs, **kwargs,
+                    stopping_criteria=self._criteria(first, width, stop_event, recorder),
                 )
             except _Interrupted:
                 interrupted = True
@@ -539,7 +653,12 @@ class HFBackend(Backend):
             raise KeyboardInterrupt
         results = []
         eos = set(self.eos_ids)
-        for row, prompt_len in zip(out[:, width:].tolist(), lengths, strict=True):
+        rows = out[:, width:].tolist()
+        prompts = inputs["input_ids"].tolist()
+        records: list[Any] = [None] * len(rows)
+        if recorder is not None:
+            records = recorder.records([_row_length(row, eos) for row in rows])
+        for row, prompt_len, prompt, kept in zip(rows, lengths, prompts, records, strict=True):
             ids: list[int] = []
             reason = "length"
             for tok in row:
@@ -550,5 +669,15 @@ class HFBackend(Backend):
             if stop_event.is_set():
                 reason = "interrupted"
             text = tokenizer.decode(ids, skip_special_tokens=True)
-            results.append(BatchResult(text, int(prompt_len), len(ids) + (reason == "eos"), reason))
+            results.append(BatchResult(text, int(prompt_len), len(ids) + (reason == "eos"), reason,
+                                       records=kept,
+                                       prompt_ids=tuple(prompt[width - int(prompt_len):])))
         return results
+
+
+def _row_length(row: list[int], eos: set[int]) -> int:
+    """New tokens of one batch row: up to and including its first end-of-sequence token."""
+    for i, tok in enumerate(row):
+        if tok in eos:
+            return i + 1
+    return len(row)

@@ -268,7 +268,7 @@ def _budget(magics: Host, args: Namespace) -> None:
 @magic_arguments("llm attention")
 def _attention(magics: Host, args: Namespace) -> None:
     """Show the attention of the latest `%%llm --attention` cell (heatmaps, every head)."""
-    from ..attention import last_attention
+    from ..analysis.attention import last_attention
 
     amap = last_attention()
     if amap is None:

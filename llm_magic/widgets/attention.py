@@ -4,7 +4,7 @@ The widget holds state only: which layer and head are shown, the tokens, the
 thumbnails of every head, and the weights of the head on screen (float16
 bytes, T x T x 2 bytes). Choosing another head in the page changes ``layer``,
 ``head`` or ``mean``; the kernel answers with that head's bytes. Every number
-comes from :class:`~llm_magic.attention.AttentionMap`.
+comes from :class:`~llm_magic.analysis.attention.AttentionMap`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import anywidget
 import traitlets
 
 if TYPE_CHECKING:
-    from ..attention import AttentionMap
+    from ..analysis.attention import AttentionMap
 
 __all__ = ["AttentionWidget"]
 
