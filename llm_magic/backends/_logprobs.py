@@ -85,18 +85,21 @@ def warpers(temperature: float, top_k: int | None, top_p: float | None) -> list[
     return out
 
 
-def _summary(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                     torch.Tensor]:
-    """Per row of float32 logits (rows, vocab): log-normaliser, top-k values and ids, entropy."""
+def _summary(logits: torch.Tensor, k: int, filtered: bool = True
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of float32 logits (rows, vocab): log-probabilities, top-k of them, entropy.
+
+    Few operations on purpose: each costs a dispatch at every generated token.
+    Tokens a warper removed have log-probability -inf and p = 0; clamping the
+    log-probability to the float32 minimum keeps their p * log p at 0, not NaN.
+    """
     import torch
 
-    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-    values, ids = torch.topk(logits, k, dim=-1)
-    p = torch.softmax(logits, dim=-1)
-    # Entropy = lse - sum(p * logits); -inf logits (filtered tokens) have p = 0 and add nothing.
-    finite = torch.where(p > 0, logits, torch.zeros_like(logits))
-    entropy = lse.squeeze(-1) - (p * finite).sum(dim=-1)
-    return lse, values - lse, ids, entropy
+    lp = torch.log_softmax(logits, dim=-1)
+    values, ids = torch.topk(lp, k, dim=-1)
+    finite = lp if filtered is False else lp.clamp(min=torch.finfo(lp.dtype).min)
+    entropy = (lp.exp() * finite).sum(dim=-1).neg_()
+    return lp, values, ids, entropy
 
 
 class Recorder:
@@ -136,25 +139,31 @@ class Recorder:
         return scores
 
     def _observe(self, logits: torch.Tensor) -> None:
-        k = min(self.k, int(logits.shape[-1]))
-        lse, top_lp, top_ids, entropy = _summary(logits, k)
-        self._pending = (logits, lse, top_lp, top_ids, entropy)
+        # Raw logits are finite; warped ones (sampled mode) have -inf where a warper cut.
+        self._pending = _summary(logits, min(self.k, int(logits.shape[-1])),
+                                 filtered=self.mode != "raw")
 
     # -- the chosen token ------------------------------------------------------
 
     def criteria(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         """Stopping criterion that never stops: completes the step with the appended token."""
-        import torch
-
         pending, self._pending = self._pending, None
         if pending is not None:
-            logits, lse, top_lp, top_ids, entropy = pending
+            lp, top_lp, top_ids, entropy = pending
             chosen = input_ids[:, -1:]
-            at = logits.gather(1, chosen)
-            rank = (logits > at).sum(dim=1, keepdim=True) + 1
-            numbers = torch.cat([at - lse, entropy[:, None], rank.to(logits.dtype), top_lp], 1)
-            self._steps.append((torch.cat([chosen, top_ids], 1), numbers))
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            at = lp.gather(1, chosen)
+            # Packed once at the end: a step only appends its small tensors.
+            self._steps.append((chosen, top_ids, at, entropy, (lp > at).sum(dim=1), top_lp))
+        return self._never(input_ids)
+
+    def _never(self, input_ids: torch.Tensor) -> torch.Tensor:
+        never = getattr(self, "_no", None)
+        if never is None or never.shape[0] != input_ids.shape[0]:
+            import torch
+
+            never = self._no = torch.zeros(input_ids.shape[0], dtype=torch.bool,
+                                           device=input_ids.device)
+        return never
 
     # -- results --------------------------------------------------------------
 
@@ -164,9 +173,14 @@ class Recorder:
 
         if not self._steps:
             return [() for _ in lengths]
-        ids = torch.stack([s[0] for s in self._steps], 1).cpu().tolist()  # rows, steps, 1+k
-        numbers = torch.stack([s[1] for s in self._steps], 1).cpu().tolist()
+        chosen, top_ids, at, entropy, above, top_lp = (list(x) for x in zip(*self._steps,
+                                                                             strict=True))
         self._steps = []
+        ids = torch.stack([torch.cat(step, 1) for step in zip(chosen, top_ids, strict=True)], 1)
+        numbers = torch.stack([
+            torch.cat([a, e[:, None], (r[:, None] + 1).to(a.dtype), t], 1)
+            for a, e, r, t in zip(at, entropy, above, top_lp, strict=True)], 1)
+        ids, numbers = ids.cpu().tolist(), numbers.cpu().tolist()  # rows, steps, 1 + k / 3 + k
         return [tuple(_record(self.texts, i, n)
                       for i, n in zip(row_ids[:length], row_numbers[:length], strict=True))
                 for row_ids, row_numbers, length in zip(ids, numbers, lengths, strict=True)]
@@ -218,11 +232,12 @@ def score(model: Any, tokenizer: Any, ids: Sequence[int], *, k: int, start: int 
         for lo in range(max(start, 1), n, _CHUNK):
             hi = min(n, lo + _CHUNK)
             chunk = logits[lo - 1 : hi - 1].float()
-            lse, top_lp, top_ids, entropy = _summary(chunk, min(k, int(chunk.shape[-1])))
-            at = chunk.gather(1, target[lo:hi, None])
-            rank = (chunk > at).sum(dim=1, keepdim=True) + 1
+            lp, top_lp, top_ids, entropy = _summary(chunk, min(k, int(chunk.shape[-1])),
+                                                    filtered=False)
+            at = lp.gather(1, target[lo:hi, None])
+            rank = (lp > at).sum(dim=1, keepdim=True) + 1
             rows.append(torch.cat([target[lo:hi, None], top_ids], 1))
-            numbers.append(torch.cat([at - lse, entropy[:, None], rank.float(), top_lp], 1))
+            numbers.append(torch.cat([at, entropy[:, None], rank.float(), top_lp], 1))
         del logits
         all_ids = torch.cat(rows).cpu().tolist()
         all_numbers = torch.cat(numbers).cpu().tolist()
