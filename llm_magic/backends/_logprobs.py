@@ -118,7 +118,7 @@ class Recorder:
         self.texts = texts
         self.sampling = list(sampling)
         self._pending: tuple[Any, ...] | None = None
-        self._steps: list[tuple[Any, Any]] = []
+        self._steps: list[tuple[Any, ...]] = []
 
     # -- where the distribution comes from -----------------------------------
 
@@ -176,11 +176,13 @@ class Recorder:
         chosen, top_ids, at, entropy, above, top_lp = (list(x) for x in zip(*self._steps,
                                                                              strict=True))
         self._steps = []
-        ids = torch.stack([torch.cat(step, 1) for step in zip(chosen, top_ids, strict=True)], 1)
-        numbers = torch.stack([
+        packed_ids = torch.stack([torch.cat(step, 1)
+                                  for step in zip(chosen, top_ids, strict=True)], 1)
+        packed = torch.stack([
             torch.cat([a, e[:, None], (r[:, None] + 1).to(a.dtype), t], 1)
             for a, e, r, t in zip(at, entropy, above, top_lp, strict=True)], 1)
-        ids, numbers = ids.cpu().tolist(), numbers.cpu().tolist()  # rows, steps, 1 + k / 3 + k
+        # rows x steps x (1 + k) ids, and rows x steps x (3 + k) numbers
+        ids, numbers = packed_ids.cpu().tolist(), packed.cpu().tolist()
         return [tuple(_record(self.texts, i, n)
                       for i, n in zip(row_ids[:length], row_numbers[:length], strict=True))
                 for row_ids, row_numbers, length in zip(ids, numbers, lengths, strict=True)]
