@@ -18,11 +18,13 @@ from IPython.display import display
 from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode, observe, validate
 
 from .. import load
+from ..analysis.tokens import Scores, score
+from ..backends.base import check_logprobs
 from ..generation import DEFAULT_MAX_NEW_TOKENS, Generation, generate, generate_batch, make_request
 from ..history import configure as configure_history
 from ..manager import get_manager
 from . import _commands
-from ._output import FORMATS, CellOutput, open_output
+from ._output import FORMATS, CellOutput, in_notebook, open_output
 from ._prompt import check_variable, interpolate, split_batch, stop_text, text
 
 __all__ = ["CellJob", "LLMMagics"]
@@ -98,9 +100,13 @@ class CellJob:
     attention: bool = False
     fmt: str = "text"
     out: str | None = None
+    #: Score the body instead of generating (``--score``): K alternatives per token.
+    score: int | None = None
 
-    def run(self, model: str, output: CellOutput) -> Generation | list[Generation]:
+    def run(self, model: str, output: CellOutput) -> Generation | list[Generation] | Scores:
         """Generate with ``model``, streaming into ``output`` unless told not to."""
+        if self.score is not None:
+            return score(self.prompts[0], model=model, logprobs=self.score)
         if self.batch:
             return generate_batch(self.prompts, model=model, attention=self.attention,
                                   **self.options)
@@ -225,6 +231,15 @@ class LLMMagics(Magics):
     @ma.argument("--attention", action="store_true",
                  help="capture the attention of prompt and output, shown below the text "
                       "(and by `%%llm attention`)")
+    @ma.argument("--logprobs", type=int, metavar="K",
+                 help="record each token's probability and its K likeliest alternatives "
+                      "(1 to 20), shown below the text as shading; click one to branch")
+    @ma.argument("--logprobs-mode", choices=("raw", "sampled"), metavar="MODE",
+                 help="raw: the model's own distribution (the default); sampled: the one "
+                      "drawn from, after temperature, top-k and top-p")
+    @ma.argument("--score", action="store_true",
+                 help="do not generate: read the body as a given text and score every token "
+                      "(teacher forcing); `_llm` is the Scores, with .perplexity")
     @cell_magic("llm")  # type: ignore[arg-type]  # IPython types the named form loosely
     def llm_cell(self, line: str, cell: str) -> None:
         """Generate text from the cell's body (the usage is built by magic_arguments)."""
@@ -243,6 +258,8 @@ class LLMMagics(Magics):
         prompts = split_batch(body) if args.batch else [body]
         if self.interpolate if args.interpolate is None else args.interpolate:
             prompts = [interpolate(p, self._shell.user_ns) for p in prompts]
+        if args.score:
+            return self._score_job(args, prompts[0] if len(prompts) == 1 else None, out)
         options = {
             "max_new_tokens": self._length(args.max_new_tokens),
             "temperature": self.temperature if args.temperature is None else args.temperature,
@@ -250,12 +267,32 @@ class LLMMagics(Magics):
             "system": self.system if args.system is None else args.system,
             "chat": self.chat if args.chat is None else args.chat,
         }
+        if args.logprobs is not None or args.logprobs_mode is not None:
+            options["logprobs"] = 5 if args.logprobs is None else args.logprobs
+            options["logprobs_mode"] = args.logprobs_mode or "raw"
         with _commands.usage_errors():
             for prompt in prompts:
                 make_request(prompt, **options)
         stream = self.stream if args.stream is None else args.stream
         return CellJob(prompts, options, batch=args.batch, stream=stream and not args.batch,
                        attention=args.attention, fmt=args.format or self.format.lower(), out=out)
+
+    def _score_job(self, args: Namespace, text: str | None, out: str | None) -> CellJob:
+        """A ``--score`` cell: the body is read, not continued; sampling options do not apply."""
+        if text is None:
+            raise UsageError("--score reads one text: drop --batch, or score each text in a "
+                             "cell of its own.")
+        given = [flag for flag, value in (("--attention", args.attention),
+                                          ("--logprobs-mode", args.logprobs_mode),
+                                          ("-t", args.temperature), ("--seed", args.seed),
+                                          ("-n", args.max_new_tokens)) if value]
+        if given:
+            raise UsageError(f"--score reads the text without generating, so {given[0]} does "
+                             "not apply; drop it.")
+        k = 5 if args.logprobs is None else args.logprobs
+        with _commands.usage_errors():
+            check_logprobs(k)
+        return CellJob([text], score=k, stream=False, out=out)
 
     def _length(self, given: int | None) -> int | None:
         if given is not None:
@@ -264,7 +301,7 @@ class LLMMagics(Magics):
         return None if self.max_new_tokens == DEFAULT_MAX_NEW_TOKENS else self.max_new_tokens
 
     def _generate(self, job: CellJob, model: str,
-                  output: CellOutput) -> Generation | list[Generation]:
+                  output: CellOutput) -> Generation | list[Generation] | Scores:
         """Run ``job``; on an interrupt keep and show the partial result, then re-raise."""
         manager = get_manager()
         before = manager.last_generation
@@ -293,13 +330,20 @@ class LLMMagics(Magics):
             loaded = ", ".join(manager.names()) or "none"
             raise UsageError(f"{exc} (Loaded models: {loaded}.)") from exc
 
-    def _keep(self, job: CellJob, result: Generation | list[Generation],
+    def _keep(self, job: CellJob, result: Generation | list[Generation] | Scores,
               output: CellOutput) -> None:
         """Store the result in ``_llm`` (and ``--out``), then show it."""
         self._shell.user_ns["_llm"] = result
         if job.out:
             self._shell.user_ns[job.out] = result
+        if isinstance(result, Scores):
+            display(result)
+            return
         output.finish(result)
+        if in_notebook(self._shell):  # a terminal has shown the text already
+            for gen in result if isinstance(result, list) else [result]:
+                if gen.tokens is not None:
+                    display(gen)  # the token probability view
         attention = getattr(result, "attention", None)
         if attention is not None:
             display(attention)

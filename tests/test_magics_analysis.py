@@ -1,0 +1,63 @@
+"""``%%llm --logprobs`` and ``--score`` through a real InteractiveShell and a tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+import llm_magic as lm
+
+
+@pytest.fixture
+def ip(tiny_gpt2):
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "llm_magic")
+    shell.run_line_magic("llm", f"load {tiny_gpt2} --as ptiny")
+    yield shell
+    lm.get_manager().unload("ptiny")
+    shell.run_line_magic("unload_ext", "llm_magic")
+    shell.user_ns.pop("_llm", None)
+
+
+def test_logprobs_cell_keeps_records(ip):
+    ip.run_cell_magic("llm", "ptiny -n 6 --logprobs 3", "A list comprehension")
+    gen = ip.user_ns["_llm"]
+    assert len(gen.tokens) == gen.stats.new_tokens == 6
+    assert all(r.rank == 1 and len(r.top) == 3 for r in gen.tokens)  # greedy
+    assert gen.logprobs_mode == "raw"
+
+
+def test_logprobs_mode_alone_means_five_alternatives(ip):
+    ip.run_cell_magic("llm", "ptiny -n 4 -t 1.0 --seed 2 --logprobs-mode sampled", "A dict")
+    gen = ip.user_ns["_llm"]
+    assert gen.logprobs_mode == "sampled"
+    assert all(len(r.top) == 5 for r in gen.tokens)
+
+
+def test_score_cell(ip):
+    ip.run_cell_magic("llm", "ptiny --score --logprobs 2 --out s", "A list comprehension")
+    scores = ip.user_ns["_llm"]
+    assert scores is ip.user_ns["s"]
+    assert isinstance(scores, lm.Scores)
+    assert len(scores.tokens) == len(scores.ids) - 1
+    assert math.isclose(scores.perplexity, math.exp(-scores.logprob / len(scores.tokens)))
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("ptiny --logprobs 0", "from 1 to 20"),
+    ("ptiny --logprobs 21", "from 1 to 20"),
+    ("ptiny --score -t 0.5", "-t does not apply"),
+    ("ptiny --score --batch", "--score reads one text"),
+])
+def test_bad_options_fail_the_cell(ip, line, message):
+    with pytest.raises(UsageError, match=message):
+        ip.run_cell_magic("llm", line, "A list\n---\nA dict")
+
+
+def test_help_lists_the_options(ip):
+    doc = ip.find_cell_magic("llm").__self__.llm_cell.parser.format_help()
+    for option in ("--logprobs K", "--logprobs-mode MODE", "--score"):
+        assert option in doc
