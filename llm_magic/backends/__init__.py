@@ -68,7 +68,7 @@ def backend_class(kind: str) -> type[Backend]:
 _warmed: set[str] = set()
 
 
-def warm_up(kind: str = "demo") -> bool:
+def warm_up(kind: str = "demo", *, delay: float = 0.0) -> bool:
     """Import, on a background thread, what a first load of a ``kind`` source imports.
 
     ``%load_ext llm_magic`` calls this so that torch and transformers import
@@ -76,6 +76,7 @@ def warm_up(kind: str = "demo") -> bool:
     and nothing is put on a GPU. Returns False, starting nothing, when
     ``LLM_MAGIC_WARM_UP=0`` or when a warm-up already started in this process.
     In a kernel without the backend's engine (no torch) it ends at once, quietly.
+    The imports begin after ``delay`` seconds, or at once when a load waits for them.
 
     Examples
     --------
@@ -87,9 +88,8 @@ def warm_up(kind: str = "demo") -> bool:
     target = _BACKENDS.target(kind)
     if not _warm_up.enabled() or target is None or _warm_up.started():
         return False
-    modules = _BACKENDS.get(kind).warm_up_modules()  # imports the backend's module, not its engine
     _warmed.add(target)
-    return _warm_up.start(modules)
+    return _warm_up.start(lambda: _BACKENDS.get(kind).warm_up_modules(), delay=delay)
 
 
 def warming() -> bool:

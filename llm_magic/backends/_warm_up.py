@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 __all__ = ["HF_MODULES", "enabled", "import_modules", "running", "start", "started", "wait"]
 
@@ -49,6 +49,7 @@ HF_MODULES = (
 
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
+_go = threading.Event()  # set: begin the imports now
 
 
 def enabled() -> bool:
@@ -78,30 +79,32 @@ def import_modules(names: Iterable[str]) -> None:
         log.debug("warm-up imported %s in %.3fs", name, time.perf_counter() - t)
 
 
-def _run(names: tuple[str, ...]) -> None:
+def _run(names: Callable[[], Iterable[str]], delay: float) -> None:
+    # Loading a C extension (libtorch) holds the GIL for a while: let the kernel
+    # send the answer to the cell that started the warm-up first. A wait() starts it now.
+    _go.wait(delay)
     t = time.perf_counter()
     try:
-        import_modules(names)
+        import_modules(names())
     except Exception as exc:  # a failed warm-up only means that the first load imports instead
         log.debug("warm-up failed: %r", exc)
     log.debug("warm-up done in %.3fs", time.perf_counter() - t)
 
 
-def start(names: Iterable[str], *, name: str = "llm_magic-warm-up") -> bool:
-    """Import the modules ``names`` once, in order, on a daemon thread.
+def start(names: Callable[[], Iterable[str]], *, delay: float = 0.0,
+          name: str = "llm_magic-warm-up") -> bool:
+    """Import the modules that ``names()`` gives, in order, once, on a daemon thread.
 
-    Returns False, starting nothing, when a warm-up already ran in this process
-    or when there is nothing to import. A module that is not installed (no torch
-    in a kernel for served models) ends the warm-up quietly.
+    ``names`` is called on that thread; the imports begin after ``delay`` seconds,
+    or as soon as something waits for them. Returns False, starting nothing, when
+    a warm-up already ran in this process. A module that is not installed (no
+    torch in a kernel for served models) ends the warm-up quietly.
     """
     global _thread
-    names = tuple(names)
-    if not names:
-        return False
     with _lock:
         if _thread is not None:
             return False
-        _thread = threading.Thread(target=_run, args=(names,), name=name, daemon=True)
+        _thread = threading.Thread(target=_run, args=(names, delay), name=name, daemon=True)
         _thread.start()
     return True
 
@@ -127,6 +130,7 @@ def wait(timeout: float | None = None) -> bool:
     thread = _thread
     if thread is None or thread is threading.current_thread():
         return True
+    _go.set()
     deadline = None if timeout is None else time.monotonic() + timeout
     while thread.is_alive():
         left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())

@@ -23,6 +23,9 @@ from ..backends import warm_up, warming
 
 __all__ = ["WaitForWarmUp", "schedule", "uninstall"]
 
+# Seconds for the kernel to answer the cell before the imports take the GIL; the
+# next cell, if it comes sooner (Run All), starts them at once by waiting.
+_AFTER_REPLY = 0.2
 _WAIT = "__import__('llm_magic.backends', fromlist=['_']).wait_for_warm_up()"
 
 
@@ -46,7 +49,7 @@ def schedule(shell: Any, kind: str = "demo") -> None:
 
     def after_the_cell(result: Any) -> None:
         shell.events.unregister("post_run_cell", after_the_cell)
-        warm_up(kind)
+        warm_up(kind, delay=_AFTER_REPLY)
 
     shell.events.register("post_run_cell", after_the_cell)
 
