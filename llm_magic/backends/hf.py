@@ -506,7 +506,9 @@ class HFBackend(Backend):
         config.do_sample = sample
         config.temperature = request.temperature if sample else None
         config.top_p = request.top_p if sample else None
-        config.top_k = request.top_k if sample else None
+        # Unset, transformers 5 fills in top_k=50: sampling without --top-k means the whole
+        # vocabulary, so say so with 0 (no top-k warper).
+        config.top_k = (request.top_k or 0) if sample else None
         config.pad_token_id = self.pad_id
         config.eos_token_id = list(self.eos_ids) or None
         return {"generation_config": config}
