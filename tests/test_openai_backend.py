@@ -13,6 +13,7 @@ import http.server
 import json
 import logging
 import threading
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +28,7 @@ from llm_magic.errors import (
     InvalidOptionError,
     LLMMagicWarning,
     NotAvailableError,
+    PromptTooLongError,
     ServerError,
 )
 
@@ -49,6 +51,9 @@ class Loopback(http.server.ThreadingHTTPServer):
     pieces and closes the connection; "stall" sends two pieces and waits (at most
     20 s) for ``release``; "slow" waits that long before answering the model
     list. ``key`` makes every request need ``Authorization: Bearer KEY``.
+    ``max_model_len`` makes it answer like vLLM: the model list gives the context,
+    ``/tokenize`` counts a prompt's words (``tokenize=False``: no such endpoint),
+    and a request that asks for more than fits is refused with a 400.
     """
 
     daemon_threads = True
@@ -58,6 +63,8 @@ class Loopback(http.server.ThreadingHTTPServer):
         self.mode = "ok"
         self.key: str | None = None
         self.pieces = ["Hello", ",", " world", "!"]
+        self.max_model_len: int | None = None
+        self.tokenize = True
         self.requests: list[dict[str, Any]] = []
         self.headers_seen: list[dict[str, str]] = []
         self.release = threading.Event()
@@ -96,7 +103,38 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if self.server.mode == "slow":
             self.server.release.wait(20)
-        self._json(200, {"object": "list", "data": [{"id": "tiny", "object": "model"}]})
+        model: dict[str, Any] = {"id": "tiny", "object": "model"}
+        if self.server.max_model_len is not None:
+            model["max_model_len"] = self.server.max_model_len
+        self._json(200, {"object": "list", "data": [model]})
+
+    @staticmethod
+    def _count(body: dict[str, Any]) -> int:
+        """This server's tokens: the prompt's words (a chat: its messages' words)."""
+        if "messages" in body:
+            return sum(len(m["content"].split()) for m in body["messages"])
+        return len(body["prompt"].split())
+
+    def _too_long(self, body: dict[str, Any]) -> bool:
+        """Answer a request past the context as vLLM does (400); True if it was one."""
+        limit = self.server.max_model_len
+        if limit is None:
+            return False
+        if self.path == "/tokenize":
+            if self.server.tokenize:
+                self._json(200, {"count": self._count(body), "max_model_len": limit,
+                                 "tokens": list(range(self._count(body)))})
+            else:
+                self._json(404, {"detail": "Not Found"})
+            return True
+        prompt, asked = self._count(body), body.get("max_tokens") or 16
+        if prompt + asked <= limit:
+            return False
+        self._json(400, {"object": "error", "message": (
+            f"This model's maximum context length is {limit} tokens. However, you requested "
+            f"{prompt + asked} tokens ({prompt} in the messages, {asked} in the completion)."),
+            "type": "BadRequestError", "code": 400})
+        return True
 
     def _event(self, text: str, finish: str | None = None) -> None:
         if self.path.endswith("/chat/completions"):
@@ -118,6 +156,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.requests.append(body)
         if not self._authorised():
+            return
+        if self._too_long(body):
             return
         mode = self.server.mode
         if mode == "500":
@@ -321,6 +361,61 @@ def test_a_stream_dropped_midway_keeps_the_partial_text(manager, loopback):
     assert manager.last_generation is not None
     assert manager.last_generation.text == "Hello, wor"
     assert _workers() == [] and manager.is_loaded("lb")
+
+
+# -- the context ---------------------------------------------------------------------
+
+
+def test_a_served_context_caps_the_request_as_in_the_kernel(manager, loopback):
+    """Where the server gives its context (vLLM), new tokens stop there: reason length."""
+    loopback.max_model_len = 16
+    manager.load(loopback.url, name="lb")
+    assert manager.info("lb").context_length == 16
+    with pytest.warns(LLMMagicWarning, match="Only 13 new tokens fit after a 3-token prompt"):
+        g = lm.generate("one two three", model="lb", max_new_tokens=4000, manager=manager)
+    assert loopback.requests[-2] == {"model": "tiny", "prompt": "one two three"}  # /tokenize
+    assert loopback.requests[-1]["max_tokens"] == 13
+    assert g.text == "Hello, world!" and g.stats.stop_reason == "length"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default length fits quietly, as in the kernel
+        lm.generate("one two three", model="lb", manager=manager)
+    assert loopback.requests[-1]["max_tokens"] == 13
+    lm.generate("one two", model="lb", max_new_tokens=5, chat=True, manager=manager)
+    assert loopback.requests[-2]["messages"] == [{"role": "user", "content": "one two"}]
+    assert loopback.requests[-1]["max_tokens"] == 5
+    sent = len(loopback.requests)
+    with pytest.raises(PromptTooLongError, match="The prompt is 16 tokens, but model 'lb' "
+                                                 "reads at most 16"):
+        lm.generate(" ".join(["word"] * 16), model="lb", manager=manager)
+    assert len(loopback.requests) == sent + 1  # counted, never sent
+
+
+def test_a_server_that_cannot_count_tokens_gets_the_request_as_asked(manager, loopback):
+    loopback.max_model_len, loopback.tokenize = 16, False
+    manager.load(loopback.url, name="lb")
+    with pytest.raises(ServerError, match="answered 400: This model's maximum context length"):
+        lm.generate("one two three", model="lb", max_new_tokens=4000, manager=manager)
+    assert loopback.requests[-1]["max_tokens"] == 4000
+    lm.generate("one two three", model="lb", max_new_tokens=5, manager=manager)
+    assert [r.get("max_tokens") for r in loopback.requests] == [None, 4000, 5]  # asked once
+
+
+def test_a_served_demo_past_its_context_keeps_the_text_and_says_why(manager, served_demo):
+    """transformers serve gives no context and breaks the stream where the context ends."""
+    manager.load(served_demo.url, name="served", model=served_demo.model)
+    with pytest.raises(ServerError) as err:
+        lm.generate("The import statement", model="served", max_new_tokens=4000,
+                    manager=manager, stream=lambda piece: None)
+    message = str(err.value)
+    assert "\n" not in message and "context is probably full" in message, message
+    assert "a 3-token prompt and " in message and "partial text is kept" in message, message
+    partial = manager.last_generation
+    assert partial is not None and partial.text
+    new = int(message.split("a 3-token prompt and ")[1].split()[0])
+    assert 200 < new < 256  # the demo reads 256 positions
+    assert _workers() == [] and manager.is_loaded("served")
+    assert lm.generate("The import statement", model="served", max_new_tokens=3,
+                       manager=manager).stats.stop_reason == "length"
 
 
 def test_attention_on_a_served_model_is_a_clear_error(manager, loopback):

@@ -8,6 +8,13 @@ same generation path as a model in the kernel. When the stop event is set the
 stream is closed, even in the middle of a read, so an interrupt or a Stop
 button returns control within a fraction of a second.
 
+A generation ends at the model's context as it does in the kernel: where the
+model list gives the context (vLLM's ``max_model_len``) and the server counts
+a prompt's tokens (vLLM's ``/tokenize``), the request asks for no more tokens
+than fit, and ends with stop reason ``length``. Where the server says neither
+(``transformers serve``) and breaks the stream at the context, the partial
+text is kept and the error says that the context is probably full.
+
 The API key comes only from the environment variable the user names
 (``api_key_env``); it is read at load, handed to the client, and never stored
 in the model's facts, shown, logged or put in an error.
@@ -20,11 +27,18 @@ import logging
 import os
 import socket
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
-from ..errors import InvalidOptionError, MissingDependencyError, ServerError
+from ..errors import (
+    InvalidOptionError,
+    LLMMagicWarning,
+    MissingDependencyError,
+    PromptTooLongError,
+    ServerError,
+)
 from .base import Backend, GenerationJob, GenerationRequest, LoadSpec
 
 __all__ = ["OpenAIBackend", "OpenAIJob", "server_timeout"]
@@ -60,6 +74,12 @@ def server_timeout() -> float:
             f"LLM_MAGIC_SERVER_TIMEOUT={raw!r} is not a positive number of seconds."
         )
     return value
+
+
+def _httpx() -> Any:
+    import httpx  # the openai client's own HTTP library
+
+    return httpx
 
 
 def _openai() -> Any:
@@ -123,6 +143,13 @@ def _server_error(exc: BaseException, url: str, key_env: str | None) -> ServerEr
                        f"{type(exc).__name__}: {_one_line(str(exc), 160)}")
 
 
+def _context_of(entry: Any) -> int | None:
+    """The context length a model-list entry gives (vLLM: ``max_model_len``), else None."""
+    extra = getattr(entry, "model_extra", None) or {}
+    value = extra.get("max_model_len", getattr(entry, "max_model_len", None))
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def _check_url(url: str) -> str:
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -160,13 +187,17 @@ class OpenAIBackend(Backend):
     kind = "openai"
     resident = False
 
-    def __init__(self, spec: LoadSpec, client: Any, model: str, served: Sequence[str]) -> None:
+    def __init__(self, spec: LoadSpec, client: Any, model: str, served: Sequence[str],
+                 context_length: int | None = None) -> None:
         self.spec = spec
         self.url = spec.source.rstrip("/")
         self.model = model
         self.served = tuple(served)
         self.key_env = spec.api_key_env
+        #: Prompt and new tokens together, as the server's model list says (None: not said).
+        self.context_length = context_length
         self._client = client
+        self._tokenize = context_length is not None  # False once the server cannot count
 
     # -- what the manager asks before a load -------------------------------
 
@@ -198,13 +229,14 @@ class OpenAIBackend(Backend):
         client = openai.OpenAI(base_url=url, api_key=key, timeout=timeout, max_retries=0)
         del key
         try:
-            served = [m.id for m in client.models.list().data]
+            entries = list(client.models.list().data)
         except openai.OpenAIError as exc:
             client.close()
             raise _server_error(exc, url, spec.api_key_env) from None
         except BaseException:
             client.close()
             raise
+        served = [m.id for m in entries]
         model = spec.model
         listing = ", ".join(repr(s) for s in served[:10]) or "none"
         if model is None:
@@ -221,8 +253,9 @@ class OpenAIBackend(Backend):
                 f"Model {model!r} is not served at {url}; it serves {listing}. Pass one of "
                 "those as model='ID' (`--model ID`)."
             )
-        log.debug("%s serves %s", url, served)
-        return cls(spec, client, model, served)
+        context = next((_context_of(m) for m in entries if m.id == model), None)
+        log.debug("%s serves %s (context of %s: %s)", url, served, model, context)
+        return cls(spec, client, model, served, context)
 
     # -- facts -------------------------------------------------------------
 
@@ -232,7 +265,7 @@ class OpenAIBackend(Backend):
             "dtype": "server",
             "parameters": 0,
             "memory": 0,
-            "context_length": None,
+            "context_length": self.context_length,
             "chat": False,
             "architecture": self.model,
             "endpoint": self.url,
@@ -250,7 +283,6 @@ class OpenAIBackend(Backend):
             raise ServerError(f"The connection to {self.url} is closed; load the model again.")
         options: dict[str, Any] = {
             "model": self.model,
-            "max_tokens": request.max_new_tokens,
             "temperature": request.temperature,
             "stream": True,
             "stream_options": {"include_usage": True},
@@ -273,7 +305,53 @@ class OpenAIBackend(Backend):
         else:
             text = request.prompt
             options["prompt"] = f"{request.system}\n\n{text}" if request.system else text
-        return OpenAIJob(self, options, chat, stop_event)
+        prompt_tokens = self._count_prompt(options)
+        options["max_tokens"] = self._fit(prompt_tokens, request.max_new_tokens,
+                                          request.explicit_length)
+        job = OpenAIJob(self, options, chat, stop_event)
+        job.prompt_tokens = prompt_tokens or 0
+        return job
+
+    def _count_prompt(self, options: dict[str, Any]) -> int | None:
+        """The prompt's tokens, counted by the server (vLLM's ``/tokenize``), when it knows
+        its context; None when it cannot count."""
+        if not self._tokenize or self._client is None:
+            return None
+        body: dict[str, Any] = {"model": self.model}
+        if "messages" in options:
+            body.update(messages=options["messages"], add_generation_prompt=True)
+        else:
+            body["prompt"] = options["prompt"]
+        root = self.url.removesuffix("/v1")
+        try:
+            answer = self._client.with_options(base_url=root).post(
+                "/tokenize", body=body, cast_to=_httpx().Response)
+            count = answer.json()["count"]
+        except Exception as exc:  # no such endpoint: generate uncapped, as before
+            log.debug("%s cannot count tokens (%s); requests are not capped", root, exc)
+            self._tokenize = False
+            return None
+        return int(count)
+
+    def _fit(self, prompt_tokens: int | None, max_new_tokens: int, explicit: bool) -> int:
+        """At most the new tokens that fit in the context, as a model in the kernel does."""
+        ctx = self.context_length
+        if ctx is None or prompt_tokens is None:
+            return max_new_tokens
+        if prompt_tokens >= ctx:
+            raise PromptTooLongError(
+                f"The prompt is {prompt_tokens} tokens, but model {self.spec.name!r} reads at most "
+                f"{ctx}. Shorten the prompt or use a model with a longer context."
+            )
+        room = ctx - prompt_tokens
+        if max_new_tokens > room and explicit:
+            warnings.warn(
+                f"Only {room} new tokens fit after a {prompt_tokens}-token prompt in "
+                f"{self.spec.name!r}'s {ctx}-token context; generating {room}.",
+                LLMMagicWarning,
+                stacklevel=4,
+            )
+        return min(max_new_tokens, room)
 
 
 class OpenAIJob(GenerationJob):
@@ -345,6 +423,9 @@ class OpenAIJob(GenerationJob):
                 return
             if isinstance(exc, openai.APIStatusError | openai.APITimeoutError):
                 raise _server_error(exc, url, key_env) from None
+            if got and isinstance(exc, openai.APIError) and not isinstance(
+                    exc, openai.APIConnectionError):
+                raise self._context_full(exc, got) from None
             raise ServerError(
                 f"The model server at {url} broke the stream after {got} pieces of text "
                 f"({type(exc).__name__}: {_one_line(str(exc), 120)}); the partial text is kept."
@@ -360,6 +441,34 @@ class OpenAIJob(GenerationJob):
                 f"The model server at {url} ended the stream after {got} pieces of text without "
                 "saying that the generation finished; the partial text is kept."
             )
+
+    def _context_full(self, exc: Exception, got: int) -> ServerError:
+        """The error for a server that ended a generation with an error event mid-stream.
+
+        ``transformers serve`` does that when the context is full; it gives no
+        context length, so the prompt's tokens are asked for afterwards.
+        """
+        prompt = self.prompt_tokens or self._prompt_tokens_of_server()
+        self.prompt_tokens = prompt or 0
+        counts = (f"a {prompt}-token prompt and {got} new tokens" if prompt
+                  else f"{got} new tokens after the prompt")
+        return ServerError(
+            f"The model server at {self.backend.url} stopped the generation with an error "
+            f"({_one_line(str(exc), 80)}): the model's context is probably full ({counts}). "
+            "The partial text is kept; ask for fewer new tokens (-n) or a shorter prompt."
+        )
+
+    def _prompt_tokens_of_server(self) -> int | None:
+        """The prompt's length as the server counts it: its usage for one new token."""
+        options = {k: v for k, v in self.options.items() if k not in ("stream", "stream_options")}
+        options["max_tokens"] = 1
+        client = self.backend._client
+        try:
+            create = client.chat.completions.create if self.chat else client.completions.create
+            return int(create(**options).usage.prompt_tokens) or None
+        except Exception as exc:
+            log.debug("cannot count the prompt's tokens: %r", exc)
+            return None
 
     def _close_on_stop(self, stream: Any, finished: threading.Event) -> None:
         """Close the connection under a blocked read once the stop event is set."""
