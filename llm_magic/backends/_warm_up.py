@@ -2,9 +2,9 @@
 
 ``%load_ext llm_magic`` starts the warm-up (:func:`llm_magic.backends.warm_up`);
 the first load, and a cell that starts while it runs, wait for it (:func:`wait`)
-rather than import the same packages at the same time. Only
-modules are imported: nothing is put on a GPU (torch does not initialise CUDA
-on import) and no model is read.
+rather than import the same packages at the same time. Only modules are
+imported: nothing is put on a GPU (torch does not initialise CUDA on import)
+and no model is read.
 
 Python's import lock makes two threads importing one module safe, but two
 threads importing *different* parts of a package with circular imports inside
@@ -31,7 +31,7 @@ __all__ = ["HF_MODULES", "enabled", "import_modules", "running", "start", "start
 
 log = logging.getLogger("llm_magic.warm_up")
 
-#: What a first load of the demo or of a local causal LM imports, heaviest first.
+#: What a first load of the demo or of a local causal LM imports, in import order.
 #: ``modeling_utils`` pulls in generation, masking and ``torch.distributed.tensor``;
 #: the demo is a GPT-2, and the Auto classes are what a load of any causal LM uses.
 HF_MODULES = (
