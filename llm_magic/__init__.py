@@ -21,6 +21,7 @@ from typing import Any
 
 from . import monitor as _sampler_module
 from .analysis.attention import AttentionMap, attention, attention_max_tokens
+from .analysis.lens import LensMap, logit_lens
 from .analysis.tokens import Scores, TokenRecord, score
 from .errors import (
     BudgetExceededError,
@@ -54,6 +55,7 @@ __all__ = [
     "InvalidOptionError",
     "LLMMagicError",
     "LLMMagicWarning",
+    "LensMap",
     "MissingDependencyError",
     "ModelConflictError",
     "ModelHandle",
@@ -80,6 +82,7 @@ __all__ = [
     "last",
     "load",
     "load_ipython_extension",
+    "logit_lens",
     "models",
     "monitor",
     "panel",

@@ -64,6 +64,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 2: reads filter by model and order by time.
     ("CREATE INDEX generations_model ON generations (model, id)",
      "CREATE INDEX generations_started ON generations (started_at)"),
+    # 3: token records (logprobs=K) in compact form (_history_read.encode_records: ids as
+    # int32, log-probabilities as float32, per token), and where a branch came from.
+    ("ALTER TABLE generations ADD COLUMN logprobs INTEGER",
+     "ALTER TABLE generations ADD COLUMN logprobs_mode TEXT",
+     "ALTER TABLE generations ADD COLUMN tokens BLOB",
+     "ALTER TABLE generations ADD COLUMN parent INTEGER",
+     "ALTER TABLE generations ADD COLUMN branch_at INTEGER",
+     "CREATE INDEX generations_parent ON generations (parent)"),
 )
 
 #: The columns of a row, in the order :func:`select` returns them.
@@ -72,9 +80,11 @@ COLUMNS = (
     "revision", "commit_hash", "dtype", "device", "params", "seed", "system", "prompt", "output",
     "prompt_tokens", "new_tokens", "time_to_first_token", "duration", "tokens_per_second",
     "stop_reason", "llm_magic_version", "torch_version", "transformers_version",
+    "logprobs", "logprobs_mode", "tokens", "parent", "branch_at",
 )
 _END_COLUMNS = ("ended_at", "status", "error", "output", "prompt_tokens", "new_tokens",
-                "time_to_first_token", "duration", "tokens_per_second", "stop_reason")
+                "time_to_first_token", "duration", "tokens_per_second", "stop_reason",
+                "logprobs", "logprobs_mode", "tokens", "parent", "branch_at")
 
 _RETRIES = 10  # attempts of a write that finds the database busy, after the busy timeout
 _BUSY_TIMEOUT = 2.0  # seconds SQLite itself waits for another writer

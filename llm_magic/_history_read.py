@@ -1,15 +1,20 @@
 """What a history row holds: the values written, and what reading gives back.
 
 Rows, the table they render as, rerun results, and the values of a row as a
-generation starts and ends (credentials taken out). Private to
-:mod:`llm_magic.history`, which exports the public names.
+generation starts and ends (credentials taken out), with the token records in
+compact form (:func:`encode_records`). Private to :mod:`llm_magic.history`,
+which exports the public names.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from html import escape
@@ -17,13 +22,134 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._sizes import text_table
+from .backends.base import TokenRecord
 
 if TYPE_CHECKING:
     from .generation import Generation, PendingGeneration
     from .manager import ModelInfo
 
-__all__ = ["HistoryRow", "HistoryTable", "RerunResult", "end_values", "redact", "rerun_options",
-           "start_values", "versions"]
+__all__ = ["RECORD_TOLERANCE", "HistoryRow", "HistoryTable", "RerunResult", "branch_params",
+           "decode_records", "encode_records", "end_values", "notes", "parent_prompt_ids",
+           "record_difference", "redact", "rerun_options", "start_values", "versions"]
+
+#: How far a rerun's log-probabilities may be from the recorded ones and still match.
+RECORD_TOLERANCE = 1e-4
+
+
+# -- token records in compact form ----------------------------------------------
+
+_MAGIC = b"LMTR"
+_LAYOUT = 1
+_HEADER = struct.Struct("<4sHHI")  # magic, layout version, K, steps
+_EMPTY = -1  # a slot with no alternative (fewer than K were known)
+
+
+def encode_records(records: Sequence[TokenRecord], k: int) -> bytes:
+    """The records of one generation as one BLOB: 56 bytes a token at K=5, plus the texts.
+
+    Layout (little-endian), for ``n`` steps and ``w = 1 + K`` slots a step (the
+    chosen token, then the K alternatives likeliest first):
+
+    ======================  =================================================
+    12 bytes                ``b"LMTR"``, layout version (uint16), K (uint16),
+                            n (uint32)
+    int32 ``[n, w]``        token ids; -1 is an empty slot; ``<= -2`` a token
+                            the backend gave no id (its text is in the table)
+    float32 ``[n, w]``      natural-log probabilities (-inf: filtered out)
+    int32 ``[n]``           rank of the chosen token (0: unknown)
+    float32 ``[n]``         entropy in nats (NaN: unknown)
+    UTF-8 JSON              ``[[slot id, text], ...]``: each id used, once
+    ======================  =================================================
+
+    That is ``8 (K + 1) + 8`` bytes a token plus the distinct texts. The
+    numbers were float32 on the device, so storing float32 loses nothing.
+    """
+    k = max([k, *(len(r.top) for r in records)])
+    width = 1 + k
+    ids: list[int] = []
+    lps: list[float] = []
+    texts: dict[int, str] = {}
+    nameless: dict[str, int] = {}
+
+    def slot(token: int | None, text: str) -> int:
+        if token is None:
+            token = nameless.setdefault(text, -2 - len(nameless))
+        texts.setdefault(int(token), text)
+        return int(token)
+
+    for r in records:
+        ids.append(slot(r.id, r.text))
+        lps.append(r.logprob)
+        for token, text, lp in r.top[:k]:
+            ids.append(slot(token, text))
+            lps.append(lp)
+        pad = width - 1 - min(len(r.top), k)
+        ids += [_EMPTY] * pad
+        lps += [math.nan] * pad
+    n = len(records)
+    table = json.dumps(sorted(texts.items()), ensure_ascii=False, separators=(",", ":"))
+    return b"".join([
+        _HEADER.pack(_MAGIC, _LAYOUT, k, n),
+        struct.pack(f"<{n * width}i", *ids),
+        struct.pack(f"<{n * width}f", *lps),
+        struct.pack(f"<{n}i", *(r.rank or 0 for r in records)),
+        struct.pack(f"<{n}f", *(math.nan if r.entropy is None else r.entropy for r in records)),
+        table.encode("utf-8", "surrogatepass"),
+    ])
+
+
+def decode_records(blob: bytes) -> tuple[TokenRecord, ...]:
+    """The records :func:`encode_records` stored, as :class:`TokenRecord` again."""
+    magic, layout, k, n = _HEADER.unpack_from(blob)
+    if magic != _MAGIC or layout != _LAYOUT:
+        raise ValueError(f"not token records of layout {_LAYOUT} ({magic!r}, {layout})")
+    width, at = 1 + k, _HEADER.size
+    ids = struct.unpack_from(f"<{n * width}i", blob, at)
+    at += 4 * n * width
+    lps = struct.unpack_from(f"<{n * width}f", blob, at)
+    at += 4 * n * width
+    ranks = struct.unpack_from(f"<{n}i", blob, at)
+    entropies = struct.unpack_from(f"<{n}f", blob, at + 4 * n)
+    texts = {int(i): t for i, t in json.loads(blob[at + 8 * n:].decode("utf-8", "surrogatepass"))}
+
+    def named(token: int) -> int | None:
+        return token if token >= 0 else None
+
+    out = []
+    for step in range(n):
+        row = range(step * width, (step + 1) * width)
+        chosen, *alternatives = ((ids[i], lps[i]) for i in row)
+        top = tuple((named(i), texts[i], lp) for i, lp in alternatives if i != _EMPTY)
+        entropy = entropies[step]
+        out.append(TokenRecord(named(chosen[0]), texts[chosen[0]], chosen[1],
+                               ranks[step] or None, top,
+                               None if math.isnan(entropy) else entropy))
+    return tuple(out)
+
+
+def _same(a: TokenRecord, b: TokenRecord) -> bool:
+    def close(x: float, y: float) -> bool:
+        return x == y or abs(x - y) <= RECORD_TOLERANCE
+
+    return (a.id == b.id and close(a.logprob, b.logprob)
+            and [t[0] for t in a.top] == [t[0] for t in b.top]
+            and all(close(x[2], y[2]) for x, y in zip(a.top, b.top, strict=True)))
+
+
+def record_difference(old: Sequence[TokenRecord], new: Sequence[TokenRecord], *,
+                      partial: bool = False) -> int | None:
+    """The first position where the records differ; None when they match.
+
+    They match when the ids (chosen and alternatives) are equal and every
+    log-probability is within :data:`RECORD_TOLERANCE`. ``partial``: ``old``
+    was cut short, and only has to be the start of ``new``.
+    """
+    for i, (a, b) in enumerate(zip(old, new, strict=False)):
+        if not _same(a, b):
+            return i
+    if len(new) < len(old) or (not partial and len(new) != len(old)):
+        return min(len(old), len(new))
+    return None
 
 
 @dataclass(frozen=True)
@@ -64,6 +190,14 @@ class HistoryRow:
     llm_magic_version: str | None = None
     torch_version: str | None = None
     transformers_version: str | None = None
+    #: K, and which distribution the records show ("raw" or "sampled"); None: no records.
+    logprobs: int | None = None
+    logprobs_mode: str | None = None
+    #: The generation this one branched from (its id), and at which of its tokens.
+    parent: int | None = None
+    branch_at: int | None = None
+    #: The records as stored (see :func:`encode_records`); :attr:`tokens` decodes them.
+    token_blob: bytes | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_db(cls, values: dict[str, Any]) -> HistoryRow:
@@ -71,7 +205,13 @@ class HistoryRow:
         values["commit"] = values.pop("commit_hash", None)
         values["params"] = json.loads(values.get("params") or "{}")
         values["new_tokens"] = values.get("new_tokens") or 0
+        values["token_blob"] = values.pop("tokens", None)
         return cls(**values)
+
+    @functools.cached_property
+    def tokens(self) -> tuple[TokenRecord, ...] | None:
+        """The token records of the generation (``logprobs=K``), decoded on first use."""
+        return None if self.token_blob is None else decode_records(bytes(self.token_blob))
 
     @property
     def started(self) -> datetime:
@@ -141,10 +281,62 @@ def rerun_options(row: HistoryRow) -> dict[str, Any]:
         "temperature": p.get("temperature", 0.0), "top_p": p.get("top_p"),
         "top_k": p.get("top_k"), "seed": p.get("seed", row.seed), "stop": p.get("stop") or None,
         "system": p.get("system", row.system), "chat": p.get("chat"),
+        "logprobs": p.get("logprobs"), "logprobs_mode": p.get("logprobs_mode") or "raw",
     }
     if p.get("explicit_length", True) and p.get("max_new_tokens") is not None:
         options["max_new_tokens"] = p["max_new_tokens"]
     return options
+
+
+_OPTIONS = ("temperature", "top_p", "top_k", "seed", "stop", "system", "chat", "logprobs",
+            "logprobs_mode")
+
+
+def branch_params(row: HistoryRow) -> dict[str, Any]:
+    """The options of ``row`` as :attr:`Generation.params` holds them, to branch from it.
+
+    A branch's own row holds the request that continued it (the tokens left);
+    its whole length counts the tokens before the branch point and the chosen one.
+    """
+    p = row.params
+    params = {key: p.get(key) for key in _OPTIONS}
+    params["logprobs_mode"] = params["logprobs_mode"] or "raw"
+    total = p.get("max_new_tokens")
+    if total is not None and row.branch_at is not None:
+        total += row.branch_at + 1
+    params["max_new_tokens"] = total
+    return params
+
+
+def parent_prompt_ids(row: HistoryRow) -> tuple[int, ...] | None:
+    """The prompt's token ids of a branch's row (the ids before its output), if recorded."""
+    prefix, lead = row.params.get("prefix_ids"), row.params.get("lead_ids") or ()
+    if prefix is None:
+        return None
+    return tuple(int(i) for i in prefix[: len(prefix) - len(lead)])
+
+
+def notes(row: HistoryRow, info: ModelInfo) -> tuple[str, ...]:
+    """What differs between the recorded generation and a rerun now, and may change it."""
+    found = []
+    now = versions()
+    then = {"llm_magic": row.llm_magic_version, "torch": row.torch_version,
+            "transformers": row.transformers_version}
+    changed = [f"{lib} {then[lib] or '-'} then, {now[lib] or '-'} now"
+               for lib in ("llm_magic", "torch", "transformers") if then[lib] != now[lib]]
+    if changed:
+        found.append("Library versions differ (" + "; ".join(changed) + "): the output may "
+                     "differ for that reason alone.")
+    if (row.device, row.dtype) != (info.device, info.dtype):
+        found.append(f"It ran on {row.device} in {row.dtype}; this rerun on {info.device} in "
+                     f"{info.dtype}: the output may differ for that reason.")
+    if float(row.params.get("temperature") or 0) > 0 and row.seed is None:
+        found.append("It sampled without a seed: a rerun is not expected to match. Give a "
+                     "seed (--seed) to make sampling reproducible.")
+    if row.status != "ok":
+        found.append(f"It ended as {row.status!r} after {row.new_tokens} tokens: its partial "
+                     "output is compared with the start of the rerun.")
+    return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -152,7 +344,9 @@ class RerunResult:
     """A recorded generation run again: the original row, the new generation, and the verdict.
 
     ``matches`` is True when the new text equals the recorded output (or, for
-    a generation that was cut short, starts with it). ``notes`` say what
+    a generation that was cut short, starts with it). ``records_match`` says
+    the same of the token records, when the generation had them: the same ids
+    and log-probabilities within :data:`RECORD_TOLERANCE`. ``notes`` say what
     differs between then and now (library versions, device, dtype, no seed).
     """
 
@@ -176,9 +370,46 @@ class RerunResult:
         return next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(old), len(new)))
 
     @property
+    def first_record_difference(self) -> int | None:
+        """The first token whose record differs; None when they match or there are none."""
+        old, new = self.original.tokens, self.generation.tokens
+        if old is None:
+            return None
+        return record_difference(old, new or (), partial=self.original.status != "ok")
+
+    @property
+    def records_match(self) -> bool | None:
+        """Whether the token records match too; None when the original had none."""
+        if self.original.tokens is None:
+            return None
+        return self.first_record_difference is None
+
+    def _records_line(self) -> list[str]:
+        if self.records_match is None:
+            return []
+        if self.records_match:
+            return ["The token records match too (ids equal, log-probabilities within "
+                    f"{RECORD_TOLERANCE:g})."]
+        at = self.first_record_difference or 0
+        old, new = self.original.tokens or (), self.generation.tokens or ()
+
+        def shown(records: Sequence[TokenRecord]) -> str:
+            if at >= len(records):
+                return "no record"
+            r = records[at]
+            return f"id {r.id} {r.text!r} log-probability {r.logprob:.5f}"
+
+        return [f"The token records differ from token {at} on (then {shown(old)}; now "
+                f"{shown(new)})."]
+
+    @property
     def message(self) -> str:
         as_id = "" if self.generation.id is None else f" as generation {self.generation.id}"
-        head = f"Generation {self.original.id} ran again on {self.generation.model!r}{as_id}: "
+        what = "" if self.original.branch_at is None else (
+            f" (a branch of generation {self.original.parent} at token "
+            f"{self.original.branch_at}, branched again)")
+        head = (f"Generation {self.original.id}{what} ran again on "
+                f"{self.generation.model!r}{as_id}: ")
         if self.matches:
             lines = [head + "the output matches."]
         else:
@@ -186,6 +417,7 @@ class RerunResult:
             lines = [head + f"the output differs from character {at} on.",
                      f"  then: {self.original.output[at:at + 60]!r}",
                      f"  now:  {self.generation.text[at:at + 60]!r}"]
+        lines += self._records_line()
         return "\n".join(lines + [f"Note: {n}" for n in self.notes])
 
     def __str__(self) -> str:
@@ -196,7 +428,7 @@ class RerunResult:
 
     def _repr_html_(self) -> str:
         lines = self.message.splitlines()
-        verdict = "✓" if self.matches else "✗"
+        verdict = "✓" if self.matches and self.records_match is not False else "✗"
         rest = "".join(f"<br><small>{escape(line)}</small>" for line in lines[1:])
         return (f"<div class='llm-magic-rerun'><b>{verdict}</b> {escape(lines[0])}{rest}"
                 f"<pre style='white-space:pre-wrap'>{escape(self.generation.text)}</pre></div>")
@@ -265,9 +497,16 @@ def end_values(gen: Generation, error: str | None) -> dict[str, Any]:
     """The columns that complete a generation's row at its end."""
     stats = gen.stats
     status = "error" if error else ("interrupted" if gen.interrupted else "ok")
+    records = gen.tokens
+    k = int(gen.params.get("logprobs") or 0) if records is not None else None
+    if records is not None and not k:
+        k = max((len(r.top) for r in records), default=1)
     return {
         "ended_at": time.time(), "status": status, "error": error, "output": gen.text,
         "prompt_tokens": stats.prompt_tokens, "new_tokens": stats.new_tokens,
         "time_to_first_token": stats.time_to_first_token, "duration": stats.duration,
         "tokens_per_second": stats.tokens_per_second, "stop_reason": stats.stop_reason,
+        "logprobs": k, "logprobs_mode": gen.logprobs_mode,
+        "tokens": None if records is None or k is None else encode_records(records, k),
+        "parent": gen.parent, "branch_at": gen.branch_at,
     }

@@ -37,11 +37,13 @@ from ._history_read import (
     HistoryRow,
     HistoryTable,
     RerunResult,
+    branch_params,
     end_values,
+    notes,
+    parent_prompt_ids,
     redact,
     rerun_options,
     start_values,
-    versions,
 )
 from .errors import InvalidOptionError, LLMMagicWarning, ModelNotLoadedError
 from .events import Event, subscribe_everywhere
@@ -535,34 +537,19 @@ def _model_for(manager: ModelManager, row: HistoryRow) -> str:
     )
 
 
-def _notes(row: HistoryRow, info: ModelInfo) -> tuple[str, ...]:
-    notes = []
-    now = versions()
-    then = {"llm_magic": row.llm_magic_version, "torch": row.torch_version,
-            "transformers": row.transformers_version}
-    changed = [f"{lib} {then[lib] or '-'} then, {now[lib] or '-'} now"
-               for lib in ("llm_magic", "torch", "transformers") if then[lib] != now[lib]]
-    if changed:
-        notes.append("Library versions differ (" + "; ".join(changed) + "): the output may "
-                     "differ for that reason alone.")
-    if (row.device, row.dtype) != (info.device, info.dtype):
-        notes.append(f"It ran on {row.device} in {row.dtype}; this rerun on {info.device} in "
-                     f"{info.dtype}: the output may differ for that reason.")
-    if float(row.params.get("temperature") or 0) > 0 and row.seed is None:
-        notes.append("It sampled without a seed: a rerun is not expected to match. Give a "
-                     "seed (--seed) to make sampling reproducible.")
-    if row.status != "ok":
-        notes.append(f"It ended as {row.status!r} after {row.new_tokens} tokens: its partial "
-                     "output is compared with the start of the rerun.")
-    return tuple(notes)
-
-
 def rerun(id: int, *, stream: Any = None, manager: ModelManager | None = None) -> RerunResult:
     """Run a recorded generation again: same model, revision, parameters and seed.
 
     The rerun is itself recorded. Greedy and seeded generations on the same
     machine and library versions give the same text; the result says whether
-    they did, and notes what differs (library versions, device, dtype).
+    they did, and notes what differs (library versions, device, dtype). A
+    generation with token records (``logprobs=K``) reruns with the same K and
+    mode, and the result says whether the records match too.
+
+    A branch (``Generation.branch``) is branched again: from its parent's
+    recorded tokens, at the same position, with the same token, so it
+    continues from the same ids. When the parent's row is gone, the rerun is
+    refused with a message that says so.
 
     Parameters
     ----------
@@ -594,6 +581,42 @@ def rerun(id: int, *, stream: Any = None, manager: ModelManager | None = None) -
     manager = manager or get_manager()
     name = _model_for(manager, row)
     info = manager.info(name)
-    gen = generate(row.prompt, model=name, stream=stream, manager=manager, **rerun_options(row))
-    return RerunResult(original=row, generation=gen, notes=_notes(row, info))
+    if row.branch_at is not None or row.params.get("lead_ids"):
+        gen = _rebranch(row, name, stream, manager)
+    else:
+        gen = generate(row.prompt, model=name, stream=stream, manager=manager,
+                       **rerun_options(row))
+    return RerunResult(original=row, generation=gen, notes=notes(row, info))
+
+
+def _rebranch(row: HistoryRow, name: str, stream: Any, manager: ModelManager) -> Generation:
+    """Branch the parent of ``row`` again where ``row`` branched, with the token it chose."""
+    from ._history_db import HistoryError
+    from .generation import Generation, GenerationStats, branch
+
+    parent = None
+    if row.parent is not None:
+        found = _read(row_id=row.parent, limit=1)[1]
+        parent = found[0] if found else None
+    chosen = row.tokens[row.branch_at] if row.tokens and row.branch_at is not None and \
+        row.branch_at < len(row.tokens) else None
+    tokens = parent.tokens if parent is not None else None
+    if parent is None or tokens is None or chosen is None or row.branch_at is None \
+            or row.branch_at >= len(tokens):
+        whence = (f"generation {row.parent}, which is no longer in the history"
+                  if row.parent is not None else "a generation that was not recorded")
+        raise HistoryError(
+            f"Generation {row.id} is a branch of {whence}, so it cannot be branched again. "
+            "Generate the original again with logprobs and branch it (g.branch(position, "
+            "token)).")
+    stats = GenerationStats(prompt_tokens=parent.prompt_tokens or 0,
+                            new_tokens=parent.new_tokens, time_to_first_token=None,
+                            tokens_per_second=None, duration=parent.duration or 0.0,
+                            stop_reason=parent.stop_reason or parent.status)
+    original = Generation(text=parent.output, prompt=parent.prompt, model=name, stats=stats,
+                          params=branch_params(parent), id=parent.id, tokens=tokens,
+                          parent=parent.parent, branch_at=parent.branch_at,
+                          prompt_ids=parent_prompt_ids(row))
+    token = chosen.id if chosen.id is not None else chosen.text
+    return branch(original, row.branch_at, token, stream=stream, manager=manager)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from html import escape
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,8 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import llm_magic as lm
 from llm_magic import _history_db as db
+from llm_magic._history_read import decode_records, encode_records
+from llm_magic.backends.base import TokenRecord
 from llm_magic.errors import (
     InvalidOptionError,
     LLMMagicWarning,
@@ -30,6 +34,7 @@ from llm_magic.generation import (
     Generation,
     GenerationStats,
     PendingGeneration,
+    branch,
     generate,
     generate_batch,
     make_request,
@@ -339,6 +344,7 @@ def test_rerun_reproduces_greedy_and_seeded(store, manager, tiny, options):
 
 def test_rerun_says_when_it_differs_and_why(store, manager, tiny):
     g = generate("The import statement", max_new_tokens=16, temperature=1.0, manager=manager)
+    HISTORY._recorder.flush()  # the end of the row is written first, then changed here
     con = sqlite3.connect(store)
     with con:
         con.execute("UPDATE generations SET output = 'not what it said', torch_version = '1.0.0'"
@@ -348,7 +354,8 @@ def test_rerun_says_when_it_differs_and_why(store, manager, tiny):
     assert not again.matches and again.first_difference == 0
     text = str(again)
     assert "differs" in text and "torch 1.0.0 then" in text and "without a seed" in text
-    assert "&" not in again._repr_html_().replace("&#x27;", "")
+    page = again._repr_html_()
+    assert escape(again.generation.text) in page and "not what it said" in page
 
 
 def test_rerun_says_what_to_load(store, manager, tiny, tiny_llama, tiny_gpt2):
@@ -365,6 +372,159 @@ def test_rerun_says_what_to_load(store, manager, tiny, tiny_llama, tiny_gpt2):
     assert rerun(g.id, manager=manager).generation.model == "other"
 
 
+# -- token records and branches ----------------------------------------------------
+
+
+def blob_size(n: int, k: int, table: bytes) -> int:
+    """The documented layout: a 12-byte header, (1 + K) int32 ids and float32 log-probs,
+    an int32 rank and a float32 entropy per token, then the texts."""
+    return 12 + n * (8 * (1 + k) + 8) + len(table)
+
+
+def table_of(blob: bytes, n: int, k: int) -> bytes:
+    return blob[12 + n * (8 * (1 + k) + 8):]
+
+
+def test_records_round_trip_through_the_compact_form():
+    inf = float("-inf")
+    records = (
+        TokenRecord(7, " the", -0.25, 1, ((7, " the", -0.25), (9, "\\xe2", -1.5),
+                                          (11, "<b>", -2.0)), 0.75),
+        TokenRecord(9, "\\xe2", -1.5, 3, ((3, "naïve", -0.5), (4, "naïve", -1.0),
+                                            (9, "\\xe2", -1.5)), None),  # two ids, one text
+        TokenRecord(None, "served", -3.0, None, ((None, "served", -3.0), (None, "x", inf))),
+        TokenRecord(5, "\n", -0.5, 1, ((5, "\n", -0.5),), 0.0),  # fewer than K alternatives
+    )
+    blob = encode_records(records, 3)
+    assert decode_records(blob) == records
+    assert len(blob) == blob_size(4, 3, table_of(blob, 4, 3))
+    table = json.loads(table_of(blob, 4, 3))  # each id's text once; nameless ones by text
+    assert sorted(i for i, _ in table) == [-3, -2, 3, 4, 5, 7, 9, 11]
+    assert decode_records(encode_records((), 5)) == ()
+    with pytest.raises(ValueError, match="not token records"):
+        decode_records(b"XXXX" + blob[4:])
+
+
+def test_records_are_stored_compactly_and_read_back_equal(store, manager, tiny):
+    g = generate("The import statement", max_new_tokens=12, logprobs=5, manager=manager)
+    (raw,) = rows(store)
+    assert (raw["logprobs"], raw["logprobs_mode"], raw["parent"], raw["branch_at"]) == (
+        5, "raw", None, None)
+    blob = raw["tokens"]
+    assert len(blob) == blob_size(12, 5, table_of(blob, 12, 5))
+    assert len(blob) - len(table_of(blob, 12, 5)) - 12 == 56 * 12  # 56 bytes a token at K=5
+    row = get(g.id)
+    assert row.tokens == g.tokens  # float32 in, float32 out: nothing lost
+    assert (row.logprobs, row.logprobs_mode) == (5, "raw")
+    assert "token_blob" not in repr(row)
+    plain = generate("Hello", max_new_tokens=3, manager=manager)
+    row = get(plain.id)
+    assert (row.tokens, row.logprobs, row.logprobs_mode, row.parent) == (None, None, None, None)
+
+
+def test_sampled_records_and_a_batch_are_stored(store, manager, tiny):
+    g = generate("The import statement", max_new_tokens=8, temperature=0.8, top_k=5, seed=4,
+                 logprobs=8, logprobs_mode="sampled", manager=manager)
+    row = get(g.id)
+    assert row.tokens == g.tokens and row.logprobs_mode == "sampled"
+    assert any(lp == float("-inf") for r in row.tokens for _, _, lp in r.top)  # cut by top-k
+    gens = generate_batch(["A list", "A dict"], max_new_tokens=4, logprobs=2, manager=manager)
+    assert [get(x.id).tokens for x in gens] == [x.tokens for x in gens]
+
+
+@pytest.mark.parametrize("options", [
+    {"temperature": 0.0, "logprobs": 5},
+    {"temperature": 0.9, "top_k": 30, "seed": 3, "logprobs": 4, "logprobs_mode": "sampled"},
+])
+def test_rerun_repeats_the_records_and_says_they_match(store, manager, tiny, options):
+    g = generate("The import statement", max_new_tokens=10, manager=manager, **options)
+    again = rerun(g.id, manager=manager)
+    new = again.generation
+    assert again.matches and again.records_match and again.first_record_difference is None
+    assert new.params["logprobs"] == options["logprobs"]
+    assert new.logprobs_mode == options.get("logprobs_mode", "raw")
+    assert [r.id for r in new.tokens] == [r.id for r in g.tokens]
+    assert "token records match too" in str(again)
+    plain = rerun(generate("Hello", max_new_tokens=3, manager=manager).id, manager=manager)
+    assert plain.records_match is None and "records" not in str(plain)
+
+
+def test_rerun_says_where_the_records_differ(store, manager, tiny):
+    g = generate("The import statement", max_new_tokens=10, logprobs=3, manager=manager)
+    changed = list(g.tokens)
+    changed[4] = dataclasses.replace(changed[4], logprob=changed[4].logprob - 0.01)
+    close = list(g.tokens)
+    close[2] = dataclasses.replace(close[2], logprob=close[2].logprob + 5e-5)  # within 1e-4
+    HISTORY._recorder.flush()  # the end of the row is written first, then changed here
+    for records, expected in ((close, None), (changed, 4)):
+        con = sqlite3.connect(store)
+        with con:
+            con.execute("UPDATE generations SET tokens = ? WHERE id = ?",
+                        (encode_records(records, 3), g.id))
+        con.close()
+        again = rerun(g.id, manager=manager)
+        assert again.matches and again.first_record_difference == expected
+    assert again.records_match is False
+    text = str(again)
+    assert "token records differ from token 4 on" in text and "then id" in text
+    assert "✗" in again._repr_html_()
+
+
+def test_a_branch_is_recorded_with_its_parent_and_reruns_as_a_branch(store, manager, tiny):
+    g = generate("The import statement", max_new_tokens=10, temperature=0.9, top_k=40, seed=6,
+                 logprobs=4, manager=manager)
+    b = branch(g, 3, g.tokens[3].top[1][0], manager=manager)
+    c = branch(b, 7, b.tokens[7].top[2][0], manager=manager)  # a branch of a branch
+    last = branch(g, 9, g.tokens[9].top[1][0], manager=manager)  # nothing left to generate
+    for gen, parent, at in ((b, g.id, 3), (c, b.id, 7), (last, g.id, 9)):
+        row = get(gen.id)
+        assert (row.parent, row.branch_at, row.tokens) == (parent, at, gen.tokens)
+        assert row.output == gen.text
+        again = rerun(gen.id, manager=manager)
+        assert again.matches and again.records_match, str(again)
+        new = again.generation
+        assert (new.parent, new.branch_at) == (parent, at) and new.id != gen.id
+        assert [r.id for r in new.tokens] == [r.id for r in gen.tokens]
+        assert f"a branch of generation {parent} at token {at}" in str(again)
+    children = [r["id"] for r in rows(store, f"parent = {g.id}")]
+    assert b.id in children and last.id in children
+
+
+def test_a_branch_whose_parent_is_gone_says_so(store, manager, tiny):
+    g = generate("The import statement", max_new_tokens=6, logprobs=2, manager=manager)
+    b = branch(g, 2, g.tokens[2].top[1][0], manager=manager)
+    HISTORY._recorder.flush()
+    con = sqlite3.connect(store)
+    with con:
+        con.execute("DELETE FROM generations WHERE id = ?", (g.id,))
+    con.close()
+    with pytest.raises(db.HistoryError, match=rf"branch of generation {g.id}, which is no "
+                                              "longer in the history.*g.branch"):
+        rerun(b.id, manager=manager)
+
+
+def test_an_interrupted_generation_keeps_records_of_its_partial_output(store, manager,
+                                                                       long_model):
+    manager.load(str(long_model), name="long")
+    stop = threading.Event()
+    pieces: list[str] = []
+
+    def receive(piece: str) -> None:
+        pieces.append(piece)
+        if len(pieces) >= 4:
+            stop.set()
+
+    g = generate("Hello", model="long", max_new_tokens=200, temperature=1.0, seed=2, logprobs=3,
+                 stream=receive, stop_event=stop, manager=manager)
+    assert g.interrupted and 0 < len(g.tokens) < 200
+    row = get(g.id)
+    assert row.status == "interrupted" and row.tokens == g.tokens
+    assert row.new_tokens == len(row.tokens)
+    again = rerun(g.id, manager=manager)
+    assert len(again.generation.tokens) == 200
+    assert again.matches and again.records_match  # the partial records start the rerun's
+
+
 # -- migrations --------------------------------------------------------------------
 
 
@@ -376,7 +536,7 @@ def test_migrations_from_an_empty_file(tmp_path):
     columns = [r[1] for r in con.execute("PRAGMA table_info(generations)")]
     assert columns == list(db.COLUMNS)
     indexes = {r[1] for r in con.execute("PRAGMA index_list(generations)")}
-    assert {"generations_model", "generations_started"} <= indexes
+    assert {"generations_model", "generations_started", "generations_parent"} <= indexes
     assert db.migrate(con) == len(db.MIGRATIONS)  # a second time is a no-op
     con.close()
 
@@ -394,6 +554,16 @@ def test_migrations_from_every_earlier_version(tmp_path, version):
     (got,) = db.select(con, row_id=row_id)
     row = HistoryRow.from_db(dict(zip(db.COLUMNS, got, strict=True)))
     assert (row.prompt, row.output, row.status, row.params) == ("kept", "out", "ok", {"seed": 3})
+    assert (row.tokens, row.logprobs, row.parent, row.branch_at) == (None, None, None, None)
+    # The new columns take what a generation with records and a parent writes.
+    records = (TokenRecord(1, "a", -0.5, 1, ((1, "a", -0.5), (2, "b", -1.0)), 0.75),)
+    child_id = db.insert(con, {"started_at": 2.0, "model": "m", "prompt": "p"})
+    db.complete(con, child_id, {"status": "ok", "logprobs": 2, "logprobs_mode": "raw",
+                                "tokens": encode_records(records, 2), "parent": row_id,
+                                "branch_at": 0})
+    (got,) = db.select(con, row_id=child_id)
+    child = HistoryRow.from_db(dict(zip(db.COLUMNS, got, strict=True)))
+    assert (child.tokens, child.parent, child.branch_at, child.logprobs) == (records, row_id, 0, 2)
     con.close()
 
 

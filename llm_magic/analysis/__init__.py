@@ -4,7 +4,9 @@ One family of analyses, each a Python call with a notebook view:
 
 - :mod:`~llm_magic.analysis.attention`: every head's attention over a sequence;
 - :mod:`~llm_magic.analysis.tokens`: each token's probability and its likeliest
-  alternatives, for a generation (``logprobs=K``) or a given text (:func:`score`).
+  alternatives, for a generation (``logprobs=K``) or a given text (:func:`score`);
+- :mod:`~llm_magic.analysis.lens`: the logit lens, what every layer would predict
+  if it were the last (:func:`logit_lens`), exact and self-checked.
 
 Examples
 --------
@@ -16,7 +18,8 @@ Examples
 from __future__ import annotations
 
 from .attention import AttentionMap, attention, attention_max_tokens, last_attention
+from .lens import LensMap, logit_lens
 from .tokens import Scores, TokenRecord, score
 
-__all__ = ["AttentionMap", "Scores", "TokenRecord", "attention", "attention_max_tokens",
-           "last_attention", "score"]
+__all__ = ["AttentionMap", "LensMap", "Scores", "TokenRecord", "attention",
+           "attention_max_tokens", "last_attention", "logit_lens", "score"]

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = ["AttentionCapture", "Backend", "BatchResult", "GenerationJob", "GenerationRequest",
-           "LOGPROBS_MODES", "MAX_LOGPROBS", "LoadSpec", "ScoreCapture", "TokenRecord",
-           "check_logprobs"]
+           "LOGPROBS_MODES", "LensCapture", "MAX_LOGPROBS", "LoadSpec", "ScoreCapture",
+           "TokenRecord", "check_logprobs"]
 
 #: What a token record's probabilities describe: the model's own distribution
 #: (softmax of the raw logits) or the one sampled from (after temperature, top-k, top-p).
@@ -209,6 +209,47 @@ class AttentionCapture:
     pooled: np.ndarray
 
 
+@dataclass(frozen=True, eq=False)
+class LensCapture:
+    """The logit lens of one forward pass, as plain numpy data.
+
+    Rows are the embeddings (row 0), then each block's output; the last row is
+    the model's own output distribution. Position t predicts token t + 1.
+
+    Attributes
+    ----------
+    ids : tuple of int
+        The token ids of the sequence.
+    texts : tuple of str
+        Each token's text on its own.
+    top_ids, top_probs : numpy.ndarray
+        (rows, T, k): the k likeliest tokens of each row and position (int32, float32).
+    final_prob, entropy, kl : numpy.ndarray
+        (rows, T) float32: the probability of the final prediction (the last row's
+        top token), the entropy in nats, the KL divergence from the final distribution.
+    final_rank : numpy.ndarray
+        (rows, T) int32: the final prediction's rank (1 = likeliest).
+    vocab : dict of int to str
+        The text of every id in ``ids`` and ``top_ids``.
+    vocab_size : int
+        Size of the output vocabulary.
+    check : float
+        How far the lens of the last block was from the model's logits (the self-check).
+    """
+
+    ids: tuple[int, ...]
+    texts: tuple[str, ...]
+    top_ids: np.ndarray
+    top_probs: np.ndarray
+    final_prob: np.ndarray
+    final_rank: np.ndarray
+    entropy: np.ndarray
+    kl: np.ndarray
+    vocab: dict[int, str]
+    vocab_size: int
+    check: float
+
+
 class GenerationJob(abc.ABC):
     """One generation, prepared and ready to run.
 
@@ -361,6 +402,20 @@ class Backend(abc.ABC):
         raise NotAvailableError(
             f"The {self.kind!r} backend cannot score a given text; load the model in this "
             "kernel (a local directory, a cached hub id or 'demo')."
+        )
+
+    def logit_lens(self, source: str | Sequence[int], *, top: int,
+                   max_tokens: int) -> LensCapture:
+        """The exact logit lens of one forward pass over ``source`` (a text or token ids).
+
+        Raises :class:`~llm_magic.errors.InvalidOptionError` past ``max_tokens``,
+        and :class:`~llm_magic.errors.NotAvailableError` for a model whose lens
+        does not reproduce its own logits.
+        """
+        raise NotAvailableError(
+            f"The {self.kind!r} backend has no logit lens (it needs every layer's hidden "
+            "state); load the model in this kernel (a local directory, a cached hub id or "
+            "'demo')."
         )
 
     def token_id(self, text: str) -> int:

@@ -601,6 +601,21 @@ class HFBackend(Backend):
                                    max_tokens=max_tokens or 1_000_000,
                                    context_length=self.context_length)
 
+    def logit_lens(self, source: str | Sequence[int], *, top: int, max_tokens: int) -> Any:
+        """The exact, self-checked logit lens of one forward pass (see ``backends/_lens``)."""
+        from . import _lens
+
+        self._check_generates()
+        if isinstance(source, str):
+            if not source.strip():
+                raise InvalidOptionError("The text is empty: write some text to look at.")
+            ids = self.tokenizer(source, add_special_tokens=True, verbose=False)["input_ids"]
+        else:
+            ids = list(source)
+        with _out_of_memory_guard(repr(self.spec.name), self.device):
+            return _lens.lens(self.model, self.tokenizer, ids, top=top, max_tokens=max_tokens,
+                              context_length=self.context_length)
+
     def token_id(self, text: str) -> int:
         """The id of ``text`` when the tokenizer makes exactly one token of it."""
         ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]

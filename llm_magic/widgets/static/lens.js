@@ -1,0 +1,419 @@
+// The logit lens view of llm_magic: a canvas grid of layers (last on top) by positions,
+// each cell shaded by the chosen metric and labelled with its top token; the next tokens
+// along the top (starred where the final prediction is right), the input tokens along the
+// bottom. Hover or focus a cell to read its top-k. The lens arrives once, as binary
+// buffers; every token is set with textContent (or drawn as canvas text), never as markup.
+
+// The colour ramp of llm_magic/analysis/_heatmap.py (0 -> white, 1 -> dark blue).
+const RAMP = [[255, 255, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]];
+const METRICS = [
+  ["probability", "probability of the final prediction"],
+  ["rank", "rank of the final prediction (log)"],
+  ["entropy", "entropy"],
+  ["kl", "KL to the final layer"],
+];
+const LEGENDS = {
+  probability: "darker = the final prediction is likelier at this layer",
+  rank: "darker = the final prediction ranks higher at this layer (log scale)",
+  entropy: "darker = a more uncertain layer (entropy over its largest, log vocabulary)",
+  kl: "darker = further from the final distribution (KL, over the grid's largest)",
+};
+const CELL_H = 22; // pixels of a row
+const WIDE = 60; // pixels of a column while the grid fits in MAX_WIDTH
+const MAX_WIDTH = 16000; // pixels of the whole grid at most (the page scrolls it)
+const TEXT_MIN = 24; // columns this wide get their top token drawn in the cell
+const LABEL_MIN = 10; // columns this wide get DOM labels along the top and bottom
+const SHOWN = { "\n": "\u21b5", "\t": "\u21e5", "\r": "\u240d" };
+
+function makePalette() {
+  const out = new Uint8ClampedArray(255 * 3);
+  for (let i = 0; i < 255; i++) {
+    const x = (i / 254) * (RAMP.length - 1);
+    const k = Math.min(Math.floor(x), RAMP.length - 2);
+    const f = x - k;
+    for (let c = 0; c < 3; c++) {
+      out[i * 3 + c] = Math.round(RAMP[k][c] + (RAMP[k + 1][c] - RAMP[k][c]) * f);
+    }
+  }
+  return out;
+}
+const PALETTE = makePalette();
+
+let HALF = null;
+function halfTable() {
+  if (HALF) return HALF;
+  HALF = new Float32Array(65536);
+  for (let h = 0; h < 65536; h++) {
+    const sign = h & 0x8000 ? -1 : 1;
+    const e = (h >> 10) & 0x1f;
+    const m = h & 0x3ff;
+    let v;
+    if (e === 0) v = m * 2 ** -24;
+    else if (e === 31) v = m ? NaN : Infinity;
+    else v = (1 + m / 1024) * 2 ** (e - 15);
+    HALF[h] = sign * v;
+  }
+  return HALF;
+}
+
+function asView(value) {
+  if (!value) return new DataView(new ArrayBuffer(0));
+  if (value instanceof DataView) return value;
+  if (value instanceof ArrayBuffer) return new DataView(value);
+  if (ArrayBuffer.isView(value)) return new DataView(value.buffer, value.byteOffset, value.byteLength);
+  return new DataView(new ArrayBuffer(0));
+}
+
+function halves(value) {
+  const view = asView(value);
+  const n = view.byteLength >> 1;
+  const table = halfTable();
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = table[view.getUint16(2 * i, true)];
+  return out;
+}
+
+function int32s(value) {
+  const view = asView(value);
+  const n = view.byteLength >> 2;
+  const out = new Int32Array(n);
+  for (let i = 0; i < n; i++) out[i] = view.getInt32(4 * i, true);
+  return out;
+}
+
+function bytesOf(value) {
+  const view = asView(value);
+  return new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
+}
+
+function visible(text) {
+  let out = "";
+  for (const ch of text) {
+    const code = ch.codePointAt(0);
+    if (SHOWN[ch]) out += SHOWN[ch];
+    else if (code < 32 || code === 127) out += `\\x${code.toString(16).padStart(2, "0")}`;
+    else out += ch;
+  }
+  return out;
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function percent(p) {
+  return `${(100 * p).toFixed(p >= 0.1 ? 1 : 2)}%`;
+}
+
+function render({ model, el: root }) {
+  const box = el("div", "llm-lens");
+  const bar = el("div", "llm-lens-bar");
+  const title = el("span", "llm-lens-title");
+  const metricSelect = el("select", "llm-lens-metric");
+  for (const [value, label] of METRICS) metricSelect.append(new Option(label, value));
+  const metricLabel = el("label", "", "Shade by ");
+  metricLabel.append(metricSelect);
+  const strideSelect = el("select", "llm-lens-stride");
+  const strideLabel = el("label", "", " Layer stride ");
+  strideLabel.append(strideSelect);
+  bar.append(title, metricLabel, strideLabel);
+  const legend = el("div", "llm-lens-legend");
+
+  const scroll = el("div", "llm-lens-scroll");
+  const plot = el("div", "llm-lens-plot");
+  const nextLabels = el("div", "llm-lens-next llm-lens-axis");
+  const rowLabels = el("div", "llm-lens-rows");
+  const canvas = el("canvas", "llm-lens-grid");
+  canvas.tabIndex = 0;
+  canvas.setAttribute("role", "img");
+  const inputLabels = el("div", "llm-lens-inputs llm-lens-axis");
+  plot.append(el("div", "llm-lens-corner", "next \u2192"), nextLabels, rowLabels, canvas,
+    el("div", "llm-lens-corner", "input \u2192"), inputLabels);
+  scroll.append(plot);
+  const hover = el("div", "llm-lens-hover");
+  box.append(bar, legend, scroll, hover);
+  root.append(box);
+
+  // Decoded once per change of the lens buffers.
+  let lens = null;
+  let shown = []; // row indices on screen, top (last layer) first
+  let cellW = WIDE;
+  let current = null; // { row, pos } under the pointer or the keyboard focus
+
+  function decode() {
+    const rows = model.get("layers").length;
+    const size = model.get("size");
+    const k = model.get("top_k");
+    const ids = int32s(model.get("top_ids"));
+    const texts = new Map();
+    const known = int32s(model.get("vocab_ids"));
+    const words = model.get("vocab_texts") || [];
+    known.forEach((id, i) => texts.set(id, words[i]));
+    lens = {
+      rows, size, k, ids, texts,
+      probs: halves(model.get("top_probs")),
+      prob: halves(model.get("final_prob")),
+      rank: int32s(model.get("final_rank")),
+      entropy: halves(model.get("entropy")),
+      kl: halves(model.get("kl")),
+      correct: bytesOf(model.get("correct")),
+    };
+    let top = 0;
+    for (let i = 0; i < lens.kl.length; i++) if (lens.kl[i] > top) top = lens.kl[i];
+    lens.klMax = top;
+    fillStrides();
+  }
+
+  function text(id) {
+    const word = lens.texts.get(id);
+    return word === undefined ? `<${id}>` : word;
+  }
+
+  function shadeOf(metric, i) {
+    const logV = Math.log(Math.max(model.get("vocab_size"), 2));
+    let v;
+    if (metric === "probability") v = lens.prob[i];
+    else if (metric === "rank") v = 1 - Math.log(Math.max(lens.rank[i], 1)) / logV;
+    else if (metric === "entropy") v = lens.entropy[i] / logV;
+    else v = lens.klMax > 0 ? lens.kl[i] / lens.klMax : 0;
+    return Math.max(0, Math.min(1, Number.isFinite(v) ? v : 0));
+  }
+
+  function fillStrides() {
+    const rows = lens.rows;
+    strideSelect.replaceChildren();
+    for (let s = 1; s < Math.max(rows, 2); s++) {
+      if (s <= 4 || s === rows - 1 || s % 2 === 0) strideSelect.append(new Option(String(s), String(s)));
+    }
+    syncSelects();
+  }
+
+  function syncSelects() {
+    metricSelect.value = model.get("metric");
+    const stride = String(model.get("stride"));
+    if (![...strideSelect.options].some((o) => o.value === stride)) {
+      strideSelect.append(new Option(stride, stride));
+    }
+    strideSelect.value = stride;
+    legend.textContent = `${LEGENDS[model.get("metric")] || ""}; \u2605 = the final prediction is the next token.`;
+  }
+
+  function rowsShown() {
+    const stride = Math.max(1, model.get("stride"));
+    const out = [];
+    for (let r = 0; r < lens.rows; r += stride) out.push(r);
+    if (out[out.length - 1] !== lens.rows - 1) out.push(lens.rows - 1);
+    return out.reverse();
+  }
+
+  function fillLabels() {
+    const tokens = model.get("tokens") || [];
+    const prompt = model.get("prompt_tokens");
+    const size = lens.size;
+    cellW = size * WIDE <= MAX_WIDTH ? WIDE : Math.max(2, Math.floor(MAX_WIDTH / size));
+    title.textContent = `${model.get("model_name")}: ${lens.rows} rows (embeddings + ` +
+      `${lens.rows - 1} blocks) \u00d7 ${size} positions, top ${lens.k} `;
+    nextLabels.replaceChildren();
+    inputLabels.replaceChildren();
+    const labelled = cellW >= LABEL_MIN;
+    box.classList.toggle("llm-lens-labelled", labelled);
+    if (!labelled) return;
+    for (let t = 0; t < size; t++) {
+      const next = el("div", "llm-lens-label");
+      next.style.width = `${cellW}px`;
+      next.dataset.pos = String(t);
+      if (t + 1 < tokens.length) next.append(el("span", "llm-lens-token", visible(tokens[t + 1])));
+      if (lens.correct[t]) {
+        next.classList.add("llm-lens-correct");
+        next.append(el("span", "llm-lens-star", "\u2605"));
+      }
+      nextLabels.append(next);
+      const input = el("div", "llm-lens-label", visible(tokens[t] || ""));
+      input.style.width = `${cellW}px`;
+      input.dataset.pos = String(t);
+      if (prompt >= 0 && t >= prompt) input.classList.add("llm-lens-generated");
+      inputLabels.append(input);
+    }
+  }
+
+  function fillRows() {
+    const layers = model.get("layers");
+    rowLabels.replaceChildren();
+    for (const r of shown) {
+      const label = el("div", "llm-lens-label", layers[r]);
+      label.style.height = `${CELL_H}px`;
+      label.style.lineHeight = `${CELL_H}px`;
+      rowLabels.append(label);
+    }
+  }
+
+  function draw() {
+    if (!lens || !lens.size || lens.ids.length !== lens.rows * lens.size * lens.k) return;
+    shown = rowsShown();
+    fillRows();
+    const metric = model.get("metric");
+    const w = lens.size * cellW;
+    const h = shown.length * CELL_H;
+    const ratio = Math.max(1, Math.min(window.devicePixelRatio || 1, 16384 / Math.max(w, 1)));
+    canvas.width = Math.round(w * ratio);
+    canvas.height = Math.round(h * ratio);
+    canvas.style.width = `${w}px`;
+    canvas.style.height = `${h}px`;
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    ctx.font = "11px ui-monospace, monospace";
+    ctx.textBaseline = "middle";
+    const chars = Math.max(1, Math.floor((cellW - 6) / 6.7));
+    shown.forEach((r, y) => {
+      for (let t = 0; t < lens.size; t++) {
+        const i = r * lens.size + t;
+        const level = Math.round(shadeOf(metric, i) * 254);
+        ctx.fillStyle = `rgb(${PALETTE[3 * level]}, ${PALETTE[3 * level + 1]}, ${PALETTE[3 * level + 2]})`;
+        ctx.fillRect(t * cellW, y * CELL_H, cellW, CELL_H);
+        if (cellW >= TEXT_MIN) {
+          let word = visible(text(lens.ids[i * lens.k]));
+          if ([...word].length > chars) word = `${[...word].slice(0, chars - 1).join("")}\u2026`;
+          ctx.fillStyle = level > 150 ? "#fff" : "#222";
+          ctx.fillText(word, t * cellW + 3, y * CELL_H + CELL_H / 2);
+        }
+      }
+    });
+    if (cellW >= 4) {
+      ctx.strokeStyle = "rgba(0, 0, 0, 0.08)";
+      ctx.lineWidth = 1;
+      for (let t = 1; t < lens.size; t++) {
+        ctx.beginPath();
+        ctx.moveTo(t * cellW + 0.5, 0);
+        ctx.lineTo(t * cellW + 0.5, h);
+        ctx.stroke();
+      }
+    }
+    if (current) outline(ctx, current);
+    canvas.dataset.drawn = `${metric}:${model.get("stride")}`;
+    canvas.dataset.rows = shown.join(",");
+  }
+
+  function outline(ctx, at) {
+    const y = shown.indexOf(at.row);
+    if (y < 0) return;
+    ctx.strokeStyle = "#e6550d";
+    ctx.lineWidth = 2;
+    ctx.strokeRect(at.pos * cellW + 1, y * CELL_H + 1, cellW - 2, CELL_H - 2);
+  }
+
+  function show(at) {
+    current = at;
+    draw();
+    if (!at) {
+      hover.replaceChildren(el("span", "llm-lens-hint",
+        "Hover over a cell, or focus the grid and use the arrow keys, to read its top tokens."));
+      delete hover.dataset.row;
+      delete hover.dataset.pos;
+      return;
+    }
+    const tokens = model.get("tokens");
+    const layers = model.get("layers");
+    const i = at.row * lens.size + at.pos;
+    const next = at.pos + 1 < tokens.length ? `"${visible(tokens[at.pos + 1])}"` : "(end)";
+    const head = el("div", "llm-lens-where",
+      `${layers[at.row]}, position ${at.pos}: after "${visible(tokens[at.pos])}", next ${next}`);
+    const list = el("ol", "llm-lens-top");
+    for (let j = 0; j < lens.k; j++) {
+      const id = lens.ids[i * lens.k + j];
+      const p = lens.probs[i * lens.k + j];
+      const item = el("li", "llm-lens-top-item");
+      item.dataset.id = String(id);
+      item.dataset.prob = p.toFixed(4);
+      item.append(el("span", "llm-lens-top-text", visible(text(id))), el("span", "llm-lens-top-prob", ` ${percent(p)}`));
+      list.append(item);
+    }
+    const final = lens.ids[((lens.rows - 1) * lens.size + at.pos) * lens.k];
+    const facts = el("div", "llm-lens-facts",
+      `final prediction "${visible(text(final))}": ${percent(lens.prob[i])}, rank ${lens.rank[i]}; ` +
+      `entropy ${lens.entropy[i].toFixed(3)} nats; KL to the final layer ${lens.kl[i].toFixed(3)} nats`);
+    hover.replaceChildren(head, list, facts);
+    hover.dataset.row = String(at.row);
+    hover.dataset.pos = String(at.pos);
+  }
+
+  function cellAt(event) {
+    const rect = canvas.getBoundingClientRect();
+    if (!lens || rect.width === 0) return null;
+    const pos = Math.floor(((event.clientX - rect.left) / rect.width) * lens.size);
+    const y = Math.floor(((event.clientY - rect.top) / rect.height) * shown.length);
+    if (pos < 0 || y < 0 || pos >= lens.size || y >= shown.length) return null;
+    return { row: shown[y], pos };
+  }
+
+  canvas.addEventListener("mousemove", (event) => {
+    const at = cellAt(event);
+    if (at && (!current || at.row !== current.row || at.pos !== current.pos)) show(at);
+  });
+  canvas.addEventListener("mouseleave", () => {
+    if (document.activeElement !== canvas) show(null);
+  });
+  canvas.addEventListener("focus", () => {
+    if (!current && lens) show({ row: shown[0], pos: 0 });
+  });
+  canvas.addEventListener("blur", () => show(null));
+  canvas.addEventListener("keydown", (event) => {
+    if (!lens || !current) return;
+    let y = shown.indexOf(current.row);
+    let pos = current.pos;
+    if (event.key === "ArrowLeft") pos -= 1;
+    else if (event.key === "ArrowRight") pos += 1;
+    else if (event.key === "ArrowUp") y -= 1;
+    else if (event.key === "ArrowDown") y += 1;
+    else if (event.key === "Home") pos = 0;
+    else if (event.key === "End") pos = lens.size - 1;
+    else return;
+    event.preventDefault();
+    y = Math.max(0, Math.min(shown.length - 1, y < 0 ? 0 : y));
+    pos = Math.max(0, Math.min(lens.size - 1, pos));
+    show({ row: shown[y], pos });
+    const left = pos * cellW;
+    if (left < scroll.scrollLeft || left + cellW > scroll.scrollLeft + scroll.clientWidth) {
+      scroll.scrollLeft = Math.max(0, left - scroll.clientWidth / 2);
+    }
+  });
+
+  metricSelect.addEventListener("change", () => {
+    model.set("metric", metricSelect.value);
+    model.save_changes();
+  });
+  strideSelect.addEventListener("change", () => {
+    model.set("stride", Number(strideSelect.value));
+    model.save_changes();
+  });
+
+  const onChoice = () => {
+    syncSelects();
+    if (current && !rowsShown().includes(current.row)) current = null;
+    draw();
+  };
+  const onLens = () => {
+    decode();
+    fillLabels();
+    current = null;
+    show(null);
+  };
+  const names = ["top_ids", "top_probs", "final_prob", "final_rank", "entropy", "kl", "correct",
+    "vocab_ids", "vocab_texts", "tokens", "layers", "size"];
+  const listeners = [
+    ["change:metric", onChoice], ["change:stride", onChoice],
+    ...names.map((name) => [`change:${name}`, onLens]),
+  ];
+  for (const [name, fn] of listeners) model.on(name, fn);
+
+  onLens();
+
+  return () => {
+    for (const [name, fn] of listeners) model.off(name, fn);
+  };
+}
+
+export default { render };
