@@ -110,7 +110,8 @@ class Generation:
         return None if self.tokens is None else str(self.params.get("logprobs_mode") or "raw")
 
     def branch(self, position: int, token: int | str, *, stream: Any = None,
-               stop_event: threading.Event | None = None) -> Generation:
+               stop_event: threading.Event | None = None,
+               manager: ModelManager | None = None) -> Generation:
         """Continue from token ``position`` of :attr:`tokens`, with ``token`` there instead.
 
         The branch keeps the prompt and the tokens before ``position``, puts
@@ -127,7 +128,8 @@ class Generation:
         >>> b.parent == g.id, b.branch_at                                          # doctest: +SKIP
         (True, 3)
         """
-        return branch(self, position, token, stream=stream, stop_event=stop_event)
+        return branch(self, position, token, stream=stream, stop_event=stop_event,
+                      manager=manager)
 
     def __str__(self) -> str:
         return self.text
@@ -586,8 +588,11 @@ def branch(gen: Generation, position: int, token: int | str, *,
     k = int(params.get("logprobs") or len(records[position].top) or 1)
     mode = str(params.get("logprobs_mode") or "raw")
     with manager.checkout(name) as backend:
-        chosen = _branch_token(backend, records[position], token)
-        record = _chosen_record(backend, gen, records, position, chosen, k)
+        if records[position].id is None:  # a served model's records carry texts, not ids
+            record = _served_choice(records[position], token, position)
+        else:
+            chosen = _branch_token(backend, records[position], token)
+            record = _chosen_record(backend, gen, records, position, chosen, k)
     lead = records[:position] + (record,)
     options = {key: params.get(key) for key in ("temperature", "top_p", "top_k", "seed",
                                                  "stop", "system", "chat")}
@@ -606,6 +611,24 @@ def branch(gen: Generation, position: int, token: int | str, *,
         request = dataclasses.replace(request, max_new_tokens=0)
     return _run(manager, name, request, _sink(stream), stop_event or threading.Event(),
                 branched=branched)
+
+
+def _served_choice(record: TokenRecord, token: int | str, position: int) -> TokenRecord:
+    """The alternative a served record offers under that text (a server sends no ids)."""
+    if not isinstance(token, str):
+        raise InvalidOptionError(
+            "A served model's tokens come as texts without ids: pass the alternative's text, "
+            f"not {token!r}."
+        )
+    if token == record.text:
+        return record
+    for rank, (_, text, logprob) in enumerate(record.top, start=1):
+        if text == token:
+            return TokenRecord(None, text, logprob, rank, record.top, record.entropy)
+    raise NotAvailableError(
+        f"{token!r} is not one of the {len(record.top)} alternatives the server sent at "
+        f"position {position}; choose one of them."
+    )
 
 
 def _branch_token(backend: Any, record: TokenRecord, token: int | str) -> int:

@@ -39,6 +39,7 @@ from ..errors import (
     PromptTooLongError,
     ServerError,
 )
+from . import _openai_logprobs
 from .base import Backend, GenerationJob, GenerationRequest, LoadSpec
 
 __all__ = ["OpenAIBackend", "OpenAIJob", "server_timeout"]
@@ -301,14 +302,23 @@ class OpenAIBackend(Backend):
             if request.system:
                 messages.append({"role": "system", "content": request.system})
             messages.append({"role": "user", "content": request.prompt})
+            if request.lead:  # a branch: the server continues the assistant's answer
+                messages.append({"role": "assistant", "content": request.lead})
+                options["extra_body"] = {**options.get("extra_body", {}),
+                                         "continue_final_message": True,
+                                         "add_generation_prompt": False}
             options["messages"] = messages
         else:
             text = request.prompt
-            options["prompt"] = f"{request.system}\n\n{text}" if request.system else text
+            options["prompt"] = (f"{request.system}\n\n{text}" if request.system else text) + (
+                request.lead)
+        if request.logprobs:
+            options.update(_openai_logprobs.request_options(request.logprobs, chat))
         prompt_tokens = self._count_prompt(options)
         options["max_tokens"] = self._fit(prompt_tokens, request.max_new_tokens,
                                           request.explicit_length)
-        job = OpenAIJob(self, options, chat, stop_event)
+        job = OpenAIJob(self, options, chat, stop_event, lead=request.lead,
+                        logprobs=request.logprobs)
         job.prompt_tokens = prompt_tokens or 0
         return job
 
@@ -358,11 +368,15 @@ class OpenAIJob(GenerationJob):
     """One streamed completion; ``run`` reads the SSE stream in the worker thread."""
 
     def __init__(self, backend: OpenAIBackend, options: dict[str, Any], chat: bool,
-                 stop_event: threading.Event) -> None:
+                 stop_event: threading.Event, *, lead: str = "",
+                 logprobs: int | None = None) -> None:
         self.backend = backend
         self.options = options
         self.chat = chat
         self.stop_event = stop_event
+        self.lead = lead
+        self.logprobs = logprobs
+        self.records: list[Any] = []
         self.pieces: list[str] = []
         self._counted = 0
         self._usage_new: int | None = None
@@ -390,6 +404,9 @@ class OpenAIJob(GenerationJob):
         try:
             stream = self._open()
         except openai.OpenAIError as exc:
+            if self.logprobs and isinstance(exc, openai.APIStatusError) and (
+                    "logprob" in str(exc).lower()):
+                raise self._refused(exc) from None
             raise _server_error(exc, url, key_env) from None
         finished = threading.Event()
         watcher = threading.Thread(target=self._close_on_stop, args=(stream, finished),
@@ -411,6 +428,9 @@ class OpenAIJob(GenerationJob):
                         piece = (getattr(delta, "content", None) if delta else None) or ""
                     else:
                         piece = getattr(choice, "text", None) or ""
+                    if self.logprobs:
+                        self.records += _openai_logprobs.records_of(
+                            getattr(choice, "logprobs", None), chat=self.chat)
                     if piece:
                         got += 1
                         put(piece)
@@ -441,6 +461,23 @@ class OpenAIJob(GenerationJob):
                 f"The model server at {url} ended the stream after {got} pieces of text without "
                 "saying that the generation finished; the partial text is kept."
             )
+        elif self.logprobs and got and not self.records:
+            raise ServerError(
+                f"The model server at {url} sent no logprobs: it does not support them (vLLM "
+                "does). The text is kept; generate without logprobs=K (--logprobs) there."
+            )
+
+    def _refused(self, exc: Exception) -> ServerError:
+        return ServerError(
+            f"The model server at {self.backend.url} refused logprobs "
+            f"({_one_line(_detail(exc), 120)}); generate without logprobs=K (--logprobs) there."
+        )
+
+    def token_records(self) -> tuple[Any, ...] | None:
+        return tuple(self.records) if self.logprobs else None
+
+    def lead_text(self) -> str:
+        return self.lead
 
     def _context_full(self, exc: Exception, got: int) -> ServerError:
         """The error for a server that ended a generation with an error event mid-stream.
@@ -490,7 +527,7 @@ class OpenAIJob(GenerationJob):
         self.decode(chunks)
 
     def final_text(self) -> str:
-        return "".join(self.pieces)
+        return self.lead + "".join(self.pieces)
 
 
 def _socket_of(stream: Any) -> socket.socket | None:
