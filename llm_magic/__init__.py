@@ -21,6 +21,7 @@ from typing import Any
 
 from . import monitor as _sampler_module
 from .analysis.attention import AttentionMap, attention, attention_max_tokens
+from .analysis.compare import Comparison, compare
 from .analysis.lens import LensMap, logit_lens
 from .analysis.tokens import Scores, TokenRecord, score
 from .errors import (
@@ -47,6 +48,7 @@ __all__ = [
     "AttentionMap",
     "Budget",
     "BudgetExceededError",
+    "Comparison",
     "Estimate",
     "Generation",
     "GenerationStats",
@@ -74,6 +76,7 @@ __all__ = [
     "attention",
     "attention_max_tokens",
     "budget",
+    "compare",
     "estimate",
     "generate",
     "generate_batch",

@@ -22,6 +22,7 @@ __all__ = ["register", "view_class"]
 _VIEWS = LazyRegistry("view", {
     "attention": "llm_magic.widgets.attention:AttentionWidget",
     "tokens": "llm_magic.widgets.tokens:TokensWidget",
+    "compare": "llm_magic.widgets.compare:CompareWidget",
     "lens": "llm_magic.widgets.lens:LensWidget",
 })
 

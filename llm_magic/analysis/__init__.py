@@ -18,8 +18,9 @@ Examples
 from __future__ import annotations
 
 from .attention import AttentionMap, attention, attention_max_tokens, last_attention
+from .compare import Comparison, compare
 from .lens import LensMap, logit_lens
 from .tokens import Scores, TokenRecord, score
 
-__all__ = ["AttentionMap", "LensMap", "Scores", "TokenRecord", "attention",
-           "attention_max_tokens", "last_attention", "logit_lens", "score"]
+__all__ = ["AttentionMap", "Comparison", "LensMap", "Scores", "TokenRecord", "attention",
+           "attention_max_tokens", "compare", "last_attention", "logit_lens", "score"]

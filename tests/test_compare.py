@@ -1,0 +1,224 @@
+"""lm.compare: columns through the generation path, cross-scores checked by hand on tiny models."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from _models import build_tiny_model
+
+import llm_magic as lm
+from llm_magic.analysis.compare import Comparison, CrossScore, Piece, compare
+from llm_magic.analysis.tokens import score
+from llm_magic.errors import InvalidOptionError
+
+PROMPT = "A list comprehension"
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Other weights, the same tokenizer as ``tiny_gpt2``."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-gpt2-b"), arch="gpt2", seed=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_other_vocab(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tokenizer with another vocabulary: its tokens cut the text elsewhere."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-vocab"), arch="llama", vocab_size=300)
+
+
+def _logits(manager, name: str, ids: list[int]):
+    import torch
+
+    model = manager.backend(name).memory_owner()
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+
+
+def _ids(gen) -> list[int]:
+    return [*gen.prompt_ids, *(r.id for r in gen.tokens)]
+
+
+def test_two_models_one_tokenizer(manager, tiny_gpt2, tiny_gpt2_b):
+    manager.load(str(tiny_gpt2), name="a")
+    manager.load(str(tiny_gpt2_b), name="b")
+    streamed: dict[int, list[str]] = {0: [], 1: []}
+    c = compare(PROMPT, models=["a", "b"], max_new_tokens=10, manager=manager,
+                stream=lambda column, piece: streamed[column].append(piece))
+    assert isinstance(c, Comparison) and [g.model for g in c] == ["a", "b"]
+    assert ["".join(streamed[i]) for i in (0, 1)] == [g.text for g in c]
+    for column, (gen, other) in enumerate(zip(c, ["b", "a"], strict=True)):
+        cross = c.against(column)
+        assert (cross.reference, cross.by) == (other, "tokens")
+        ids = _ids(gen)
+        n = len(gen.prompt_ids)
+        assert len(cross.pieces) == len(gen.tokens) == len(ids) - n
+        own, theirs = _logits(manager, gen.model, ids), _logits(manager, other, ids)
+        for k, piece in enumerate(cross.pieces, start=n):  # position k - 1 predicts token k
+            assert piece.own == pytest.approx(float(own[k - 1, ids[k]]), abs=1e-4)
+            assert piece.other == pytest.approx(float(theirs[k - 1, ids[k]]), abs=1e-4)
+        assert cross.deltas == pytest.approx([p.other - p.own for p in cross.pieces])
+        # By hand: the first output position where the two models' argmax differ.
+        greedy_own, greedy_other = own.argmax(-1).tolist(), theirs.argmax(-1).tolist()
+        expected = next((k - n for k in range(n, len(ids))
+                         if greedy_own[k - 1] != greedy_other[k - 1]), None)
+        assert cross.divergence == expected
+
+
+def test_different_tokenizers_align_on_characters(manager, tiny_gpt2, tiny_other_vocab):
+    manager.load(str(tiny_gpt2), name="a")
+    manager.load(str(tiny_other_vocab), name="v")
+    c = compare(PROMPT, models=["a", "v"], max_new_tokens=12, chat=False, manager=manager,
+                stream=False)
+    assert c.by_characters
+    tokenizers = {n: manager.backend(n).tokenizer for n in ("a", "v")}
+    for column, gen in enumerate(c):
+        cross = c.against(column)
+        assert cross.by == "characters"
+        other = cross.reference
+        mine = tokenizers[gen.model]
+        text = mine.decode(_ids(gen), skip_special_tokens=True)
+        theirs = tokenizers[other](text)["input_ids"]
+        their_lp = _logits(manager, other, theirs)
+        prompt_chars = len(mine.decode(gen.prompt_ids, skip_special_tokens=True))
+        # The pieces tile the output: together they are its text, in order.
+        assert "".join(p.text for p in cross.pieces) == text[prompt_chars:prompt_chars + sum(
+            len(p.text) for p in cross.pieces)]
+        # Each piece's other log-probability is the sum over the other's tokens that end
+        # inside it (a token ending inside a character counts where the character ends).
+        full = tokenizers[other].decode(theirs, skip_special_tokens=True)
+        ends = []
+        for k in range(len(theirs)):
+            prefix = tokenizers[other].decode(theirs[:k + 1], skip_special_tokens=True)
+            ends.append(len(prefix) if full.startswith(prefix) else None)
+        for k in range(len(ends) - 2, -1, -1):
+            ends[k] = ends[k + 1] if ends[k] is None else ends[k]
+        for p in cross.pieces:
+            if p.offset >= prompt_chars:
+                inside = [k for k in range(1, len(theirs))
+                          if p.offset < ends[k] <= p.offset + len(p.text)]
+                assert p.other == pytest.approx(
+                    sum(float(their_lp[k - 1, theirs[k]]) for k in inside), abs=1e-3)
+        # Own log-probabilities: the pieces together hold every output token once.
+        assert sum(p.own for p in cross.pieces) == pytest.approx(
+            sum(r.logprob for r in c[column].tokens), abs=1e-3) or not cross.pieces
+    view = c.widget()
+    assert "Aligned by characters" in view.note
+
+
+def test_one_model_several_settings(manager, tiny_gpt2):
+    manager.load(str(tiny_gpt2), name="a")
+    c = compare(PROMPT, settings=[{"temperature": 0, "max_new_tokens": 4},
+                                  {"temperature": 1.0, "seed": 3, "max_new_tokens": 9}],
+                model="a", manager=manager, stream=False)
+    assert c.labels == ("temperature=0, max_new_tokens=4",
+                        "temperature=1.0, seed=3, max_new_tokens=9")
+    assert [g.stats.new_tokens for g in c] == [4, 9]  # different lengths
+    greedy, sampled = c.against(0), c.against(1)
+    assert greedy.reference == "greedy" and greedy.divergence is None
+    assert all(d == pytest.approx(0, abs=1e-5) for d in greedy.deltas)
+    assert all(d <= 1e-6 for d in sampled.deltas)
+    expected = next((j for j, r in enumerate(c[1].tokens) if r.rank != 1), None)
+    assert sampled.divergence == expected
+
+
+def test_demo_float32_against_bfloat16(manager):
+    manager.load("demo")
+    manager.load("demo", name="demo16", dtype="bfloat16")
+    c = compare("The import statement", models=["demo", "demo16"], max_new_tokens=12,
+                manager=manager, stream=False)
+    cross = c.against(0)
+    assert cross.by == "tokens" and cross.reference == "demo16"
+    assert max(abs(d) for d in cross.deltas) < 0.5  # the same weights, rounded
+    # lm.score re-tokenizes the text; a causal model's record at token k depends on the
+    # ids up to k only, so they agree wherever the two id sequences still agree.
+    for column, other in ((0, "demo16"), (1, "demo")):
+        gen = c[column]
+        ids, n = _ids(gen), len(gen.prompt_ids)
+        for name, field in ((other, "other"), (gen.model, "own")):
+            scored = score(gen.prompt + gen.text, model=name, manager=manager)
+            same = next((k for k, (x, y) in enumerate(zip(ids, scored.ids, strict=False))
+                         if x != y), min(len(ids), len(scored.ids)))
+            assert same >= n + 5
+            mine = [getattr(p, field) for p in c.against(column).pieces][:same - n]
+            assert mine == pytest.approx([r.logprob for r in scored.tokens[n - 1:same - 1]],
+                                         abs=1e-5)
+
+
+def test_each_column_is_in_the_history(tiny_gpt2):
+    lm.load(str(tiny_gpt2), name="hist_a")
+    lm.load(str(tiny_gpt2), name="hist_b", dtype="bfloat16")
+    try:
+        c = lm.compare(PROMPT, models=["hist_a", "hist_b"], max_new_tokens=3, stream=False)
+        ids = [g.id for g in c]
+        assert None not in ids
+        assert {r.id for r in lm.history(5)} >= set(ids)
+    finally:
+        lm.unload("hist_a")
+        lm.unload("hist_b")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"models": ["a"]}, "two models or more"),
+    ({"models": ["a", "a2"], "settings": [{}, {}]}, "not both"),
+    ({"settings": [{"temperature": 0}]}, "two dicts or more"),
+    ({"settings": [{"temperature": 0}, {"heat": 1}]}, "'heat' is not a generation setting"),
+    ({"models": ["a", "a2"], "stream": 3}, "stream must be"),
+])
+def test_bad_input(manager, tiny_gpt2, kwargs, message):
+    manager.load(str(tiny_gpt2), name="a")
+    manager.load(str(tiny_gpt2), name="a2", dtype="bfloat16")
+    with pytest.raises(InvalidOptionError, match=message):
+        compare(PROMPT, manager=manager, max_new_tokens=2, **kwargs)
+
+
+def _fake() -> Comparison:
+    from llm_magic.generation import Generation, GenerationStats
+
+    stats = GenerationStats(2, 2, 0.1, 20.0, 0.1, "length")
+    gens = [Generation("<b>x</b>", "<i>", m, stats) for m in ("m1", "m2")]
+    top = (1, "<b>", -0.1)
+    pieces = (Piece("<b>", 1, 2, -0.5, -2.5, top, top), Piece("x</b>", 2, 3, -1.0, -0.2, top,
+                                                               (2, "<s>", -0.1)))
+    cross = [CrossScore(0, "m1", "m2", "tokens", pieces, 1), CrossScore(1, "m2", "m1", "tokens",
+                                                                        pieces, None)]
+    return Comparison(gens, ["m1", "<m2>"], cross, prompt="<i>")
+
+
+def test_view_state_and_escaped_fallback():
+    pytest.importorskip("anywidget")
+    import numpy as np
+
+    c = _fake()
+    view = c.widget()
+    assert view.labels == ["m1", "<m2>"] and view.counts == [2, 2]
+    assert view.diverge == [1, -1] and view.references == ["m2", "m1"]
+    assert np.frombuffer(view.deltas, "<f4").tolist() == pytest.approx([-2.0, 0.8, -2.0, 0.8])
+    assert view.pieces[0] == ["<b>", "x</b>"]  # text: the page sets textContent
+    data, _ = c._repr_mimebundle_()
+    html = data["text/html"]
+    assert "<b>" not in html and "&lt;b&gt;" in html and "&lt;m2&gt;" in html
+    assert "▶" in html and "background:#" in html
+    assert "Comparison of 2 generations" in data["text/plain"]
+
+
+def test_streamed_view_updates_columns():
+    pytest.importorskip("anywidget")
+    from llm_magic.widgets.compare import CompareWidget
+
+    view = CompareWidget(labels=["a", "b"], texts=["", ""], stats=["", ""])
+    view.start(1)
+    view.write(1, "<b>")
+    view.write(1, " two")
+    view.flush()
+    assert view.texts == ["", "<b> two"] and view.active == 1
+    assert "&lt;b&gt; two" in view._repr_mimebundle_()[0]["text/html"]
+
+
+def test_colour_scale_is_symmetric():
+    from llm_magic.widgets.compare import colour
+
+    assert colour(0.0, 1.0) == "#ffffff"
+    assert colour(-1.0, 1.0) != colour(1.0, 1.0)
+    assert colour(math.nan, 1.0) == "#ffffff"
