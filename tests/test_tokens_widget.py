@@ -213,6 +213,8 @@ def test_clicking_an_alternative_branches_and_crumbs_go_back(models, name):
     assert view.html() and view.shown is g
     choose_crumb(view, 2)
     same_records(decoded(view), view.results[2].tokens)
+    choose_crumb(view, 7)  # a crumb gone meanwhile: the last one
+    assert view.current == 2
 
 
 def test_a_click_returns_at_once_and_one_branch_runs_at_a_time(models, monkeypatch):

@@ -243,10 +243,8 @@ class TokensWidget(anywidget.AnyWidget):  # type: ignore[misc]
 
     @t.validate("current")
     def _valid_current(self, proposal: Any) -> int:
-        value = int(proposal["value"])
-        if not 0 <= value < max(1, len(self.crumbs)):
-            raise t.TraitError(f"current must be from 0 to {len(self.crumbs) - 1}; got {value}.")
-        return value
+        # Clamped, not refused: a click on a crumb may cross the failed branch's removal.
+        return min(max(0, int(proposal["value"])), max(0, len(self.crumbs) - 1))
 
     @t.observe("current")
     def _on_current(self, change: Any) -> None:
