@@ -263,6 +263,8 @@ def test_a_failing_branch_is_one_line_and_the_view_goes_back(models, monkeypatch
         assert view.error and "\n" not in view.error and len(view.crumbs) == 1
     click(view, action="explode")
     assert "Unknown action" in view.error
+    with pytest.raises(InvalidOptionError, match="a generation of this view"):
+        view.branch(1, 5, parent=dataclasses.replace(g))
 
 
 def test_stop_keeps_the_branch_so_far(models):

@@ -339,8 +339,9 @@ class TokensWidget(anywidget.AnyWidget):  # type: ignore[misc]
                wait: bool = False) -> Generation | None:
         """Branch ``parent`` (the branch on screen) at ``position`` on a worker thread.
 
-        Returns the new generation with ``wait=True``; else None at once. Its
-        text streams into ``stream``; it is shown when it ends.
+        Returns the new generation with ``wait=True`` (None if it failed: the
+        view's ``error`` says why); else None at once. Its text streams into
+        ``stream``; it is shown when it ends.
         """
         with self._lock:
             parent = parent if parent is not None else self.shown
@@ -350,7 +351,10 @@ class TokensWidget(anywidget.AnyWidget):  # type: ignore[misc]
             if self._thread is not None:
                 raise InvalidOptionError("A branch is being generated here; wait for it or "
                                          "stop it first.")
-            from_index = self._results.index(parent)
+            from_index = next((i for i, r in enumerate(self._results) if r is parent), None)
+            if from_index is None:
+                raise InvalidOptionError("Branch a generation of this view: the root or one of "
+                                         "its branches (view.results).")
             stop = threading.Event()
             thread = threading.Thread(target=self._run, args=(parent, position, token, stop),
                                       name="llm_magic-branch", daemon=True)
