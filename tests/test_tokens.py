@@ -398,6 +398,11 @@ def test_branch_position_must_be_in_range(models):
     plain = generate("Hello", model="gpt2", max_new_tokens=3, manager=models)
     with pytest.raises(InvalidOptionError, match="no token records.*logprobs"):
         plain.branch(0, 1)
+    vocab = models.backend("gpt2").model.config.vocab_size
+    for bad in (-5, vocab, 10**6):  # an id outside the vocabulary is the user's mistake
+        with pytest.raises(InvalidOptionError, match=rf"Token id {bad} is not in the "
+                                                     rf"vocabulary.*0 to {vocab - 1}"):
+            fork(models, g, 1, bad)
 
 
 def test_branch_at_the_last_position_generates_nothing_more(models):

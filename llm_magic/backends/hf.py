@@ -596,6 +596,12 @@ class HFBackend(Backend):
             ids = self.tokenizer(source, add_special_tokens=True, verbose=False)["input_ids"]
         else:
             ids = list(source)
+            vocab = int(getattr(self.model.config, "vocab_size", 0) or 0)
+            bad = [i for i in ids if not 0 <= int(i) < (vocab or int(i) + 1)]
+            if bad:  # an embedding lookup would fail with a bare IndexError
+                raise InvalidOptionError(
+                    f"Token id {bad[0]} is not in the vocabulary of {self.spec.name!r} "
+                    f"(ids 0 to {vocab - 1}).")
         with _out_of_memory_guard(repr(self.spec.name), self.device):
             return _logprobs.score(self.model, self.tokenizer, ids, k=logprobs,
                                    max_tokens=max_tokens or 1_000_000,
