@@ -38,8 +38,12 @@ def tokens_per_second(lm: object, tokens: int, logprobs: int | None) -> float:
     return gen.stats.new_tokens / gen.stats.duration  # type: ignore[no-any-return]
 
 
-def circuitsvis_bytes(handle: object, ids: list[int], k: int) -> int | None:
-    """Bytes of CircuitsVis's token_log_probs output for ``ids``, or None without it."""
+def circuitsvis_bytes(handle: object, ids: list[int], k: int) -> tuple[int, int] | None:
+    """Bytes of CircuitsVis's token_log_probs HTML for ``ids``: (offline, with its CDN).
+
+    Offline, its HTML inlines its whole JavaScript bundle; online, it loads the bundle
+    from a CDN when shown. None without CircuitsVis.
+    """
     try:
         from circuitsvis.logits import token_log_probs
     except ImportError:
@@ -50,7 +54,7 @@ def circuitsvis_bytes(handle: object, ids: list[int], k: int) -> int | None:
     with torch.inference_mode():
         lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
     html = token_log_probs(torch.tensor(ids), lp, lambda i: tok.decode([i]), top_k=k)
-    return len(str(html).encode("utf-8"))
+    return len(html.local_src.encode("utf-8")), len(html.cdn_src.encode("utf-8"))
 
 
 def view_bytes(gen: object) -> tuple[int, int] | None:
@@ -141,9 +145,11 @@ def main() -> None:
     else:
         rows.append(("view payload per token, K=5", "view not installed", "", ""))
     if theirs is not None:
-        rows.append(("CircuitsVis token_log_probs per token", f"{theirs / n:,.0f} B",
-                     f"{theirs / (sum(ours) if ours else 1):,.0f}x ours" if ours else "",
-                     "report"))
+        mine = sum(ours) if ours else None
+        for label, size in (("offline, bundle inlined", theirs[0]),
+                            ("online, bundle from a CDN", theirs[1])):
+            rows.append((f"CircuitsVis token_log_probs, {label}", f"{size / n:,.0f} B per token",
+                         f"{size / mine:,.1f}x ours" if mine else "", "report"))
     else:
         rows.append(("CircuitsVis token_log_probs", "not installed (pip install circuitsvis)",
                      "", ""))
