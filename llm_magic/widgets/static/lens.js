@@ -129,6 +129,9 @@ function render({ model, el: root }) {
   const canvas = el("canvas", "llm-lens-grid");
   canvas.tabIndex = 0;
   canvas.setAttribute("role", "img");
+  canvas.setAttribute("aria-label", "logit lens grid: arrow keys move between cells");
+  // The arrow keys move between cells: the notebook's own shortcuts stay out of the grid.
+  canvas.dataset.lmSuppressShortcuts = "true";
   const inputLabels = el("div", "llm-lens-inputs llm-lens-axis");
   plot.append(el("div", "llm-lens-corner", "next \u2192"), nextLabels, rowLabels, canvas,
     el("div", "llm-lens-corner", "input \u2192"), inputLabels);
@@ -372,7 +375,7 @@ function render({ model, el: root }) {
     else if (event.key === "End") pos = lens.size - 1;
     else return;
     event.preventDefault();
-    y = Math.max(0, Math.min(shown.length - 1, y < 0 ? 0 : y));
+    y = Math.max(0, Math.min(shown.length - 1, y));
     pos = Math.max(0, Math.min(lens.size - 1, pos));
     show({ row: shown[y], pos });
     const left = pos * cellW;
