@@ -10,6 +10,12 @@ interrupted generation, or one whose process died, is still there with the
 status it had. Only the start is written in the caller's thread, before any
 token; everything else is written by one background thread.
 
+A generation with token records (``logprobs=K``) keeps them in its row in
+compact form, K and the top K of every step (8 (K + 1) + 8 bytes a token, plus
+each used token's text once; ``_history_read.encode_records`` has the layout),
+and a branch keeps its ``parent`` and ``branch_at``. :func:`rerun` compares
+the records too, and branches a branch again from its parent.
+
 The database lives in the per-user data directory (``platformdirs``) unless
 ``LLM_MAGIC_HISTORY`` names a file (or ``off``), ``%config
 LLMMagics.history_path`` names one, or :func:`configure` is called. A database

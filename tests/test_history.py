@@ -415,6 +415,7 @@ def test_records_are_stored_compactly_and_read_back_equal(store, manager, tiny):
     assert len(blob) - len(table_of(blob, 12, 5)) - 12 == 56 * 12  # 56 bytes a token at K=5
     row = get(g.id)
     assert row.tokens == g.tokens  # float32 in, float32 out: nothing lost
+    assert row.tokens is row.tokens  # decoded once, on first use
     assert (row.logprobs, row.logprobs_mode) == (5, "raw")
     assert "token_blob" not in repr(row)
     plain = generate("Hello", max_new_tokens=3, manager=manager)
