@@ -5,16 +5,24 @@ thumbnails of every head, and the weights of the head on screen (float16
 bytes, T x T x 2 bytes). Choosing another head in the page changes ``layer``,
 ``head`` or ``mean``; the kernel answers with that head's bytes. Every number
 comes from :class:`~llm_magic.analysis.attention.AttentionMap`.
+
+The page's head requests arrive on llm_magic's kernel subshell (see
+``_subshell``), so a head opens while a cell runs; the head is read and sent
+under the view's one lock, from the choice as it is then, so two requests
+from two threads cannot leave one head's bytes under another head's name.
 """
 
 from __future__ import annotations
 
 import base64
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anywidget
 import traitlets
+
+from ._subshell import route
 
 if TYPE_CHECKING:
     from ..analysis.attention import AttentionMap
@@ -65,6 +73,7 @@ class AttentionWidget(anywidget.AnyWidget):
 
     def __init__(self, amap: AttentionMap, layer: int = 0, head: int = 0, **kwargs: Any) -> None:
         self._map = amap
+        self._lock = threading.Lock()
         n_layers, n_heads, t, _ = amap.shape
         thumbs = amap.thumbnails(THUMB)
         super().__init__(
@@ -75,6 +84,7 @@ class AttentionWidget(anywidget.AnyWidget):
             **kwargs,
         )
         self._send_head()
+        route(self)
 
     @traitlets.validate("layer")
     def _valid_layer(self, proposal: Any) -> int:
@@ -103,11 +113,13 @@ class AttentionWidget(anywidget.AnyWidget):
     def _send_head(self) -> None:
         """Put the chosen head (or the mean of the layer's heads) into ``data``."""
         amap = self._map
-        values = amap.mean(self.layer) if self.mean else amap.layers[self.layer][self.head]
-        key = f"{self.layer}:mean" if self.mean else f"{self.layer}:{self.head}"
-        with self.hold_sync():
-            self.data = values.astype("<f2").tobytes()
-            self.data_key = key
+        with self._lock:
+            layer, head, mean = self.layer, self.head, self.mean
+            values = amap.mean(layer) if mean else amap.layers[layer][head]
+            key = f"{layer}:mean" if mean else f"{layer}:{head}"
+            with self.hold_sync():
+                self.data = values.astype("<f2").tobytes()
+                self.data_key = key
 
     def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """The live view, with a text line and a PNG grid of every head as the fallback.

@@ -164,12 +164,42 @@ class ModelsView(anywidget.AnyWidget):  # type: ignore[misc]
             return
         try:
             if action == "unload":
-                self.show(self._manager.unload(name)[0].message)
+                self._unload(name)
             elif action == "pin":
                 self._manager.pin(name, bool(content.get("pinned", True)))
                 self.refresh()
         except Exception as exc:
             self.show_error(exc)
+
+    def _unload(self, name: str) -> None:
+        """Unload ``name``; its row goes as soon as the manager has let the model go.
+
+        Returning the memory and checking that it came back (a garbage
+        collection, under the manager's lock) can take seconds on a busy
+        machine. The unload runs on a worker meanwhile, and this waits for it
+        (no thread is left behind): the table drops the row once the model is
+        out of the manager, and the notice says what was freed at the end.
+        """
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                self.show(self._manager.unload(name)[0].message)
+            except Exception as exc:
+                self.show_error(exc)
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=work, name="llm_magic-unload", daemon=True)
+        worker.start()
+        while not done.wait(0.01):
+            if not self._manager.is_loaded(name):  # no lock: the manager holds it meanwhile
+                ticket = self._updates.ticket()
+                with self._updates.apply(self, ticket) as fresh:
+                    if fresh:
+                        self.models = [row for row in self.models if row["name"] != name]
+                break
+        worker.join()
 
     def show(self, notice: str) -> None:
         """A one-line notice under the table (clears the error line)."""
