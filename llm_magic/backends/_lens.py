@@ -13,8 +13,8 @@ chunk of positions at a time: for each chunk the final row first (the model's
 prediction, its distribution and entropy), then every other row, reduced at
 once to its top-k, the final prediction's probability and rank, its entropy
 and its KL divergence from the final distribution. No ``[layers, tokens,
-vocab]`` array ever exists; a chunk's logits take at most an eighth of the
-output embedding's own bytes.
+vocab]`` array ever exists; a chunk's logits take about a quarter of the
+output embedding's own bytes, and its reduction one more array of that size.
 
 Every call checks itself before it computes a row: the lens applied to the
 last block's raw output (taken with a forward hook) and the model's head over
@@ -48,7 +48,7 @@ CHECK_TOLERANCE = 1e-4
 #: Names of the final norm on the base model (or its decoder), most common first.
 _NORMS = ("ln_f", "norm", "final_layer_norm", "final_layernorm", "norm_f", "ln_out")
 #: Floor of the bytes one chunk's float32 logits may take.
-_CHUNK_FLOOR = 64 * 1024
+_CHUNK_FLOOR = 256 * 1024
 
 
 def kernel_bytes(rows: int, tokens: int, k: int) -> int:
@@ -123,15 +123,14 @@ class _Head:
         self.cap = getattr(config, "final_logit_softcapping", None)  # Gemma 2 soft-caps them
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        import torch
-
         logits = self.embedding(hidden.to(self.weight.dtype)).float()
+        # In place: the product is a fresh array, and a copy would double the chunk's bytes.
         if isinstance(self.scale, (int, float)) and not isinstance(self.scale, bool):
-            logits = logits * self.scale
+            logits.mul_(self.scale)
         if isinstance(self.division, (int, float)) and self.division not in (0, 1):
-            logits = logits / self.division
+            logits.div_(self.division)
         if isinstance(self.cap, (int, float)) and self.cap:
-            logits = torch.tanh(logits / self.cap) * self.cap
+            logits.div_(self.cap).tanh_().mul_(self.cap)
         return logits
 
 
@@ -191,39 +190,51 @@ def _check(model: Any, head: _Head, norm: Any, hidden: Any, real: torch.Tensor,
     return diff
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise dot products of two (rows, vocab) arrays, with no third array."""
-    return (a.unsqueeze(1) @ b.unsqueeze(2)).reshape(-1)
+def _reduce(logits: torch.Tensor, k: int, final: torch.Tensor | None,
+            p_final: torch.Tensor | None = None) -> tuple[Any, ...]:
+    """One row's chunk of float32 logits (c, vocab) to top-k, final prob and rank, entropy, KL.
 
-
-def _reduce(logits: torch.Tensor, k: int, final: torch.Tensor | None) -> tuple[Any, ...]:
-    """One row's chunk of float32 logits (c, vocab) to top-k, final prob and rank, entropy.
-
-    ``final`` is the final prediction's id per position (None for the final row
-    itself). The logits are shifted in place by their maximum, so sums over the
-    vocabulary add small numbers: the entropy keeps float32's precision however
-    large the logits. Returns (top ids, top probabilities, final prob, final rank,
-    entropy, log of the shifted normaliser, p, shifted logits).
+    ``final`` is the final prediction's id per position and ``p_final`` its
+    distribution (both None for the final row itself, whose distribution is
+    returned instead of a KL). The logits are shifted in place by their maximum,
+    so the sums over the vocabulary add small numbers and the entropy keeps
+    float32's precision however large the logits are. Besides the logits, one
+    array of the same size is used (two for the final row, whose ``p`` is kept).
     """
     import torch
 
     values, ids = torch.topk(logits, k, dim=-1)
     at = logits.gather(1, ids[:, :1] if final is None else final)
-    rank = (logits > at).sum(-1) + 1
+    p = torch.gt(logits, at, out=torch.empty_like(logits))
+    rank = p.sum(-1) + 1
     top1 = values[:, :1]
     shifted = logits.sub_(top1)
-    p = shifted.exp()
+    torch.exp(shifted, out=p)
     total = p.sum(-1, keepdim=True)
-    p /= total
     log_total = torch.log(total)
-    entropy = log_total[:, 0] - _dot(p, shifted)
     probs = torch.exp(values - top1 - log_total)
     prob = torch.exp(at - top1 - log_total)[:, 0]
-    return ids, probs, prob, rank, entropy, log_total[:, 0], p, shifted
+    if final is None:
+        p.div_(total)
+        # H = log_total - sum p * shifted; the product goes into the shifted logits' array.
+        entropy = log_total[:, 0] - shifted.mul_(p).sum(-1)
+        return ids, probs, prob, rank, entropy, p
+    entropy = log_total[:, 0] - p.mul_(shifted).sum(-1) / total[:, 0]
+    # KL(final || row) = sum p_f (log p_f - log p_row), log p_row = shifted - log_total.
+    assert p_final is not None
+    kl = log_total[:, 0] - torch.mul(p_final, shifted, out=p).sum(-1)
+    return ids, probs, prob, rank, entropy, kl
+
+
+def _chunk_size(head_bytes: int, vocab: int) -> int:
+    """Positions per chunk: a multiple of 64 (matrix products run at full speed), whose
+    float32 logits take about a quarter of the output embedding's bytes (at least 256 KB)."""
+    budget = max(_CHUNK_FLOOR, head_bytes // 4)
+    return max(64, budget // (4 * vocab) // 64 * 64)
 
 
 def lens(model: Any, tokenizer: Any, ids: Sequence[int], *, top: int, max_tokens: int,
-         context_length: int | None = None) -> LensCapture:
+         context_length: int | None = None, texts: TokenTexts | None = None) -> LensCapture:
     """The exact logit lens of ``ids``: rows = embeddings, each block (the last = the output).
 
     Examples
@@ -274,7 +285,7 @@ def lens(model: Any, tokenizer: Any, ids: Sequence[int], *, top: int, max_tokens
         out_ids = torch.empty((rows, n, k), dtype=torch.int32, device=device)
         out_probs = torch.empty((rows, n, k), dtype=torch.float32, device=device)
         metrics = torch.zeros((4, rows, n), dtype=torch.float32, device=device)
-        chunk = max(1, max(_CHUNK_FLOOR, head.weight.nbytes // 8) // (4 * vocab))
+        chunk = _chunk_size(head.weight.nbytes, vocab)
         for lo in range(0, n, chunk):
             hi = min(n, lo + chunk)
             _chunk(head, norm, hidden, lo, hi, k, out_ids, out_probs, metrics)
@@ -282,7 +293,7 @@ def lens(model: Any, tokenizer: Any, ids: Sequence[int], *, top: int, max_tokens
         top_ids = out_ids.cpu().numpy()
         top_probs = out_probs.cpu().numpy()
         final_prob, final_rank, entropy, kl = metrics.cpu().numpy()
-    texts = TokenTexts(tokenizer)
+    texts = texts or TokenTexts(tokenizer)  # the backend's own keeps each id's text
     vocab_texts = {int(i): texts(int(i)) for i in np.unique(np.concatenate(
         [top_ids.reshape(-1), np.asarray(ids, dtype=np.int32)]))}
     return LensCapture(
@@ -300,16 +311,16 @@ def _chunk(head: _Head, norm: Any, hidden: Any, lo: int, hi: int, k: int,
     last = len(hidden) - 1
     # The last hidden state is already normed: the final row is the model's own logits.
     logits = head(hidden[last][0, lo:hi].to(device))
-    ids, probs, prob, rank, entropy_final, _, p_final, _ = _reduce(logits, k, None)
+    ids, probs, prob, rank, entropy_final, p_final = _reduce(logits, k, None)
     final = ids[:, :1]
     _store(out_ids, out_probs, metrics, last, lo, hi, ids, probs, prob, rank, entropy_final)
     del logits
     for row in range(last):
         logits = head(norm(hidden[row][0, lo:hi].to(device).float()))
-        ids, probs, prob, rank, entropy, log_total, _, shifted = _reduce(logits, k, final)
-        # KL(final || row) = sum p_f (log p_f - log p_row), log p_row = shifted - log_total.
-        kl = log_total - entropy_final - _dot(p_final, shifted)
-        _store(out_ids, out_probs, metrics, row, lo, hi, ids, probs, prob, rank, entropy, kl)
+        ids, probs, prob, rank, entropy, kl = _reduce(logits, k, final, p_final)
+        del logits
+        _store(out_ids, out_probs, metrics, row, lo, hi, ids, probs, prob, rank, entropy,
+               kl - entropy_final)
 
 
 def _store(out_ids: torch.Tensor, out_probs: torch.Tensor, metrics: torch.Tensor, row: int,

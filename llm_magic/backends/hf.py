@@ -620,7 +620,7 @@ class HFBackend(Backend):
             ids = list(source)
         with _out_of_memory_guard(repr(self.spec.name), self.device):
             return _lens.lens(self.model, self.tokenizer, ids, top=top, max_tokens=max_tokens,
-                              context_length=self.context_length)
+                              context_length=self.context_length, texts=self._texts())
 
     def token_id(self, text: str) -> int:
         """The id of ``text`` when the tokenizer makes exactly one token of it."""
