@@ -14,8 +14,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 # make lab PORT=9999 picks the port (so does JupyterLab's own JUPYTER_PORT); default 8888.
 PORT ?=
+# make notebooks NOTEBOOK=notebooks/05_attention.ipynb runs only that one; default: all.
+NOTEBOOK ?=
 
-.PHONY: setup browser lab test lint bench demo-model clean
+.PHONY: setup browser lab test lint bench demo-model notebooks screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +52,14 @@ bench: setup
 
 demo-model: setup
 	$(PY) -m llm_magic.demo.train
+
+# Run every notebook in a clean kernel on the demo model, offline, and store it with its outputs.
+notebooks: setup
+	$(PY) tools/run_notebooks.py $(NOTEBOOK)
+
+# Take the README's pictures of each view in a real JupyterLab: docs/images/*.png.
+screenshots: setup browser
+	LLM_MAGIC_CHROMIUM=$(CHROMIUM) $(PY) tools/screenshots.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
