@@ -146,17 +146,17 @@ def test_demo_float32_against_bfloat16(manager):
                                          abs=1e-5)
 
 
-def test_each_column_is_in_the_history(tiny_gpt2):
-    lm.load(str(tiny_gpt2), name="hist_a")
-    lm.load(str(tiny_gpt2), name="hist_b", dtype="bfloat16")
+def test_each_column_is_in_the_history(tiny_gpt2_b):
+    a = lm.load(str(tiny_gpt2_b), name="hist_a").name
+    b = lm.load(str(tiny_gpt2_b), name="hist_b", dtype="bfloat16").name
     try:
-        c = lm.compare(PROMPT, models=["hist_a", "hist_b"], max_new_tokens=3, stream=False)
+        c = lm.compare(PROMPT, models=[a, b], max_new_tokens=3, stream=False)
         ids = [g.id for g in c]
         assert None not in ids
         assert {r.id for r in lm.history(5)} >= set(ids)
     finally:
-        lm.unload("hist_a")
-        lm.unload("hist_b")
+        lm.unload(a)
+        lm.unload(b)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -222,3 +222,75 @@ def test_colour_scale_is_symmetric():
     assert colour(0.0, 1.0) == "#ffffff"
     assert colour(-1.0, 1.0) != colour(1.0, 1.0)
     assert colour(math.nan, 1.0) == "#ffffff"
+
+
+# -- %%llm a b --compare ------------------------------------------------------------
+
+
+@pytest.fixture
+def ip(tiny_gpt2_b):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "llm_magic")
+    # This module's own model: another module's load of the same files would be reused.
+    shell.run_line_magic("llm", f"load {tiny_gpt2_b} --as ctiny")
+    shell.run_line_magic("llm", f"load {tiny_gpt2_b} --as ctiny16 --dtype bfloat16")
+    yield shell
+    for name in ("ctiny", "ctiny16"):
+        lm.get_manager().unload(name)
+    shell.run_line_magic("unload_ext", "llm_magic")
+    shell.user_ns.pop("_llm", None)
+
+
+def test_compare_cell(ip, capsys):
+    ip.run_cell_magic("llm", "ctiny ctiny16 --compare -n 5 --out both", "A list comprehension")
+    result = ip.user_ns["_llm"]
+    assert isinstance(result, Comparison) and result is ip.user_ns["both"]
+    assert [g.model for g in result] == ["ctiny", "ctiny16"]
+    assert all(g.stats.new_tokens == 5 for g in result)
+    assert result.against(0).reference == "ctiny16"
+    out = capsys.readouterr().out
+    assert "── ctiny ──" in out and "── ctiny16 ──" in out
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("ctiny --compare", "two models or more"),
+    ("ctiny ctiny16", "add --compare"),
+    ("ctiny ctiny16 --compare --batch", "does not combine with --batch"),
+    ("ctiny ctiny16 --compare --logprobs 3", "does not combine with --logprobs"),
+    ("ctiny ctiny16 --compare -t -1", "temperature"),
+])
+def test_compare_cell_bad_input(ip, line, message):
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        ip.run_cell_magic("llm", line, "A list")
+
+
+# -- python -m llm_magic.demo.train --small: a model to compare with the demo ------------
+
+
+def test_trainer_small_model_compares_with_the_demo(tmp_path, manager, capsys):
+    import json
+
+    from llm_magic.demo.train import main
+
+    out = tmp_path / "small"
+    assert main(["--small", "--steps", "2", "--threads", "1", "--out", str(out), "--quiet"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["n_layer"], config["n_embd"]) == (2, 64)
+    manager.load("demo")
+    manager.load(str(out), name="small")
+    c = compare("The import statement", models=["demo", "small"], max_new_tokens=6,
+                manager=manager, stream=False)
+    assert c.against(0).by == "tokens"  # the demo's own tokenizer: token by token
+    assert len(c.against(0).pieces) == 6
+
+
+def test_trainer_small_needs_its_own_directory(capsys):
+    from llm_magic.demo.train import main
+
+    with pytest.raises(SystemExit):
+        main(["--small", "--steps", "1"])
+    assert "give --out DIR" in capsys.readouterr().err

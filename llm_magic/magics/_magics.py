@@ -18,6 +18,7 @@ from IPython.display import display
 from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode, observe, validate
 
 from .. import load
+from ..analysis.compare import compare
 from ..analysis.tokens import Scores, score
 from ..backends.base import check_logprobs
 from ..generation import DEFAULT_MAX_NEW_TOKENS, Generation, generate, generate_batch, make_request
@@ -66,6 +67,9 @@ Once upon a time in {place}
 A list comprehension
 ---
 A dict comprehension
+
+%%llm demo demo16 --compare -n 30
+The import statement
 """
 
 _LINE_HELP = """\
@@ -203,8 +207,9 @@ class LLMMagics(Magics):
 
     @ma.magic_arguments("%llm")
     @ma.kwds(description=_CELL_HELP, epilog=_CELL_EXAMPLES)
-    @ma.argument("model", nargs="?", type=text, metavar="MODEL",
-                 help="a loaded model's name or a source to load (default: see above)")
+    @ma.argument("model", nargs="*", type=text, metavar="MODEL",
+                 help="a loaded model's name or a source to load (default: see above); "
+                      "several with --compare")
     @ma.argument("-n", "--max-new-tokens", type=int, metavar="N", help="most new tokens")
     @ma.argument("-t", "--temperature", type=float, metavar="T",
                  help="sampling temperature; 0 is greedy (the default)")
@@ -240,12 +245,22 @@ class LLMMagics(Magics):
     @ma.argument("--score", action="store_true",
                  help="do not generate: read the body as a given text and score every token "
                       "(teacher forcing); `_llm` is the Scores, with .perplexity")
+    @ma.argument("--compare", action="store_true",
+                 help="generate with every MODEL on the line, side by side, each token shaded "
+                      "by how much likelier the other model found it; `_llm` is the list of "
+                      "Generations (a Comparison)")
     @cell_magic("llm")  # type: ignore[arg-type]  # IPython types the named form loosely
     def llm_cell(self, line: str, cell: str) -> None:
         """Generate text from the cell's body (the usage is built by magic_arguments)."""
         args = _commands.parse(self.llm_cell.parser, line, "%%llm?")
         job = self.cell_job(args, cell)
-        model = self._model(args.model)
+        if args.compare:
+            self._compare(job, [self._model(name) for name in args.model])
+            return
+        if len(args.model) > 1:
+            raise UsageError(f"One model per cell (got {', '.join(args.model)}); add --compare "
+                             "to run them side by side.")
+        model = self._model(args.model[0] if args.model else None)
         output = open_output(self.shell, fmt=job.fmt, throttle=self.throttle)
         self._keep(job, self._generate(job, model, output), output)
 
@@ -258,6 +273,8 @@ class LLMMagics(Magics):
         prompts = split_batch(body) if args.batch else [body]
         if self.interpolate if args.interpolate is None else args.interpolate:
             prompts = [interpolate(p, self._shell.user_ns) for p in prompts]
+        if args.compare:
+            _check_compare(args)
         if args.score:
             return self._score_job(args, prompts[0] if len(prompts) == 1 else None, out)
         options = {
@@ -293,6 +310,17 @@ class LLMMagics(Magics):
         with _commands.usage_errors():
             check_logprobs(k)
         return CellJob([text], score=k, stream=False, out=out)
+
+    def _compare(self, job: CellJob, models: list[str]) -> None:
+        """``--compare``: the columns stream into one view; ``_llm`` is the Comparison."""
+        with _commands.usage_errors():
+            result = compare(job.prompts[0], models=models,
+                             stream=True if job.stream else None, **job.options)
+        self._shell.user_ns["_llm"] = result
+        if job.out:
+            self._shell.user_ns[job.out] = result
+        if result.live is None:  # nothing streamed into a view: show the finished one
+            display(result)
 
     def _length(self, given: int | None) -> int | None:
         if given is not None:
@@ -357,6 +385,17 @@ class LLMMagics(Magics):
         command = _commands.find(name)
         args = _commands.parse(command.parser, "".join(rest), "%llm?")
         command.run(self, args)
+
+
+def _check_compare(args: Namespace) -> None:
+    """``--compare`` needs two models or more, and one prompt it generates from."""
+    if len(args.model) < 2:
+        raise UsageError("--compare needs two models or more on the line: `%%llm a b --compare`.")
+    for flag, given in (("--batch", args.batch), ("--score", args.score),
+                        ("--attention", args.attention), ("--logprobs", args.logprobs),
+                        ("--logprobs-mode", args.logprobs_mode)):
+        if given not in (None, False):
+            raise UsageError(f"--compare does not combine with {flag}; drop it.")
 
 
 def _line_doc() -> str:
