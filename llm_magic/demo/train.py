@@ -52,6 +52,10 @@ PROMPT = "The import statement"
 DEFAULT_OUT = Path(__file__).resolve().parent / "model"
 #: Optimiser steps of the shipped model (about 14 minutes on two idle cores).
 DEFAULT_STEPS = 1200
+#: ``--small``: a model to compare with the demo, trained in seconds on two cores. It reads
+#: the shipped demo's tokenizer, so the two models line up token by token.
+SMALL = {"steps": 100, "n_layer": 2, "n_embd": 64, "n_head": 2, "context": 64,
+         "batch_size": 8, "corpus_limit": 300_000}
 #: Validation gets every ``VAL_EVERY``-th chunk (5 %).
 VAL_EVERY = 20
 #: Documents longer than this many characters are cut at blank lines into chunks.
@@ -449,6 +453,7 @@ def train(
     eval_every: int = 0,
     write_card: bool = True,
     verbose: bool = False,
+    tokenizer_from: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Build the corpus and tokenizer, train a GPT-2 from scratch and save it in ``out_dir``.
 
@@ -481,6 +486,9 @@ def train(
         Write the model card ``README.md``.
     verbose : bool
         Print progress.
+    tokenizer_from : path, optional
+        Read the tokenizer from this model directory instead of training one (``--small``
+        reads the shipped demo's, so that its models compare with the demo token by token).
 
     Returns
     -------
@@ -514,7 +522,12 @@ def train(
         say(f"corpus: {len(chunks)} chunks, {sum(map(len, chunks)):,} characters "
             f"({len(val_chunks)} chunks held out)")
 
-        tokenizer = train_tokenizer(train_chunks, vocab_size=vocab_size, context=context)
+        if tokenizer_from is None:
+            tokenizer = train_tokenizer(train_chunks, vocab_size=vocab_size, context=context)
+        else:
+            from transformers import PreTrainedTokenizerFast
+
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tokenizer_from))
         train_ids = torch.tensor(_encode(tokenizer, train_chunks), dtype=torch.long)
         val_ids = torch.tensor(_encode(tokenizer, val_chunks), dtype=torch.long)
         say(f"tokenizer: {len(tokenizer)} tokens; {len(train_ids):,} training and "
@@ -621,6 +634,7 @@ def train(
                 "n_layer": n_layer, "n_embd": n_embd, "n_head": n_head, "context": context,
                 "batch_size": batch_size, "lr": lr, "dropout": dropout, "vocab_size": vocab_size,
                 "corpus_limit": corpus_limit,
+                "tokenizer_from": None if tokenizer_from is None else str(tokenizer_from),
             },
         )
         if write_card:
@@ -783,8 +797,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"output directory (default: {DEFAULT_OUT})")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                        help="optimiser steps (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"optimiser steps (default: {DEFAULT_STEPS}; {SMALL['steps']} with "
+                             "--small)")
+    parser.add_argument("--small", action="store_true",
+                        help=f"a smaller, shorter-trained model to compare with the demo "
+                             f"({SMALL['n_layer']} layers x {SMALL['n_embd']} wide, part of the "
+                             "corpus, the demo's own tokenizer): seconds on two cores; needs "
+                             "--out, the shipped demo stays as it is")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch CPU threads; part of what makes a run reproducible "
                              "(default: %(default)s)")
@@ -794,8 +814,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="print the validation loss every N steps (default: only at the end)")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
     args = parser.parse_args(argv)
-    result = train(args.out, steps=args.steps, seed=args.seed, threads=args.threads,
-                   eval_every=args.eval_every, verbose=not args.quiet)
+    shape: dict[str, Any] = {}
+    if args.small:
+        if args.out.resolve() == DEFAULT_OUT:
+            parser.error("--small writes another model: give --out DIR (the shipped demo "
+                         "stays as it is)")
+        shape = {**SMALL, "tokenizer_from": DEFAULT_OUT}
+    steps = args.steps if args.steps is not None else shape.pop("steps", DEFAULT_STEPS)
+    shape.pop("steps", None)
+    result = train(args.out, steps=steps, seed=args.seed, threads=args.threads,
+                   eval_every=args.eval_every, verbose=not args.quiet, **shape)
     summary = asdict(result)
     print(json.dumps(summary, indent=2))
     print(f"\nWrote {result.out_dir}: {result.parameters:,} parameters, "
