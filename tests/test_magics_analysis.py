@@ -61,3 +61,17 @@ def test_help_lists_the_options(ip):
     doc = ip.find_cell_magic("llm").__self__.llm_cell.parser.format_help()
     for option in ("--logprobs K", "--logprobs-mode MODE", "--score"):
         assert option in doc
+
+
+def test_lens_cell_shows_the_final_sequence(ip):
+    ip.run_cell_magic("llm", "ptiny -n 5 --lens", "A list comprehension")
+    gen, lens = ip.user_ns["_llm"], ip.user_ns["_llm_lens"]
+    assert isinstance(lens, lm.LensMap)
+    assert len(lens.tokens) == len(gen.prompt_ids) + gen.stats.new_tokens
+    ip.run_cell_magic("llm", "ptiny --score --lens", "A dict comprehension")
+    assert len(ip.user_ns["_llm_lens"].tokens) == len(ip.user_ns["_llm"].ids)
+
+
+def test_lens_does_not_combine_with_batch(ip):
+    with pytest.raises(UsageError, match="--lens looks at one sequence"):
+        ip.run_cell_magic("llm", "ptiny --lens --batch", "A list\n---\nA dict")

@@ -7,6 +7,7 @@ settings are traitlets, so ``%config LLMMagics.x = ...`` and
 
 from __future__ import annotations
 
+import dataclasses
 from argparse import Namespace
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode, observe, v
 
 from .. import load
 from ..analysis.compare import compare
+from ..analysis.lens import logit_lens
 from ..analysis.tokens import Scores, score
 from ..backends.base import check_logprobs
 from ..generation import DEFAULT_MAX_NEW_TOKENS, Generation, generate, generate_batch, make_request
@@ -106,6 +108,8 @@ class CellJob:
     out: str | None = None
     #: Score the body instead of generating (``--score``): K alternatives per token.
     score: int | None = None
+    #: Show the logit lens of the final sequence below the result (``--lens``).
+    lens: bool = False
 
     def run(self, model: str, output: CellOutput) -> Generation | list[Generation] | Scores:
         """Generate with ``model``, streaming into ``output`` unless told not to."""
@@ -245,6 +249,9 @@ class LLMMagics(Magics):
     @ma.argument("--score", action="store_true",
                  help="do not generate: read the body as a given text and score every token "
                       "(teacher forcing); `_llm` is the Scores, with .perplexity")
+    @ma.argument("--lens", action="store_true",
+                 help="also show the logit lens of the final sequence (prompt and output, or "
+                      "the --score text): what each layer would predict; kept in `_llm_lens`")
     @ma.argument("--compare", action="store_true",
                  help="generate with every MODEL on the line, side by side, each token shaded "
                       "by how much likelier the other model found it; `_llm` is the list of "
@@ -275,8 +282,11 @@ class LLMMagics(Magics):
             prompts = [interpolate(p, self._shell.user_ns) for p in prompts]
         if args.compare:
             _check_compare(args)
+        if args.lens and args.batch:
+            raise UsageError("--lens looks at one sequence: drop --batch.")
         if args.score:
-            return self._score_job(args, prompts[0] if len(prompts) == 1 else None, out)
+            job = self._score_job(args, prompts[0] if len(prompts) == 1 else None, out)
+            return dataclasses.replace(job, lens=args.lens)
         options = {
             "max_new_tokens": self._length(args.max_new_tokens),
             "temperature": self.temperature if args.temperature is None else args.temperature,
@@ -292,7 +302,8 @@ class LLMMagics(Magics):
                 make_request(prompt, **options)
         stream = self.stream if args.stream is None else args.stream
         return CellJob(prompts, options, batch=args.batch, stream=stream and not args.batch,
-                       attention=args.attention, fmt=args.format or self.format.lower(), out=out)
+                       attention=args.attention, fmt=args.format or self.format.lower(), out=out,
+                       lens=args.lens)
 
     def _score_job(self, args: Namespace, text: str | None, out: str | None) -> CellJob:
         """A ``--score`` cell: the body is read, not continued; sampling options do not apply."""
@@ -366,15 +377,28 @@ class LLMMagics(Magics):
             self._shell.user_ns[job.out] = result
         if isinstance(result, Scores):
             display(result)
-            return
-        output.finish(result)
-        if in_notebook(self._shell):  # a terminal has shown the text already
-            for gen in result if isinstance(result, list) else [result]:
-                if gen.tokens is not None:
-                    display(gen)  # the token probability view
-        attention = getattr(result, "attention", None)
-        if attention is not None:
-            display(attention)
+        else:
+            output.finish(result)
+            if in_notebook(self._shell):  # a terminal has shown the text already
+                for gen in result if isinstance(result, list) else [result]:
+                    if gen.tokens is not None:
+                        display(gen)  # the token probability view
+            attention = getattr(result, "attention", None)
+            if attention is not None:
+                display(attention)
+        if job.lens and not getattr(result, "interrupted", False):
+            self._lens(result)
+
+    def _lens(self, result: Generation | list[Generation] | Scores) -> None:
+        """``--lens``: the logit lens of what the cell produced, shown and kept in ``_llm_lens``."""
+        with _commands.usage_errors():
+            if isinstance(result, Scores):
+                lens = logit_lens(result.text, model=result.model)
+            else:
+                assert not isinstance(result, list)
+                lens = logit_lens(result)
+        self._shell.user_ns["_llm_lens"] = lens
+        display(lens)
 
     # -- %llm -------------------------------------------------------------------
 
@@ -393,7 +417,7 @@ def _check_compare(args: Namespace) -> None:
         raise UsageError("--compare needs two models or more on the line: `%%llm a b --compare`.")
     for flag, given in (("--batch", args.batch), ("--score", args.score),
                         ("--attention", args.attention), ("--logprobs", args.logprobs),
-                        ("--logprobs-mode", args.logprobs_mode)):
+                        ("--logprobs-mode", args.logprobs_mode), ("--lens", args.lens)):
         if given not in (None, False):
             raise UsageError(f"--compare does not combine with {flag}; drop it.")
 
