@@ -105,7 +105,14 @@ def open_on(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
 
 
 def _state(nb: Notebook, cell: int) -> dict[str, Any]:
-    return nb.page.evaluate(_STATE_JS, [nb.cells_selector, cell, nb.name])  # type: ignore[no-any-return]
+    """The page's state; a click's idle blip (bounded by ``IDLE_BLIP_MS``) is waited out."""
+    state = nb.page.evaluate(_STATE_JS, [nb.cells_selector, cell, nb.name])
+    deadline = time.monotonic() + IDLE_BLIP_MS / 1000
+    while ("Idle" in (state["statusBar"] or "") or state["indicator"] == "idle") and (
+            time.monotonic() < deadline):
+        nb.page.wait_for_timeout(50)
+        state = nb.page.evaluate(_STATE_JS, [nb.cells_selector, cell, nb.name])
+    return state  # type: ignore[no-any-return]
 
 
 def _assert_busy(state: dict[str, Any], app: str, what: str) -> None:
