@@ -19,6 +19,7 @@ import traitlets
 
 from ..analysis.lens import METRICS, default_stride
 from ._common import with_fallback
+from ._subshell import route
 
 if TYPE_CHECKING:
     from ..analysis.lens import LensMap
@@ -89,6 +90,7 @@ class LensWidget(anywidget.AnyWidget):
             correct=_buffer(lens.correct, "u1"), vocab_ids=_buffer(known, "<i4"),
             vocab_texts=[lens.vocab[i] for i in known], **kwargs,
         )
+        route(self)  # the metric and stride act while another cell runs
 
     @traitlets.validate("metric")
     def _valid_metric(self, proposal: Any) -> str:
