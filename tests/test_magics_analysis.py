@@ -13,17 +13,23 @@ import llm_magic as lm
 
 @pytest.fixture
 def ip(tiny_gpt2):
+    """A shell with the tiny GPT-2 loaded under ``MODEL`` (a test before may hold it already)."""
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "llm_magic")
-    shell.run_line_magic("llm", f"load {tiny_gpt2} --as ptiny")
+    manager = lm.get_manager()
+    before = set(manager.names())
+    name = lm.load(str(tiny_gpt2)).name  # the resident model's name if it is loaded already
+    shell.user_ns["MODEL"] = name
     yield shell
-    lm.get_manager().unload("ptiny")
+    if name not in before:
+        manager.unload(name)
     shell.run_line_magic("unload_ext", "llm_magic")
-    shell.user_ns.pop("_llm", None)
+    for var in ("_llm", "_llm_lens", "MODEL"):
+        shell.user_ns.pop(var, None)
 
 
 def test_logprobs_cell_keeps_records(ip):
-    ip.run_cell_magic("llm", "ptiny -n 6 --logprobs 3", "A list comprehension")
+    ip.run_cell_magic("llm", "$MODEL -n 6 --logprobs 3", "A list comprehension")
     gen = ip.user_ns["_llm"]
     assert len(gen.tokens) == gen.stats.new_tokens == 6
     assert all(r.rank == 1 and len(r.top) == 3 for r in gen.tokens)  # greedy
@@ -31,14 +37,14 @@ def test_logprobs_cell_keeps_records(ip):
 
 
 def test_logprobs_mode_alone_means_five_alternatives(ip):
-    ip.run_cell_magic("llm", "ptiny -n 4 -t 1.0 --seed 2 --logprobs-mode sampled", "A dict")
+    ip.run_cell_magic("llm", "$MODEL -n 4 -t 1.0 --seed 2 --logprobs-mode sampled", "A dict")
     gen = ip.user_ns["_llm"]
     assert gen.logprobs_mode == "sampled"
     assert all(len(r.top) == 5 for r in gen.tokens)
 
 
 def test_score_cell(ip):
-    ip.run_cell_magic("llm", "ptiny --score --logprobs 2 --out s", "A list comprehension")
+    ip.run_cell_magic("llm", "$MODEL --score --logprobs 2 --out s", "A list comprehension")
     scores = ip.user_ns["_llm"]
     assert scores is ip.user_ns["s"]
     assert isinstance(scores, lm.Scores)
@@ -47,10 +53,10 @@ def test_score_cell(ip):
 
 
 @pytest.mark.parametrize(("line", "message"), [
-    ("ptiny --logprobs 0", "from 1 to 20"),
-    ("ptiny --logprobs 21", "from 1 to 20"),
-    ("ptiny --score -t 0.5", "-t does not apply"),
-    ("ptiny --score --batch", "--score reads one text"),
+    ("$MODEL --logprobs 0", "from 1 to 20"),
+    ("$MODEL --logprobs 21", "from 1 to 20"),
+    ("$MODEL --score -t 0.5", "-t does not apply"),
+    ("$MODEL --score --batch", "--score reads one text"),
 ])
 def test_bad_options_fail_the_cell(ip, line, message):
     with pytest.raises(UsageError, match=message):
@@ -64,14 +70,14 @@ def test_help_lists_the_options(ip):
 
 
 def test_lens_cell_shows_the_final_sequence(ip):
-    ip.run_cell_magic("llm", "ptiny -n 5 --lens", "A list comprehension")
+    ip.run_cell_magic("llm", "$MODEL -n 5 --lens", "A list comprehension")
     gen, lens = ip.user_ns["_llm"], ip.user_ns["_llm_lens"]
     assert isinstance(lens, lm.LensMap)
     assert len(lens.tokens) == len(gen.prompt_ids) + gen.stats.new_tokens
-    ip.run_cell_magic("llm", "ptiny --score --lens", "A dict comprehension")
+    ip.run_cell_magic("llm", "$MODEL --score --lens", "A dict comprehension")
     assert len(ip.user_ns["_llm_lens"].tokens) == len(ip.user_ns["_llm"].ids)
 
 
 def test_lens_does_not_combine_with_batch(ip):
     with pytest.raises(UsageError, match="--lens looks at one sequence"):
-        ip.run_cell_magic("llm", "ptiny --lens --batch", "A list\n---\nA dict")
+        ip.run_cell_magic("llm", "$MODEL --lens --batch", "A list\n---\nA dict")
