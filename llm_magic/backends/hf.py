@@ -536,12 +536,7 @@ class HFBackend(Backend):
         """The exact attention of one eager forward pass (see ``backends/_attention``)."""
         from . import _attention
 
-        if isinstance(source, str):
-            if not source.strip():
-                raise InvalidOptionError("The text is empty: write some text to look at.")
-            ids = self.tokenizer(source, add_special_tokens=True, verbose=False)["input_ids"]
-        else:
-            ids = list(source)
+        ids = self._ids(source, "look at")
         with _out_of_memory_guard(repr(self.spec.name), self.device):
             return _attention.capture(self.model, self.tokenizer, ids, causal=not self.encoder,
                                       max_tokens=max_tokens, context_length=self.context_length)
@@ -590,18 +585,7 @@ class HFBackend(Backend):
         from . import _logprobs
 
         self._check_generates()
-        if isinstance(source, str):
-            if not source.strip():
-                raise InvalidOptionError("The text is empty: write some text to score.")
-            ids = self.tokenizer(source, add_special_tokens=True, verbose=False)["input_ids"]
-        else:
-            ids = list(source)
-            vocab = int(getattr(self.model.config, "vocab_size", 0) or 0)
-            bad = [i for i in ids if not 0 <= int(i) < (vocab or int(i) + 1)]
-            if bad:  # an embedding lookup would fail with a bare IndexError
-                raise InvalidOptionError(
-                    f"Token id {bad[0]} is not in the vocabulary of {self.spec.name!r} "
-                    f"(ids 0 to {vocab - 1}).")
+        ids = self._ids(source, "score")
         with _out_of_memory_guard(repr(self.spec.name), self.device):
             return _logprobs.score(self.model, self.tokenizer, ids, k=logprobs,
                                    max_tokens=max_tokens or 1_000_000,
@@ -612,15 +596,25 @@ class HFBackend(Backend):
         from . import _lens
 
         self._check_generates()
-        if isinstance(source, str):
-            if not source.strip():
-                raise InvalidOptionError("The text is empty: write some text to look at.")
-            ids = self.tokenizer(source, add_special_tokens=True, verbose=False)["input_ids"]
-        else:
-            ids = list(source)
+        ids = self._ids(source, "look at")
         with _out_of_memory_guard(repr(self.spec.name), self.device):
             return _lens.lens(self.model, self.tokenizer, ids, top=top, max_tokens=max_tokens,
                               context_length=self.context_length, texts=self._texts())
+
+    def _ids(self, source: str | Sequence[int], purpose: str) -> list[int]:
+        """A text tokenized as the tokenizer does by default (special tokens included), or ids
+        checked against the vocabulary (an embedding lookup would fail with a bare IndexError)."""
+        if isinstance(source, str):
+            if not source.strip():
+                raise InvalidOptionError(f"The text is empty: write some text to {purpose}.")
+            return list(self.tokenizer(source, add_special_tokens=True, verbose=False)["input_ids"])
+        ids = [int(i) for i in source]
+        vocab = int(getattr(self.model.config, "vocab_size", 0) or 0)
+        bad = [i for i in ids if not 0 <= i < (vocab or i + 1)]
+        if bad:
+            raise InvalidOptionError(f"Token id {bad[0]} is not in the vocabulary of "
+                                     f"{self.spec.name!r} (ids 0 to {vocab - 1}).")
+        return ids
 
     def token_id(self, text: str) -> int:
         """The id of ``text`` when the tokenizer makes exactly one token of it."""
