@@ -12,6 +12,7 @@ import base64
 from html import escape
 from typing import TYPE_CHECKING
 
+from .._visible import visible
 from . import _heatmap
 
 if TYPE_CHECKING:
@@ -30,20 +31,6 @@ LEGENDS = {
 }
 #: Positions the HTML table shows at most (the PNG shows every one).
 TABLE_POSITIONS = 48
-_SHOWN = {"\n": "↵", "\t": "⇥", "\r": "␍"}
-
-
-def visible(text: str) -> str:
-    """A token as the view shows it: newlines, tabs and other control characters visible."""
-    out = []
-    for ch in text:
-        if ch in _SHOWN:
-            out.append(_SHOWN[ch])
-        elif ord(ch) < 32 or ord(ch) == 127:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def grid_png(shade: np.ndarray) -> bytes:

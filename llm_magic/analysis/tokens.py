@@ -23,6 +23,7 @@ from html import escape
 from typing import Any
 
 from .. import _views
+from .._visible import visible
 from ..backends.base import TokenRecord, check_logprobs
 from ..errors import InvalidOptionError
 from ..manager import ModelManager, get_manager
@@ -35,7 +36,6 @@ METRICS = ("probability", "entropy", "surprisal")
 SCORE_MAX_TOKENS = 4096
 #: Colour of a token the model found certain (white) and of the most doubtful one.
 _LIGHT, _DARK = (255, 255, 255), (230, 85, 13)
-_SHOWN = {"\n": "↵\n", "\t": "⇥", "\r": "␍"}
 
 
 @dataclass(frozen=True, repr=False)
@@ -179,10 +179,6 @@ def _colour(x: float) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def _visible(text: str) -> str:
-    return "".join(_SHOWN.get(ch, ch) for ch in text)
-
-
 def shaded_html(records: Sequence[TokenRecord], *, lead: str = "", mode: str = "raw",
                 metric: str = "probability", title: str = "") -> str:
     """Escaped HTML of the tokens shaded by ``metric``, each with its alternatives as a tooltip.
@@ -202,7 +198,7 @@ def shaded_html(records: Sequence[TokenRecord], *, lead: str = "", mode: str = "
         spans.append(
             f"<span title='{escape(f'p={record.prob:.3f}; {tip}')}' style='background:"
             f"{_colour(x)};{' color:#fff;' if dark else ''}{flag} white-space:pre-wrap; "
-            f"border-radius:2px'>{escape(_visible(record.text))}</span>"
+            f"border-radius:2px'>{escape(visible(record.text, breaks=True))}</span>"
         )
     head = f"<div style='opacity:.7;font-size:smaller'>{escape(title)}</div>" if title else ""
     lead_html = f"<span style='opacity:.6'>{escape(lead)}</span>" if lead else ""

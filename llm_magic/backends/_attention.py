@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .._sizes import format_size
+from .._visible import visible
 from ..errors import InvalidOptionError, NotAvailableError, PromptTooLongError
 from .base import AttentionCapture
 
@@ -179,25 +180,10 @@ def _byte_decoder() -> dict[str, int]:
 
 
 _BYTES = _byte_decoder()
-_SHOWN = {"\n": "↵", "\r": "␍", "\t": "⇥"}
-
-
 def _is_byte_level(tokenizer: Any) -> bool:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     decoder = getattr(backend, "decoder", None)
     return decoder is not None and "ByteLevel" in type(decoder).__name__ + repr(decoder)
-
-
-def _visible(text: str) -> str:
-    out = []
-    for ch in text:
-        if ch in _SHOWN:
-            out.append(_SHOWN[ch])
-        elif ord(ch) < 32 or ord(ch) == 127:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def readable_tokens(tokenizer: Any, tokens: Sequence[str | None]) -> list[str]:
@@ -221,7 +207,7 @@ def readable_tokens(tokenizer: Any, tokens: Sequence[str | None]) -> list[str]:
             out.append(token)
         elif byte_level and all(ch in _BYTES for ch in token):
             raw = bytes(_BYTES[ch] for ch in token)
-            out.append(_visible(raw.decode("utf-8", errors="backslashreplace")))
+            out.append(visible(raw.decode("utf-8", errors="backslashreplace")))
         else:
-            out.append(_visible(token.replace("▁", " ")))
+            out.append(visible(token.replace("▁", " ")))
     return out

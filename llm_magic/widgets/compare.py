@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import anywidget
 import traitlets as t
 
+from .._visible import visible
 from ._common import STATIC, with_fallback
 from ._subshell import route
 
@@ -40,7 +41,6 @@ __all__ = ["CompareWidget", "colour", "table_html"]
 
 _THROTTLE = 0.15  # seconds between streamed updates of a column
 _NEG, _POS = (214, 39, 40), (31, 119, 180)  # less likely under the reference / likelier
-_SHOWN = {"\n": "↵\n", "\t": "⇥", "\r": "␍"}
 
 
 class CompareWidget(anywidget.AnyWidget):  # type: ignore[misc]
@@ -156,7 +156,7 @@ class CompareWidget(anywidget.AnyWidget):  # type: ignore[misc]
         with self._lock, self.hold_sync():
             self._comparison = comparison
             self.references = ["" if s is None else s.reference for s in scores]
-            self.pieces = [[] if s is None else [_visible(p.text) for p in s.pieces]
+            self.pieces = [[] if s is None else [visible(p.text, breaks=True) for p in s.pieces]
                            for s in scores]
             self.tips = [[] if s is None else _tips(s) for s in scores]
             self.deltas = np.asarray([d for c in deltas for d in c], "<f4").tobytes()
@@ -185,10 +185,6 @@ def _stats(gen: Generation) -> str:
     s = gen.stats
     tps = "-" if s.tokens_per_second is None else f"{s.tokens_per_second:.1f}"
     return f"{s.new_tokens} new tokens, {tps} tokens/s, {s.duration:.2f} s ({s.stop_reason})"
-
-
-def _visible(text: str) -> str:
-    return "".join(_SHOWN.get(ch, ch) for ch in text)
 
 
 def _tips(score: CrossScore) -> list[str]:
@@ -256,7 +252,7 @@ def comparison_html(comparison: Comparison) -> str:
                 spans.append("<span title='greedy choices diverge here' style='color:#b00;"
                              "font-weight:bold'>▶</span>")
             spans.append(f"<span title='{escape(f'Δ {d:+.3f}')}' style='background:"
-                         f"{colour(d, scale)};white-space:pre-wrap'>{escape(_visible(p.text))}"
-                         "</span>")
+                         f"{colour(d, scale)};white-space:pre-wrap'>"
+                         f"{escape(visible(p.text, breaks=True))}</span>")
         cells.append("".join(spans))
     return table_html(labels, [], [_stats(g) for g in comparison], cells, _note(comparison))

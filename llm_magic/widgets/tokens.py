@@ -36,6 +36,7 @@ import anywidget
 import numpy as np
 import traitlets as t
 
+from .._visible import visible
 from ..analysis.tokens import METRICS, Scores, legend, shaded_html
 from ..backends.base import TokenRecord
 from ..errors import InvalidOptionError
@@ -50,7 +51,6 @@ __all__ = ["Payload", "TokensWidget", "encode"]
 log = logging.getLogger("llm_magic.widgets")
 
 _THROTTLE = 0.1  # seconds between streamed updates of a branch's text
-_SHOWN = {"\n": "↵", "\t": "⇥", "\r": "␍"}
 SERVED_NOTE = ("Served model: a branch sends the text before the chosen token to the server, "
                "which tokenises it again (its ids may differ from these).")
 SCORES_NOTE = "A scored text: the alternatives are shown; only a generation branches."
@@ -133,10 +133,6 @@ def encode(records: tuple[TokenRecord, ...] | list[TokenRecord], k: int | None =
         entropy=entropy.astype("<f2").tobytes(),
         string_ids=np.array(list(table), dtype="<i4").tobytes(), strings=tuple(table.values()),
     )
-
-
-def _visible(text: str) -> str:
-    return "".join(_SHOWN.get(ch, ch) for ch in text)
 
 
 def _served(result: Any) -> bool:
@@ -406,7 +402,7 @@ class TokensWidget(anywidget.AnyWidget):  # type: ignore[misc]
             self._made = made
             chosen = (made.tokens or ())[position].text if made.tokens else str(token)
             crumbs = [dict(c) for c in self.crumbs]
-            crumbs[index].update(label=f"#{index} @{position} \u201c{_visible(chosen)}\u201d",
+            crumbs[index].update(label=f"#{index} @{position} \u201c{visible(chosen)}\u201d",
                                  state="done" if not made.interrupted else "stopped")
             self.crumbs = crumbs
             self.stream, self.state = made.text, "idle"
