@@ -17,7 +17,7 @@ Examples
 from __future__ import annotations
 
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import monitor as _sampler_module
 from .analysis.attention import AttentionMap, attention, attention_max_tokens
@@ -42,7 +42,9 @@ from .history import HistoryRow, HistoryTable, RerunResult, history, rerun
 from .manager import ModelHandle, ModelInfo, ModelTable, UnloadReport, get_manager
 from .resources import Budget, Estimate, budget, estimate, set_threads, threads
 
-__version__ = "0.1.0"
+#: The installed distribution's version: pyproject.toml is its one source. Read on first
+#: use (see ``__getattr__`` below), since importlib.metadata costs more than this import.
+__version__: str
 
 __all__ = [
     "AttentionMap",
@@ -235,3 +237,19 @@ def unload_ipython_extension(ipython: Any) -> None:
     from .magics import unload_ipython_extension as _unload
 
     _unload(ipython)
+
+
+if not TYPE_CHECKING:  # mypy sees ``__version__: str`` above, and no catch-all attribute
+
+    def __getattr__(name: str) -> str:
+        """``llm_magic.__version__``, from the installed package's metadata, once."""
+        if name != "__version__":
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from importlib import metadata
+
+        try:
+            version = metadata.version("llm_magic")
+        except metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+            version = "0+unknown"
+        globals()["__version__"] = version
+        return version
