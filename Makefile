@@ -40,11 +40,12 @@ lab: setup
 	HF_HUB_OFFLINE=1 $(PY) -m jupyter lab $(ALLOW_ROOT) $(if $(PORT),--port=$(PORT)) \
 		notebooks/01_quickstart.ipynb
 
-test: setup browser
+# Lint first: a finding fails the target before the long suite starts.
+test: setup browser lint
 	LLM_MAGIC_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -p no:cacheprovider tests notebooks --nbval-lax
 
 lint: setup
-	$(PY) -m ruff check llm_magic tests benchmarks
+	$(PY) -m ruff check llm_magic tests benchmarks tools
 	$(PY) -m mypy llm_magic
 
 bench: setup
