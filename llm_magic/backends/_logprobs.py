@@ -1,10 +1,13 @@
 """Token probabilities inside transformers' own generation loop, and teacher-forced scoring.
 
-A generation with ``logprobs=K`` records, at every step and on the model's
+A generation with ``logprobs=K`` records, for every step and on the model's
 device, the top K of the distribution, the chosen token's log-probability,
-its rank and the entropy. Only those few numbers per step ever leave the
-device, once, when the generation ends: no vocabulary-sized array is copied to
-the CPU, and there is no second forward pass.
+its rank and the entropy. A step keeps its logits on the device; a few dozen
+steps at a time are reduced together, so the reduction costs a handful of
+tensor operations per batch of steps rather than per token. Only those few
+numbers per step ever leave the device, once, when the generation ends: no
+vocabulary-sized array is copied to the CPU, and there is no second forward
+pass.
 
 Where the distribution is read:
 
@@ -89,7 +92,6 @@ def _summary(logits: torch.Tensor, k: int, filtered: bool = True
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row of float32 logits (rows, vocab): log-probabilities, top-k of them, entropy.
 
-    Few operations on purpose: each costs a dispatch at every generated token.
     Tokens a warper removed have log-probability -inf and p = 0; clamping the
     log-probability to the float32 minimum keeps their p * log p at 0, not NaN.
     """
@@ -102,12 +104,38 @@ def _summary(logits: torch.Tensor, k: int, filtered: bool = True
     return lp, values, ids, entropy
 
 
+def _reduce(logits: torch.Tensor, chosen: torch.Tensor, k: int, filtered: bool
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of logits (n, vocab) and the token each row chose (n, 1), packed for records.
+
+    Returns ids (n, 1 + k): [chosen, top ids...], and numbers (n, 3 + k):
+    [logprob, entropy, rank, top logprobs...], still on the logits' device.
+    """
+    import torch
+
+    lp, top_lp, top_ids, entropy = _summary(logits.float(), min(k, int(logits.shape[-1])),
+                                            filtered=filtered)
+    at = lp.gather(1, chosen)
+    rank = (lp > at).sum(dim=1, keepdim=True) + 1
+    return (torch.cat([chosen, top_ids], 1),
+            torch.cat([at, entropy[:, None], rank.to(at.dtype), top_lp], 1))
+
+
+#: Steps whose logits are kept on the device before they are reduced together:
+#: at most this many, and at most _KEEP_BYTES of logits.
+_KEEP_STEPS = 64
+_KEEP_BYTES = 32 * 2**20
+
+
 class Recorder:
     """Collects the records of one generation (a batch of rows) while transformers runs it.
 
     Use :meth:`hook` as a forward hook of the model (raw mode) or the object
     itself as a logits processor (sampled mode), and :meth:`criteria` as a
-    stopping criterion. Every array stays on the model's device until
+    stopping criterion. A step only keeps its logits and its chosen token; the
+    steps are reduced to records a few dozen at a time, in a handful of tensor
+    operations for all of them, so the cost per generated token stays a small
+    part of a forward pass. Every array stays on the model's device until
     :meth:`records`.
     """
 
@@ -117,8 +145,10 @@ class Recorder:
         self.mode = mode
         self.texts = texts
         self.sampling = list(sampling)
-        self._pending: tuple[Any, ...] | None = None
-        self._steps: list[tuple[Any, ...]] = []
+        self._pending: Any = None
+        self._logits: list[Any] = []  # each step's (rows, vocab) logits, not yet reduced
+        self._chosen: list[Any] = []  # each step's (rows, 1) chosen ids
+        self._packed: list[tuple[Any, Any]] = []  # reduced: (rows, steps, ...) ids, numbers
 
     # -- where the distribution comes from -----------------------------------
 
@@ -128,20 +158,18 @@ class Recorder:
         if logits is None and isinstance(output, tuple):
             logits = output[0]
         if logits is not None:
-            self._observe(logits[:, -1, :].float())
+            last = logits[:, -1, :]
+            # A prompt's forward may return logits for every position: keep only the last.
+            self._pending = last.clone() if logits.shape[1] > 1 else last
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Logits processor (sampled mode): record what sampling will draw from; change nothing."""
         warped = scores
         for warper in self.sampling:
             warped = warper(input_ids, warped)
-        self._observe(warped.float())
+        # Later processors may work in place on scores; the warpers return new tensors.
+        self._pending = scores.clone() if warped is scores else warped
         return scores
-
-    def _observe(self, logits: torch.Tensor) -> None:
-        # Raw logits are finite; warped ones (sampled mode) have -inf where a warper cut.
-        self._pending = _summary(logits, min(self.k, int(logits.shape[-1])),
-                                 filtered=self.mode != "raw")
 
     # -- the chosen token ------------------------------------------------------
 
@@ -149,12 +177,25 @@ class Recorder:
         """Stopping criterion that never stops: completes the step with the appended token."""
         pending, self._pending = self._pending, None
         if pending is not None:
-            lp, top_lp, top_ids, entropy = pending
-            chosen = input_ids[:, -1:]
-            at = lp.gather(1, chosen)
-            # Packed once at the end: a step only appends its small tensors.
-            self._steps.append((chosen, top_ids, at, entropy, (lp > at).sum(dim=1), top_lp))
+            self._logits.append(pending)
+            self._chosen.append(input_ids[:, -1:])
+            rows, vocab = pending.shape
+            if len(self._logits) >= max(1, min(_KEEP_STEPS, _KEEP_BYTES // (4 * rows * vocab))):
+                self._reduce()
         return self._never(input_ids)
+
+    def _reduce(self) -> None:
+        import torch
+
+        if not self._logits:
+            return
+        logits, chosen = torch.stack(self._logits, 1), torch.cat(self._chosen, 1)
+        self._logits, self._chosen = [], []
+        rows, steps, vocab = logits.shape
+        # Raw logits are finite; warped ones (sampled mode) have -inf where a warper cut.
+        ids, numbers = _reduce(logits.reshape(rows * steps, vocab), chosen.reshape(-1, 1),
+                               self.k, filtered=self.mode != "raw")
+        self._packed.append((ids.reshape(rows, steps, -1), numbers.reshape(rows, steps, -1)))
 
     def _never(self, input_ids: torch.Tensor) -> torch.Tensor:
         never = getattr(self, "_no", None)
@@ -171,18 +212,13 @@ class Recorder:
         """Each row's records, cut to that row's number of new tokens."""
         import torch
 
-        if not self._steps:
+        self._reduce()
+        packed, self._packed = self._packed, []
+        if not packed:
             return [() for _ in lengths]
-        chosen, top_ids, at, entropy, above, top_lp = (list(x) for x in zip(*self._steps,
-                                                                             strict=True))
-        self._steps = []
-        packed_ids = torch.stack([torch.cat(step, 1)
-                                  for step in zip(chosen, top_ids, strict=True)], 1)
-        packed = torch.stack([
-            torch.cat([a, e[:, None], (r[:, None] + 1).to(a.dtype), t], 1)
-            for a, e, r, t in zip(at, entropy, above, top_lp, strict=True)], 1)
         # rows x steps x (1 + k) ids, and rows x steps x (3 + k) numbers
-        ids, numbers = packed_ids.cpu().tolist(), packed.cpu().tolist()
+        ids = torch.cat([i for i, _ in packed], 1).cpu().tolist()
+        numbers = torch.cat([n for _, n in packed], 1).cpu().tolist()
         return [tuple(_record(self.texts, i, n)
                       for i, n in zip(row_ids[:length], row_numbers[:length], strict=True))
                 for row_ids, row_numbers, length in zip(ids, numbers, lengths, strict=True)]
@@ -233,13 +269,10 @@ def score(model: Any, tokenizer: Any, ids: Sequence[int], *, k: int, start: int 
         numbers: list[Any] = []
         for lo in range(max(start, 1), n, _CHUNK):
             hi = min(n, lo + _CHUNK)
-            chunk = logits[lo - 1 : hi - 1].float()
-            lp, top_lp, top_ids, entropy = _summary(chunk, min(k, int(chunk.shape[-1])),
-                                                    filtered=False)
-            at = lp.gather(1, target[lo:hi, None])
-            rank = (lp > at).sum(dim=1, keepdim=True) + 1
-            rows.append(torch.cat([target[lo:hi, None], top_ids], 1))
-            numbers.append(torch.cat([at, entropy[:, None], rank.float(), top_lp], 1))
+            chunk_ids, chunk_numbers = _reduce(logits[lo - 1 : hi - 1], target[lo:hi, None],
+                                               k, filtered=False)
+            rows.append(chunk_ids)
+            numbers.append(chunk_numbers)
         del logits
         all_ids = torch.cat(rows).cpu().tolist()
         all_numbers = torch.cat(numbers).cpu().tolist()
