@@ -379,3 +379,20 @@ def test_the_public_call_on_the_demo():
     finally:
         if not loaded:
             lm.unload("demo")
+
+
+@pytest.mark.parametrize("vocab", [512, 1536, 1617, 4096, 50257])
+def test_two_stage_top_k_is_torch_topk(vocab):
+    """The lens's top-k (two stages from 1,536 columns) gives torch.topk's values and ids;
+    the largest logit in the columns past the last whole group of 64 is found too."""
+    torch.manual_seed(0)
+    for k in (1, 5, 20):
+        x = torch.randn(9, vocab) * 4
+        x[0, -1] = 100.0
+        x[1, :3] = 50.0  # three tied in one group: any order of their ids
+        values, ids = _lens._topk(x, k)
+        expected_values, expected_ids = torch.topk(x, k)
+        assert torch.equal(values, expected_values)
+        assert torch.equal(x.gather(1, ids), values)
+        assert all(len(set(row)) == k for row in ids.tolist())
+        assert torch.equal(ids[2:], expected_ids[2:]) and ids[0, 0] == vocab - 1
