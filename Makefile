@@ -40,9 +40,15 @@ lab: setup
 	HF_HUB_OFFLINE=1 $(PY) -m jupyter lab $(ALLOW_ROOT) $(if $(PORT),--port=$(PORT)) \
 		notebooks/01_quickstart.ipynb
 
-# Lint first: a finding fails the target before the long suite starts.
+# Lint first: a finding fails the target before the long suite starts. The suite then runs on
+# TEST_WORKERS processes (pytest-xdist, a test file each, the longest files first); the tests
+# that measure a latency (marked serial) run alone after it, so no other worker slows them.
+TEST_WORKERS ?= 2
+PYTEST := LLM_MAGIC_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -p no:cacheprovider
+
 test: setup browser lint
-	LLM_MAGIC_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -p no:cacheprovider tests notebooks --nbval-lax
+	$(PYTEST) -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not serial" tests notebooks --nbval-lax
+	$(PYTEST) -m serial tests
 
 lint: setup
 	$(PY) -m ruff check llm_magic tests benchmarks tools

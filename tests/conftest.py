@@ -137,3 +137,27 @@ def served_demo(tmp_path_factory: pytest.TempPathFactory):
     served = _serve.start(MODEL_DIR, tmp_path_factory.mktemp("serve") / "serve.log", threads=1)
     yield served
     served.stop()
+
+
+# -- order: the longest files first --------------------------------------------------------
+
+#: Files that take longest (browser tests, fresh kernels), first among the rest. make test
+#: gives each pytest-xdist worker a file at a time in this order (--no-loadscope-reorder),
+#: so the run does not end on one worker still busy with a long file.
+_LONG_FIRST = ("test_widgets_lab", "test_tokens_lab", "test_warmup", "test_history",
+               "test_lab", "test_compare_lab", "test_lens_lab", "test_widgets",
+               "test_attention_lab", "test_subshells", "test_unload_memory", "test_make_lab",
+               "test_wheel", "test_kernel", "test_openai_backend")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the long files first (a stable sort: tests keep their order within a file)."""
+    rank = {name: i for i, name in enumerate(_LONG_FIRST)}
+
+    def key(item: pytest.Item) -> int:
+        path = Path(str(item.fspath))
+        if path.suffix == ".ipynb":  # the notebooks (nbval) after the long test files
+            return len(rank)
+        return rank.get(path.stem, len(rank) + 1)
+
+    items.sort(key=key)

@@ -132,6 +132,7 @@ def test_display_hooks_see_every_streamed_update(kernel):
         run(kc, "get_ipython().display_pub.unregister_hook(_hook)")
 
 
+@pytest.mark.serial
 def test_interrupt_stops_generation_keeps_text_and_the_kernel_goes_on(kernel):
     km, kc = kernel
     msg_id = kc.execute("%%llm -n 6000 --no-chat\nHello")

@@ -67,6 +67,7 @@ def test_streamed_text_grows_in_one_output_area_then_renders(notebook):
     assert nb.outside_requests() == [], "the page fetched from outside loopback"
 
 
+@pytest.mark.serial
 def test_stop_button_keeps_the_partial_text_and_the_next_cell_runs(notebook):
     nb = notebook("%%llm long -n 6000 --no-chat\nHello",
                   "print(_llm.stats.stop_reason, _llm.stats.new_tokens)")

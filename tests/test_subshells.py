@@ -159,6 +159,7 @@ def kernel() -> Iterator[Kernel]:
         k.close()
 
 
+@pytest.mark.serial
 def test_clicks_act_while_a_cell_generates_and_the_kernel_stays_busy(kernel, long_model):
     kernel.run("%load_ext llm_magic")
     kernel.run(f"import llm_magic as lm\nlm.load({str(long_model)!r}, name='long')\n"

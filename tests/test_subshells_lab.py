@@ -23,6 +23,9 @@ from typing import Any
 import pytest
 from _browser import _PANEL_JS, Notebook, artifact_dir, start_server
 
+# Latencies measured in the page: make test runs this module alone, after the parallel run.
+pytestmark = pytest.mark.serial
+
 TOKENS = 8000  # the cell's generation: long enough for every click, under load too
 ACT_WITHIN_MS = 2000  # how soon a click during a busy cell must show in the page
 IDLE_BLIP_MS = 1000  # the longest "idle" a click may show while the cell runs (about 20 ms here)
