@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _kernels import collect, reply_to
 
 jupyter_client = pytest.importorskip("jupyter_client")
 
@@ -45,27 +46,6 @@ def kernel(long_model: Path) -> Iterator[tuple[Any, Any]]:
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
-
-
-def collect(kc: Any, msg_id: str, timeout: float = TIMEOUT) -> list[tuple[float, dict[str, Any]]]:
-    """The iopub messages of one execution, each with the time it arrived, up to idle."""
-    out = []
-    deadline = time.monotonic() + timeout
-    while True:
-        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        out.append((time.perf_counter(), msg))
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            return out
-
-
-def reply_to(kc: Any, msg_id: str) -> dict[str, Any]:
-    """The shell reply to one request (earlier replies, such as kernel_info's, are skipped)."""
-    while True:
-        reply = kc.get_shell_msg(timeout=TIMEOUT)
-        if reply["parent_header"].get("msg_id") == msg_id:
-            return reply  # type: ignore[no-any-return]
 
 
 def run(kc: Any, code: str) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _kernels import collect, reply_to
 from IPython.core.interactiveshell import InteractiveShell
 
 from llm_magic import backends
@@ -204,11 +205,7 @@ class Kernel:
 
     def result(self, msg_id: str) -> tuple[str, str]:
         texts = []
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            msg = self.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
+        for _, msg in collect(self.kc, msg_id, TIMEOUT):
             content = msg["content"]
             if msg["msg_type"] == "stream":
                 texts.append(content["text"])
@@ -216,12 +213,7 @@ class Kernel:
                 texts += [content["ename"], *content["traceback"]]
             elif msg["msg_type"] in ("display_data", "execute_result"):
                 texts.append(content["data"].get("text/plain", ""))
-            if msg["msg_type"] == "status" and content["execution_state"] == "idle":
-                break
-        while True:
-            reply = self.kc.get_shell_msg(timeout=TIMEOUT)
-            if reply["parent_header"].get("msg_id") == msg_id:
-                return reply["content"]["status"], "".join(texts).strip()
+        return reply_to(self.kc, msg_id, TIMEOUT)["content"]["status"], "".join(texts).strip()
 
     def run(self, code: str) -> tuple[str, str]:
         return self.result(self.send(code))

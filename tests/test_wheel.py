@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import time
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _kernels import collect, reply_to
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -202,19 +202,8 @@ class Kernel:
     def run(self, code: str) -> list[dict[str, Any]]:
         """Execute ``code``; its iopub messages up to idle. A failure fails the test."""
         msg_id = self.kc.execute(code)
-        msgs = []
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            msg = self.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            msgs.append(msg)
-            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                break
-        while True:
-            reply = self.kc.get_shell_msg(timeout=TIMEOUT)
-            if reply["parent_header"].get("msg_id") == msg_id:
-                break
+        msgs = [m for _, m in collect(self.kc, msg_id, TIMEOUT)]
+        reply = reply_to(self.kc, msg_id, TIMEOUT)
         errors = [m["content"] for m in msgs if m["msg_type"] == "error"]
         assert reply["content"]["status"] == "ok", errors
         return msgs
