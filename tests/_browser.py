@@ -81,6 +81,30 @@ _DONE_JS = """([cells, index, before]) => {
 }"""
 
 
+# A digest of a canvas's pixels, how many are coloured (not white), and its width.
+CANVAS_PIXELS_JS = """selector => {
+  const canvas = document.querySelector(selector);
+  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  let hash = 0, coloured = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    hash = (hash * 31 + data[i] * 7 + data[i + 1] * 3 + data[i + 2]) >>> 0;
+    if (data[i] < 250 || data[i + 1] < 250) coloured++;
+  }
+  return {hash, coloured, width: canvas.width};
+}"""
+
+
+def streamed_lengths(page: Any, text: Any, timeout: float = 60, every_ms: int = 250
+                     ) -> list[int]:
+    """The length of ``text`` (a locator) read every ``every_ms`` until it took 3 values."""
+    lengths: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(set(lengths)) < 3:
+        page.wait_for_timeout(every_ms)
+        lengths.append(len(text.inner_text()))
+    return lengths
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:

@@ -100,7 +100,9 @@ def browser():
 
 @pytest.fixture
 def open_notebook(browser, lab_server, request: pytest.FixtureRequest):
-    """``open_notebook(cells, name=None, app="lab")``: a notebook open and ready to run.
+    """``open_notebook(cells, name=None, app="lab", server=None)``: a notebook open and ready.
+
+    ``server`` is the session's ``lab_server`` unless the test passes another.
 
     On a failure of the test, each notebook's screenshot, text and the server log
     are saved in the test's artifact folder, which is printed.
@@ -110,10 +112,11 @@ def open_notebook(browser, lab_server, request: pytest.FixtureRequest):
     opened: list = []
     folder = artifact_dir(request.node.nodeid)
 
-    def open_(cells, name=None, app="lab"):
+    def open_(cells, name=None, app="lab", server=None):
         name = name or f"{request.node.name}-{len(opened)}.ipynb"
         name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-        nb = Notebook(browser, lab_server, list(cells), name, app=app, artifacts=folder)
+        nb = Notebook(browser, server or lab_server, list(cells), name, app=app,
+                      artifacts=folder)
         opened.append(nb)
         return nb.open()
 

@@ -9,22 +9,11 @@ opens its head, and the page asks nothing of any host but loopback.
 
 from __future__ import annotations
 
+from _browser import CANVAS_PIXELS_JS
+
 TEXT = "The import statement <script>alert(1)</script> loads a module."
 VIEW = ".llm-attn"
 HEATMAP = f"{VIEW} canvas.llm-attn-heatmap"
-
-# A digest of the heatmap's pixels and whether any pixel is coloured (not white).
-PIXELS = """selector => {
-  const canvas = document.querySelector(selector);
-  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-  let hash = 0, coloured = 0;
-  for (let i = 0; i < data.length; i += 4) {
-    hash = (hash * 31 + data[i] * 7 + data[i + 1] * 3 + data[i + 2]) >>> 0;
-    if (data[i] < 250 || data[i + 1] < 250) coloured++;
-  }
-  return {hash, coloured, width: canvas.width};
-}"""
-
 
 def _drawn(nb, key: str) -> None:
     nb.page.wait_for_function(
@@ -46,7 +35,7 @@ def test_heatmap_hover_heads_tokens_and_thumbnails(open_notebook):
     _drawn(nb, "0:0")
     heatmap = nb.page.locator(HEATMAP).first
     assert heatmap.is_visible()
-    first = nb.page.evaluate(PIXELS, HEATMAP)
+    first = nb.page.evaluate(CANVAS_PIXELS_JS, HEATMAP)
     assert first["coloured"] > 0 and first["width"] > 0, "the heatmap is blank"
 
     # Hover the lower-left area (a causal map has weight below the diagonal).
@@ -63,7 +52,7 @@ def test_heatmap_hover_heads_tokens_and_thumbnails(open_notebook):
     # Switching heads fetches the new head from the kernel and redraws.
     view.locator("select.llm-attn-head").select_option("1")
     _drawn(nb, "0:1")
-    assert nb.page.evaluate(PIXELS, HEATMAP)["hash"] != first["hash"], "nothing redrew"
+    assert nb.page.evaluate(CANVAS_PIXELS_JS, HEATMAP)["hash"] != first["hash"], "nothing redrew"
     view.locator("select.llm-attn-head").select_option("mean")
     _drawn(nb, "0:mean")
 

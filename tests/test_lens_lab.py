@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 import pytest
+from _browser import CANVAS_PIXELS_JS
 
 VIEW = ".llm-lens"
 GRID = f"{VIEW} canvas.llm-lens-grid"
@@ -26,18 +27,6 @@ DUMP = '''import json
 rows, t, k = lens.shape
 print(json.dumps({"layers": lens.layers, "tokens": lens.tokens, "correct": lens.correct,
                   "top": [[lens.top(r, p) for p in range(t)] for r in range(rows)]}))'''
-
-# A digest of the grid's pixels and how many are coloured (not white).
-PIXELS = """selector => {
-  const canvas = document.querySelector(selector);
-  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-  let hash = 0, coloured = 0;
-  for (let i = 0; i < data.length; i += 4) {
-    hash = (hash * 31 + data[i] * 7 + data[i + 1] * 3 + data[i + 2]) >>> 0;
-    if (data[i] < 250 || data[i + 1] < 250) coloured++;
-  }
-  return {hash, coloured};
-}"""
 
 # The hover panel as the page shows it.
 PANEL = """root => {
@@ -107,7 +96,7 @@ def test_grid_hover_focus_metric_and_stride(open_notebook, app):
     root = nb.cell(1).locator(VIEW)
     root.wait_for()
     drawn(nb, "probability:1")
-    first = nb.page.evaluate(PIXELS, GRID)
+    first = nb.page.evaluate(CANVAS_PIXELS_JS, GRID)
     assert first["coloured"] > 0, "the grid is blank"
 
     # Rows from the last block (top) down to the embeddings; tokens as text on both axes.
@@ -144,7 +133,7 @@ def test_grid_hover_focus_metric_and_stride(open_notebook, app):
     # The metric switch redraws and the kernel's widget knows it; so does the stride.
     root.locator("select.llm-lens-metric").select_option("kl")
     drawn(nb, "kl:1")
-    assert nb.page.evaluate(PIXELS, GRID)["hash"] != first["hash"], "nothing redrew"
+    assert nb.page.evaluate(CANVAS_PIXELS_JS, GRID)["hash"] != first["hash"], "nothing redrew"
     assert "KL" in root.locator(".llm-lens-legend").inner_text()
     root.locator("select.llm-lens-metric").select_option("rank")
     drawn(nb, "rank:1")

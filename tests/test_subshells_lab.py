@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _browser import _PANEL_JS, Notebook, artifact_dir, start_server
+from _browser import _PANEL_JS, Notebook, start_server, streamed_lengths
 
 # Latencies measured in the page: make test runs this module alone, after the parallel run.
 pytestmark = pytest.mark.serial
@@ -83,28 +83,6 @@ def disabled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         json.dumps({"commsOverSubshells": "disabled"}))
     with start_server(home) as server:
         yield server
-
-
-@pytest.fixture
-def open_on(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """``open_on(server, cells, app)``: like ``open_notebook``, on a server of the test's choice."""
-    opened: list[Notebook] = []
-    folder = artifact_dir(request.node.nodeid)
-
-    def open_(server: Any, cells: list[str], app: str = "lab") -> Notebook:
-        name = "".join(c if c.isalnum() or c in "-_." else "_"
-                       for c in f"{request.node.name}-{len(opened)}.ipynb")
-        nb = Notebook(browser, server, cells, name, app=app, artifacts=folder)
-        opened.append(nb)
-        return nb.open()
-
-    yield open_
-    failed = any(getattr(getattr(request.node, f"report_{when}", None), "failed", False)
-                 for when in ("setup", "call"))
-    for nb in opened:
-        if failed:
-            print(f"browser test failed: records in {nb.record_failure()}")
-        nb.close()
 
 
 def _state(nb: Notebook, cell: int) -> dict[str, Any]:
@@ -179,10 +157,10 @@ VARIANTS = [
 
 @pytest.mark.parametrize(("app", "disabled"), VARIANTS)
 def test_panel_and_playground_answer_while_a_cell_generates(
-        app, disabled, request, open_on, long_model, other_model):
+        app, disabled, request, open_notebook, long_model, other_model):
     server = (request.getfixturevalue("disabled_server") if disabled
               else request.getfixturevalue("lab_server"))
-    nb = open_on(server, [
+    nb = open_notebook([
         f"%load_ext llm_magic\n%llm load {long_model} --as long\n"
         f"%llm load {other_model} --as other",
         "import threading, time\nimport llm_magic as lm\nevents = []\n"
@@ -196,7 +174,7 @@ def test_panel_and_playground_answer_while_a_cell_generates(
         "subshells = [t for t in threading.enumerate() if t.name.startswith('subshell-')]\n"
         "print(bool(ends and gone and gone[0] < ends[-1]), _llm.stats.stop_reason, "
         "_llm.stats.new_tokens, len(subshells))",
-    ], app=app)
+    ], app=app, server=server)
     nb.run_and_wait(0, timeout=240)
     nb.run_and_wait(1)
     panel = nb.cell(1)
@@ -222,11 +200,7 @@ def test_panel_and_playground_answer_while_a_cell_generates(
     playground.locator("textarea").fill("Hello")
     playground.locator("button", has_text="Generate").click()
     text = playground.locator(".llm-magic-stream [data-field='text']")
-    lengths: list[int] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(set(lengths)) < 3:
-        nb.page.wait_for_timeout(250)
-        lengths.append(len(text.inner_text()))
+    lengths = streamed_lengths(nb.page, text)
     assert len(set(lengths)) >= 3 and lengths == sorted(lengths), f"no streaming: {lengths}"
     assert playground.locator("[data-field='prompt']").inner_text() == "Hello"
     _assert_busy(_state(nb, 2), app, "the playground streamed")

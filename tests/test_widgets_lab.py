@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _browser import streamed_lengths
 
 XSS = "<img src=x onerror=\"window.__xss='img'\"><script>window.__xss='script'</script>"
 MONITOR = ".llm-magic-monitor"
@@ -123,11 +124,7 @@ def test_playground_streams_stops_and_other_cells_run(open_notebook, long_model)
     playground.locator("textarea").fill("Hello")
     playground.locator("button", has_text="Generate").click()
     text = playground.locator(".llm-magic-stream [data-field='text']")
-    lengths: list[int] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(set(lengths)) < 3:
-        nb.page.wait_for_timeout(300)
-        lengths.append(len(text.inner_text()))
+    lengths = streamed_lengths(nb.page, text, every_ms=300)
     assert len(set(lengths)) >= 3 and lengths == sorted(lengths), f"no streaming: {lengths}"
     assert [out.strip() for out in nb.run_and_wait(2)] == ["4"]  # the kernel is not blocked
     assert _field(playground, "state") == "generating…"
