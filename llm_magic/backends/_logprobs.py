@@ -149,6 +149,7 @@ class Recorder:
         self._logits: list[Any] = []  # each step's (rows, vocab) logits, not yet reduced
         self._chosen: list[Any] = []  # each step's (rows, 1) chosen ids
         self._packed: list[tuple[Any, Any]] = []  # reduced: (rows, steps, ...) ids, numbers
+        self._keep = 0  # steps kept before a reduction, set from the first step's shape
 
     # -- where the distribution comes from -----------------------------------
 
@@ -179,8 +180,10 @@ class Recorder:
         if pending is not None:
             self._logits.append(pending)
             self._chosen.append(input_ids[:, -1:])
-            rows, vocab = pending.shape
-            if len(self._logits) >= max(1, min(_KEEP_STEPS, _KEEP_BYTES // (4 * rows * vocab))):
+            if not self._keep:
+                rows, vocab = pending.shape
+                self._keep = max(1, min(_KEEP_STEPS, _KEEP_BYTES // (4 * rows * vocab)))
+            if len(self._logits) >= self._keep:
                 self._reduce()
         return self._never(input_ids)
 
