@@ -16,14 +16,10 @@ Examples
 
 from __future__ import annotations
 
+import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-from . import monitor as _sampler_module
-from .analysis.attention import AttentionMap, attention, attention_max_tokens
-from .analysis.compare import Comparison, compare
-from .analysis.lens import LensMap, logit_lens
-from .analysis.tokens import Scores, TokenRecord, score
 from .errors import (
     BudgetExceededError,
     InvalidOptionError,
@@ -37,10 +33,35 @@ from .errors import (
     PromptTooLongError,
     ServerError,
 )
-from .generation import Generation, GenerationStats, generate, generate_batch
+
+# History records every generation from the moment llm_magic is imported (it listens to
+# every manager's events), so it is the one part of the API imported here.
 from .history import HistoryRow, HistoryTable, RerunResult, history, rerun
-from .manager import ModelHandle, ModelInfo, ModelTable, UnloadReport, get_manager
-from .resources import Budget, Estimate, budget, estimate, set_threads, threads
+
+if TYPE_CHECKING:
+    from . import monitor
+    from .analysis.attention import AttentionMap, attention, attention_max_tokens
+    from .analysis.compare import Comparison, compare
+    from .analysis.lens import LensMap, logit_lens
+    from .analysis.tokens import Scores, TokenRecord, score
+    from .generation import Generation, GenerationStats, generate, generate_batch
+    from .manager import ModelHandle, ModelInfo, ModelTable, UnloadReport, get_manager
+    from .resources import Budget, Estimate, budget, estimate, set_threads, threads
+
+# The rest of the API imports on first use (``__getattr__`` below): ``%load_ext
+# llm_magic`` then compiles and runs a few modules instead of forty.
+_LAZY = {
+    **dict.fromkeys(["AttentionMap", "attention", "attention_max_tokens"], "analysis.attention"),
+    **dict.fromkeys(["Comparison", "compare"], "analysis.compare"),
+    **dict.fromkeys(["LensMap", "logit_lens"], "analysis.lens"),
+    **dict.fromkeys(["Scores", "TokenRecord", "score"], "analysis.tokens"),
+    **dict.fromkeys(["Generation", "GenerationStats", "generate", "generate_batch"],
+                    "generation"),
+    **dict.fromkeys(["ModelHandle", "ModelInfo", "ModelTable", "UnloadReport", "get_manager"],
+                    "manager"),
+    **dict.fromkeys(["Budget", "Estimate", "budget", "estimate", "set_threads", "threads"],
+                    "resources"),
+}
 
 #: The installed distribution's version: pyproject.toml is its one source. Read on first
 #: use (see ``__getattr__`` below), since importlib.metadata costs more than this import.
@@ -130,7 +151,7 @@ def load(
     ...         api_key_env="VLLM_API_KEY")  # doctest: +SKIP
     <model 'big': Qwen/Qwen3-32B served at http://127.0.0.1:8000/v1>
     """
-    return get_manager().load(
+    return _manager().load(
         source, name=name, revision=revision, dtype=dtype, device=device,
         trust_remote_code=trust_remote_code, reload=reload, pin=pin, model=model,
         api_key_env=api_key_env,
@@ -146,7 +167,7 @@ def unload(name: str | None = None, *, all: bool = False) -> Any:
     >>> lm.unload("demo").freed  # doctest: +SKIP
     True
     """
-    reports = get_manager().unload(name, all=all)
+    reports = _manager().unload(name, all=all)
     return reports if all else reports[0]
 
 
@@ -158,12 +179,12 @@ def models() -> ModelTable:
     >>> import llm_magic as lm
     >>> lm.models()  # doctest: +SKIP
     """
-    return get_manager().models()
+    return _manager().models()
 
 
 def use(name: str) -> ModelHandle:
     """Make ``name`` the default model for calls and cells that name none."""
-    return get_manager().use(name)
+    return _manager().use(name)
 
 
 def pin(name: str, pinned: bool = True) -> ModelInfo:
@@ -175,12 +196,12 @@ def pin(name: str, pinned: bool = True) -> ModelInfo:
     >>> lm.pin("demo").pinned  # doctest: +SKIP
     True
     """
-    return get_manager().pin(name, pinned)
+    return _manager().pin(name, pinned)
 
 
 def last() -> Generation | None:
     """The latest generation, including one cut short by an interrupt."""
-    return get_manager().last_generation
+    return _manager().last_generation
 
 
 def panel(**kwargs: Any) -> Any:
@@ -221,8 +242,30 @@ class _CallableModule(types.ModuleType):
         return _open_monitor(**kwargs)
 
 
-_sampler_module.__class__ = _CallableModule
-monitor = _sampler_module
+class _Package(types.ModuleType):
+    """llm_magic itself: two of its names are also the names of its submodules.
+
+    Importing a submodule sets it as an attribute of its package. ``lm.attention``
+    stays the function when ``llm_magic.attention`` (the module's former path) is
+    imported, and ``llm_magic.monitor`` becomes callable whoever imports it first.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType):
+            if name == "attention":
+                value = value.attention
+            elif name == "monitor":
+                value.__class__ = _CallableModule
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def _manager() -> Any:
+    from .manager import get_manager
+
+    return get_manager()
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -239,17 +282,26 @@ def unload_ipython_extension(ipython: Any) -> None:
     _unload(ipython)
 
 
-if not TYPE_CHECKING:  # mypy sees ``__version__: str`` above, and no catch-all attribute
+if not TYPE_CHECKING:  # mypy sees the imports above, and no catch-all attribute
 
-    def __getattr__(name: str) -> str:
-        """``llm_magic.__version__``, from the installed package's metadata, once."""
-        if name != "__version__":
+    def __getattr__(name: str) -> Any:
+        """The rest of the API on first use, and ``__version__`` from the installed metadata."""
+        if name in _LAZY or name == "monitor":
+            from importlib import import_module
+
+            module = import_module(f".{_LAZY.get(name, name)}", __name__)
+            value = module if name == "monitor" else getattr(module, name)
+        elif name == "__version__":
+            from importlib import metadata
+
+            try:
+                value = metadata.version("llm_magic")
+            except metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+                value = "0+unknown"
+        else:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        from importlib import metadata
+        globals()[name] = value
+        return value
 
-        try:
-            version = metadata.version("llm_magic")
-        except metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
-            version = "0+unknown"
-        globals()["__version__"] = version
-        return version
+    def __dir__() -> list[str]:
+        return sorted(set(globals()) | set(__all__))

@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any, Protocol
 
-from .backends.base import MAX_LOGPROBS, GenerationRequest, TokenRecord, check_logprobs
+from .backends.base import (
+    DEFAULT_MAX_NEW_TOKENS,
+    MAX_LOGPROBS,
+    GenerationRequest,
+    TokenRecord,
+    check_logprobs,
+)
 from .errors import BackendError, InvalidOptionError, LLMMagicError, NotAvailableError
 from .manager import ModelInfo, ModelManager, get_manager, set_generator
 
@@ -41,7 +47,6 @@ log = logging.getLogger("llm_magic.generation")
 
 _POLL = 0.05  # seconds between drains of the worker's output (and checks for an interrupt)
 _JOIN = 2.0  # how long to wait for an interrupted worker to finish its current step
-DEFAULT_MAX_NEW_TOKENS = 128
 
 
 class Sink(Protocol):

@@ -12,13 +12,21 @@ from llm_magic import errors
 HEAVY = ("torch", "transformers", "pynvml", "anywidget")
 
 
-def _imported_after(code: str) -> list[str]:
-    probe = f"{code}\nimport sys\nprint(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+def _run(code: str) -> str:
     # Without the warm-up thread of %load_ext (tests/test_magics.py checks the calling
     # thread with it): nothing heavy in sys.modules at all.
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "LLM_MAGIC_WARM_UP": "0"})
-    return [m for m in out.stdout.strip().split(",") if m]
+    return out.stdout.strip()
+
+
+def _imported_after(code: str, names: tuple[str, ...] = HEAVY) -> list[str]:
+    found = _run(f"{code}\nimport sys\nprint(','.join(m for m in {names!r} if m in sys.modules))")
+    return [m for m in found.split(",") if m]
+
+
+LOAD_EXT = ("from IPython.core.interactiveshell import InteractiveShell\n"
+            "InteractiveShell.instance().run_line_magic('load_ext', 'llm_magic')")
 
 
 def test_import_is_cheap():
@@ -26,11 +34,37 @@ def test_import_is_cheap():
 
 
 def test_load_ext_is_cheap():
-    code = (
-        "from IPython.core.interactiveshell import InteractiveShell\n"
-        "InteractiveShell.instance().run_line_magic('load_ext', 'llm_magic')"
-    )
-    assert _imported_after(code) == []
+    assert _imported_after(LOAD_EXT) == []
+
+
+def test_load_ext_leaves_the_api_for_the_first_cell():
+    """The facade and the magics import the API on first use; history listens from the start."""
+    api = ("llm_magic.generation", "llm_magic.manager", "llm_magic.analysis",
+           "llm_magic.resources", "llm_magic.monitor", "llm_magic.history")
+    assert _imported_after(LOAD_EXT, api) == ["llm_magic.history"]
+    assert _imported_after("import llm_magic as lm\nlm.Generation", api) == [
+        "llm_magic.generation", "llm_magic.manager", "llm_magic.history"]
+
+
+def test_every_public_name_resolves_and_is_listed():
+    fresh = _run("import llm_magic as lm\n"
+                 "print(all(hasattr(lm, n) for n in lm.__all__), set(lm.__all__) <= set(dir(lm)))")
+    assert fresh == "True True"
+    assert lm.generate is __import__("llm_magic.generation").generation.generate
+
+
+def test_submodules_of_the_same_name_leave_the_functions_in_place():
+    """``lm.attention`` and ``lm.history`` are functions, ``lm.monitor`` a callable module,
+    whichever of their modules is imported first."""
+    code = ("from llm_magic.attention import AttentionMap\n"
+            "from llm_magic.monitor import get_sampler\n"
+            "import llm_magic.history, llm_magic as lm, sys, types\n"
+            "from llm_magic.analysis import attention\n"
+            "history = sys.modules['llm_magic.history'].history\n"
+            "print(lm.attention is attention, lm.history is history,\n"
+            "      callable(lm.monitor), lm.monitor.get_sampler is get_sampler,\n"
+            "      isinstance(lm.monitor, types.ModuleType))")
+    assert _run(code) == "True True True True True"
 
 
 def test_public_api_is_documented():

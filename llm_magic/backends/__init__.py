@@ -68,7 +68,7 @@ def backend_class(kind: str) -> type[Backend]:
 _warmed: set[str] = set()
 
 
-def warm_up(kind: str = "demo", *, delay: float = 0.0) -> bool:
+def warm_up(kind: str = "demo", *, delay: float = 0.0, then: tuple[str, ...] = ()) -> bool:
     """Import, on a background thread, what a first load of a ``kind`` source imports.
 
     ``%load_ext llm_magic`` calls this so that torch and transformers import
@@ -77,6 +77,7 @@ def warm_up(kind: str = "demo", *, delay: float = 0.0) -> bool:
     ``LLM_MAGIC_WARM_UP=0`` or when a warm-up already started in this process.
     In a kernel without the backend's engine (no torch) it ends at once, quietly.
     The imports begin after ``delay`` seconds, or at once when a load waits for them.
+    The modules in ``then`` (what the caller's first use imports) follow the backend's.
 
     Examples
     --------
@@ -89,7 +90,7 @@ def warm_up(kind: str = "demo", *, delay: float = 0.0) -> bool:
     if not _warm_up.enabled() or target is None or _warm_up.started():
         return False
     _warmed.add(target)
-    return _warm_up.start(lambda: _BACKENDS.get(kind).warm_up_modules(), delay=delay)
+    return _warm_up.start(lambda: (*_BACKENDS.get(kind).warm_up_modules(), *then), delay=delay)
 
 
 def warming() -> bool:

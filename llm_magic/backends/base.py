@@ -25,13 +25,15 @@ if TYPE_CHECKING:
 
 __all__ = ["AttentionCapture", "Backend", "BatchResult", "GenerationJob", "GenerationRequest",
            "LOGPROBS_MODES", "LensCapture", "MAX_LOGPROBS", "LoadSpec", "ScoreCapture",
-           "TokenRecord", "check_logprobs"]
+           "DEFAULT_MAX_NEW_TOKENS", "TokenRecord", "check_logprobs"]
 
 #: What a token record's probabilities describe: the model's own distribution
 #: (softmax of the raw logits) or the one sampled from (after temperature, top-k, top-p).
 LOGPROBS_MODES = ("raw", "sampled")
 #: The most alternatives a token record keeps (OpenAI's convention for top_logprobs).
 MAX_LOGPROBS = 20
+#: New tokens when a call or cell gives no length.
+DEFAULT_MAX_NEW_TOKENS = 128
 
 
 def check_logprobs(logprobs: int | None, mode: str = "raw") -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from argparse import Namespace
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core import magic_arguments as ma
 from IPython.core.error import UsageError
@@ -19,16 +19,18 @@ from IPython.display import display
 from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode, observe, validate
 
 from .. import load
-from ..analysis.compare import compare
-from ..analysis.lens import logit_lens
-from ..analysis.tokens import Scores, score
-from ..backends.base import check_logprobs
-from ..generation import DEFAULT_MAX_NEW_TOKENS, Generation, generate, generate_batch, make_request
+from ..backends.base import DEFAULT_MAX_NEW_TOKENS, check_logprobs
 from ..history import configure as configure_history
-from ..manager import get_manager
 from . import _commands
 from ._output import FORMATS, CellOutput, in_notebook, open_output
 from ._prompt import check_variable, interpolate, split_batch, stop_text, text
+
+if TYPE_CHECKING:
+    from ..analysis.tokens import Scores
+    from ..generation import Generation
+
+# The rest of the API (generation, the manager, the analyses) is imported by the methods
+# that use it, so that `%load_ext llm_magic` registers the magics without it.
 
 __all__ = ["CellJob", "LLMMagics"]
 
@@ -113,7 +115,11 @@ class CellJob:
 
     def run(self, model: str, output: CellOutput) -> Generation | list[Generation] | Scores:
         """Generate with ``model``, streaming into ``output`` unless told not to."""
+        from ..generation import generate, generate_batch
+
         if self.score is not None:
+            from ..analysis.tokens import score
+
             return score(self.prompts[0], model=model, logprobs=self.score)
         if self.batch:
             return generate_batch(self.prompts, model=model, attention=self.attention,
@@ -297,6 +303,8 @@ class LLMMagics(Magics):
         if args.logprobs is not None or args.logprobs_mode is not None:
             options["logprobs"] = 5 if args.logprobs is None else args.logprobs
             options["logprobs_mode"] = args.logprobs_mode or "raw"
+        from ..generation import make_request
+
         with _commands.usage_errors():
             for prompt in prompts:
                 make_request(prompt, **options)
@@ -324,6 +332,8 @@ class LLMMagics(Magics):
 
     def _compare(self, job: CellJob, models: list[str]) -> None:
         """``--compare``: the columns stream into one view; ``_llm`` is the Comparison."""
+        from ..analysis.compare import compare
+
         with _commands.usage_errors():
             result = compare(job.prompts[0], models=models,
                              stream=True if job.stream else None, **job.options)
@@ -342,6 +352,8 @@ class LLMMagics(Magics):
     def _generate(self, job: CellJob, model: str,
                   output: CellOutput) -> Generation | list[Generation] | Scores:
         """Run ``job``; on an interrupt keep and show the partial result, then re-raise."""
+        from ..manager import get_manager
+
         manager = get_manager()
         before = manager.last_generation
         try:
@@ -355,6 +367,8 @@ class LLMMagics(Magics):
 
     def _model(self, name: str | None) -> str:
         """The model a cell means, loaded now if it is a source that is not loaded yet."""
+        from ..manager import get_manager
+
         manager = get_manager()
         configured = self.default_model if self._default_set else None
         wanted = name or configured or manager.default or self.default_model or "demo"
@@ -372,6 +386,8 @@ class LLMMagics(Magics):
     def _keep(self, job: CellJob, result: Generation | list[Generation] | Scores,
               output: CellOutput) -> None:
         """Store the result in ``_llm`` (and ``--out``), then show it."""
+        from ..analysis.tokens import Scores
+
         self._shell.user_ns["_llm"] = result
         if job.out:
             self._shell.user_ns[job.out] = result
@@ -391,6 +407,9 @@ class LLMMagics(Magics):
 
     def _lens(self, result: Generation | list[Generation] | Scores) -> None:
         """``--lens``: the logit lens of what the cell produced, shown and kept in ``_llm_lens``."""
+        from ..analysis.lens import logit_lens
+        from ..analysis.tokens import Scores
+
         with _commands.usage_errors():
             if isinstance(result, Scores):
                 lens = logit_lens(result.text, model=result.model)

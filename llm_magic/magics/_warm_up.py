@@ -27,6 +27,8 @@ __all__ = ["WaitForWarmUp", "schedule", "uninstall"]
 # next cell, if it comes sooner (Run All), starts them at once by waiting.
 _AFTER_REPLY = 0.2
 _WAIT = "__import__('llm_magic.backends', fromlist=['_']).wait_for_warm_up()"
+# What a first `%%llm` cell imports of llm_magic itself (the magics import it on first use).
+_API = ("llm_magic.manager", "llm_magic.generation")
 
 
 class WaitForWarmUp(ast.NodeTransformer):
@@ -44,12 +46,12 @@ def schedule(shell: Any, kind: str = "demo") -> None:
     if not any(isinstance(t, WaitForWarmUp) for t in shell.ast_transformers):
         shell.ast_transformers.append(WaitForWarmUp())
     if getattr(shell.displayhook, "exec_result", None) is None:  # not inside a cell
-        warm_up(kind)
+        warm_up(kind, then=_API)
         return
 
     def after_the_cell(result: Any) -> None:
         shell.events.unregister("post_run_cell", after_the_cell)
-        warm_up(kind, delay=_AFTER_REPLY)
+        warm_up(kind, delay=_AFTER_REPLY, then=_API)
 
     shell.events.register("post_run_cell", after_the_cell)
 
