@@ -161,6 +161,31 @@ def test_batch_records_match_a_raw_forward_pass_per_prompt(models, name):
     assert [r.id for r in single.tokens] == [r.id for r in gens[1].tokens]
 
 
+def test_records_across_many_reductions_match_one(models, monkeypatch):
+    """A buffer of 3 steps: 14 tokens reduce in five parts, the last one partial."""
+    from llm_magic.backends import _logprobs
+
+    def both(**options):
+        single = generate("The import statement", model="gpt2", max_new_tokens=14,
+                          logprobs=4, manager=models, **options)
+        batch = generate_batch(["The import statement", "A"], model="gpt2", max_new_tokens=14,
+                               logprobs=4, manager=models, **options)
+        return [single, *batch]
+
+    sampled = {"temperature": 0.9, "top_k": 30, "seed": 5, "logprobs_mode": "sampled"}
+    whole = both(), both(**sampled)
+    monkeypatch.setattr(_logprobs, "_KEEP_STEPS", 3)
+    parts = both(), both(**sampled)
+    for one, many in zip(whole, parts, strict=True):
+        for a, b in zip(one, many, strict=True):
+            assert len(b.tokens) == b.stats.new_tokens > 3
+            assert [(r.id, r.rank, [t[0] for t in r.top]) for r in a.tokens] == \
+                   [(r.id, r.rank, [t[0] for t in r.top]) for r in b.tokens]
+            assert all(close(x.logprob, y.logprob) for x, y in zip(a.tokens, b.tokens, strict=True))
+    for g in parts[0]:
+        check_generation(models, g)
+
+
 def warp(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """Temperature, then top-k, then top-p (nucleus), written out; log-probabilities."""
     x = logits / temperature

@@ -2,9 +2,9 @@
 
 A generation with ``logprobs=K`` records, for every step and on the model's
 device, the top K of the distribution, the chosen token's log-probability,
-its rank and the entropy. A step keeps its logits on the device; a few dozen
-steps at a time are reduced together, so the reduction costs a handful of
-tensor operations per batch of steps rather than per token. Only those few
+its rank and the entropy. A step copies its logits into a buffer on the
+device; a few dozen steps at a time are reduced together, so the reduction
+costs a handful of tensor operations per batch of steps rather than per token. Only those few
 numbers per step ever leave the device, once, when the generation ends: no
 vocabulary-sized array is copied to the CPU, and there is no second forward
 pass.
@@ -121,8 +121,8 @@ def _reduce(logits: torch.Tensor, chosen: torch.Tensor, k: int, filtered: bool
             torch.cat([at, entropy[:, None], rank.to(at.dtype), top_lp], 1))
 
 
-#: Steps whose logits are kept on the device before they are reduced together:
-#: at most this many, and at most _KEEP_BYTES of logits.
+#: Steps whose logits the buffer holds before they are reduced together:
+#: at most this many, and at most _KEEP_BYTES of float32 logits.
 _KEEP_STEPS = 64
 _KEEP_BYTES = 32 * 2**20
 
@@ -132,11 +132,13 @@ class Recorder:
 
     Use :meth:`hook` as a forward hook of the model (raw mode) or the object
     itself as a logits processor (sampled mode), and :meth:`criteria` as a
-    stopping criterion. A step only keeps its logits and its chosen token; the
-    steps are reduced to records a few dozen at a time, in a handful of tensor
-    operations for all of them, so the cost per generated token stays a small
-    part of a forward pass. Every array stays on the model's device until
-    :meth:`records`.
+    stopping criterion. A step copies its last-position logits into a buffer
+    on the model's device, allocated once per generation, and notes its chosen
+    token; a few dozen steps at a time are reduced to records in a handful of
+    tensor operations, so the cost per generated token stays a small part of a
+    forward pass. Copying, rather than keeping each step's own logits alive,
+    leaves the memory of generation's loop as it would be without records.
+    Every array stays on the model's device until :meth:`records`.
     """
 
     def __init__(self, k: int, mode: str, texts: TokenTexts,
@@ -145,11 +147,11 @@ class Recorder:
         self.mode = mode
         self.texts = texts
         self.sampling = list(sampling)
-        self._pending: Any = None
-        self._logits: list[Any] = []  # each step's (rows, vocab) logits, not yet reduced
-        self._chosen: list[Any] = []  # each step's (rows, 1) chosen ids
+        self._logits: Any = None  # (steps kept, rows, vocab) float32, allocated at step one
+        self._chosen: Any = None  # (steps kept, rows) ids
+        self._steps = 0  # steps in the buffers, not yet reduced
+        self._pending = False  # this step's logits are in the buffer, its token not yet known
         self._packed: list[tuple[Any, Any]] = []  # reduced: (rows, steps, ...) ids, numbers
-        self._keep = 0  # steps kept before a reduction, set from the first step's shape
 
     # -- where the distribution comes from -----------------------------------
 
@@ -159,46 +161,52 @@ class Recorder:
         if logits is None and isinstance(output, tuple):
             logits = output[0]
         if logits is not None:
-            last = logits[:, -1, :]
-            # A prompt's forward may return logits for every position: keep only the last.
-            self._pending = last.clone() if logits.shape[1] > 1 else last
+            self._keep_step(logits[:, -1, :])
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Logits processor (sampled mode): record what sampling will draw from; change nothing."""
         warped = scores
         for warper in self.sampling:
             warped = warper(input_ids, warped)
-        # Later processors may work in place on scores; the warpers return new tensors.
-        self._pending = scores.clone() if warped is scores else warped
+        self._keep_step(warped)  # copied now: later processors may work in place on scores
         return scores
+
+    def _keep_step(self, logits: torch.Tensor) -> None:
+        if self._logits is None:
+            import torch
+
+            rows, vocab = logits.shape
+            keep = max(1, min(_KEEP_STEPS, _KEEP_BYTES // (4 * rows * vocab)))
+            self._logits = torch.empty((keep, rows, vocab), dtype=torch.float32,
+                                       device=logits.device)
+            self._chosen = torch.empty((keep, rows), dtype=torch.long, device=logits.device)
+        self._logits[self._steps].copy_(logits)
+        self._pending = True
 
     # -- the chosen token ------------------------------------------------------
 
     def criteria(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         """Stopping criterion that never stops: completes the step with the appended token."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            self._logits.append(pending)
-            self._chosen.append(input_ids[:, -1:])
-            if not self._keep:
-                rows, vocab = pending.shape
-                self._keep = max(1, min(_KEEP_STEPS, _KEEP_BYTES // (4 * rows * vocab)))
-            if len(self._logits) >= self._keep:
+        if self._pending:
+            self._pending = False
+            self._chosen[self._steps].copy_(input_ids[:, -1])
+            self._steps += 1
+            if self._steps == self._logits.shape[0]:
                 self._reduce()
         return self._never(input_ids)
 
     def _reduce(self) -> None:
-        import torch
-
-        if not self._logits:
+        steps = self._steps
+        if not steps:
             return
-        logits, chosen = torch.stack(self._logits, 1), torch.cat(self._chosen, 1)
-        self._logits, self._chosen = [], []
-        rows, steps, vocab = logits.shape
+        self._steps = 0
+        _, rows, vocab = self._logits.shape
         # Raw logits are finite; warped ones (sampled mode) have -inf where a warper cut.
-        ids, numbers = _reduce(logits.reshape(rows * steps, vocab), chosen.reshape(-1, 1),
-                               self.k, filtered=self.mode != "raw")
-        self._packed.append((ids.reshape(rows, steps, -1), numbers.reshape(rows, steps, -1)))
+        ids, numbers = _reduce(self._logits[:steps].reshape(steps * rows, vocab),
+                               self._chosen[:steps].reshape(-1, 1), self.k,
+                               filtered=self.mode != "raw")
+        self._packed.append((ids.reshape(steps, rows, -1).transpose(0, 1),
+                             numbers.reshape(steps, rows, -1).transpose(0, 1)))
 
     def _never(self, input_ids: torch.Tensor) -> torch.Tensor:
         never = getattr(self, "_no", None)
