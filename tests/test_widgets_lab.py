@@ -8,6 +8,7 @@ of any host but loopback.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -105,9 +106,16 @@ def test_panel_follows_cells_and_unload_removes_the_model(open_notebook, long_mo
     second.wait_for(state="detached", timeout=10_000)
     table.locator(".lm-notice").filter(has_text="Unloaded 'second'").wait_for()
     assert [out.strip() for out in nb.run_and_wait(3)] == ["['demo']"]  # lm.models() agrees
-    demo.locator("button[data-action='pin']").click()
-    table.locator("tr[data-model='demo'] [data-field='name']").filter(
-        has_text="demo (pinned)").wait_for()
+    pin = demo.locator("button[data-action='pin']")
+    pin.evaluate("b => { b.llmMagicMark = 'kept'; }")
+    pin.click()
+    name = table.locator("tr[data-model='demo'] [data-field='name']")
+    name.filter(has_text="demo (pinned)").wait_for()
+    # The row was updated in place: the same button, so no redraw can swallow a click.
+    assert pin.evaluate("b => b.llmMagicMark") == "kept" and pin.inner_text() == "Unpin"
+    pin.click()  # it reads the state it shows now: it unpins
+    name.filter(has_text=re.compile(r"^demo$")).wait_for()
+    assert pin.evaluate("b => b.llmMagicMark") == "kept" and pin.inner_text() == "Pin"
     assert nb.outside_requests() == []
 
 

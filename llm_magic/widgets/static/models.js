@@ -49,35 +49,68 @@ function render({ model, el }) {
     return b;
   }
 
+  // One row per model, kept while the model stays loaded: an update rewrites only the
+  // text that changed, so a button under the pointer is never replaced mid-click.
+  const shown = new Map(); // name -> its row's elements
+  let current = new Map(); // name -> the row data last received
+
+  function makeRow(name) {
+    const tr = node("tr");
+    tr.dataset.model = name;
+    const cells = {};
+    COLUMNS.forEach(([key]) => {
+      const td = node("td");
+      td.dataset.field = key;
+      cells[key] = td;
+      tr.append(td);
+    });
+    const used = node("td");
+    used.dataset.field = "last_used";
+    const actions = node("td");
+    const unload = button("Unload", `Unload ${name} and free its memory`,
+      () => model.send({ action: "unload", name }));
+    unload.dataset.action = "unload";
+    // Enabled while it generates: the kernel refuses in one line, as the API does.
+    const pin = button("Pin", "", () => {
+      const m = current.get(name);
+      model.send({ action: "pin", name, pinned: !(m && m.pinned) });
+    });
+    pin.dataset.action = "pin";
+    const busy = node("span", "lm-generating", " generating");
+    actions.append(unload, pin);
+    tr.append(used, actions);
+    return { tr, cells, used, pin, busy, actions };
+  }
+
+  function setText(e, text) {
+    if (e.textContent !== text) e.textContent = text;
+  }
+
   function rows() {
     const models = model.get("models") || [];
-    body.replaceChildren();
+    current = new Map(models.map((m) => [m.name, m]));
+    shown.forEach((row, name) => {
+      if (!current.has(name)) {
+        row.tr.remove();
+        shown.delete(name);
+      }
+    });
     ages = [];
-    models.forEach((m) => {
-      const tr = node("tr");
-      tr.dataset.model = m.name;
-      COLUMNS.forEach(([key]) => {
-        const td = node("td", "", key === "name" && m.pinned ? `${m.name} (pinned)` : String(m[key] ?? ""));
-        td.dataset.field = key;
-        tr.append(td);
-      });
-      const used = node("td", "", ago(m.last_used));
-      used.dataset.field = "last_used";
-      ages.push([used, m.last_used]);
-      tr.append(used);
-      const actions = node("td");
-      const unload = button("Unload", `Unload ${m.name} and free its memory`,
-        () => model.send({ action: "unload", name: m.name }));
-      unload.dataset.action = "unload";
-      // Enabled while it generates: the kernel refuses in one line, as the API does.
-      const pin = button(m.pinned ? "Unpin" : "Pin",
-        m.pinned ? "Let loads evict it again" : "Never evict it to make room",
-        () => model.send({ action: "pin", name: m.name, pinned: !m.pinned }));
-      pin.dataset.action = "pin";
-      actions.append(unload, pin);
-      if (m.generating) actions.append(node("span", "lm-generating", " generating"));
-      tr.append(actions);
-      body.append(tr);
+    models.forEach((m, i) => {
+      let row = shown.get(m.name);
+      if (!row) {
+        row = makeRow(m.name);
+        shown.set(m.name, row);
+      }
+      COLUMNS.forEach(([key]) => setText(row.cells[key],
+        key === "name" && m.pinned ? `${m.name} (pinned)` : String(m[key] ?? "")));
+      setText(row.used, ago(m.last_used));
+      ages.push([row.used, m.last_used]);
+      setText(row.pin, m.pinned ? "Unpin" : "Pin");
+      row.pin.title = m.pinned ? "Let loads evict it again" : "Never evict it to make room";
+      if (m.generating && !row.busy.isConnected) row.actions.append(row.busy);
+      if (!m.generating) row.busy.remove();
+      if (body.children[i] !== row.tr) body.insertBefore(row.tr, body.children[i] || null);
     });
     table.hidden = models.length === 0;
     empty.hidden = models.length !== 0;
