@@ -4,10 +4,10 @@ A generation with ``logprobs=K`` records, for every step and on the model's
 device, the top K of the distribution, the chosen token's log-probability,
 its rank and the entropy. A step copies its logits into a buffer on the
 device; a few dozen steps at a time are reduced together, so the reduction
-costs a handful of tensor operations per batch of steps rather than per token. Only those few
-numbers per step ever leave the device, once, when the generation ends: no
-vocabulary-sized array is copied to the CPU, and there is no second forward
-pass.
+costs a handful of tensor operations per batch of steps rather than per
+token. Only those few numbers per step ever leave the device, once, when the
+generation ends: no vocabulary-sized array is copied to the CPU, and there is
+no second forward pass.
 
 Where the distribution is read:
 

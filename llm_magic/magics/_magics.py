@@ -386,14 +386,13 @@ class LLMMagics(Magics):
     def _keep(self, job: CellJob, result: Generation | list[Generation] | Scores,
               output: CellOutput) -> None:
         """Store the result in ``_llm`` (and ``--out``), then show it."""
-        from ..analysis.tokens import Scores
+        # Imported by the cell's run already; the analyses are not, unless the cell used one.
+        from ..generation import Generation
 
         self._shell.user_ns["_llm"] = result
         if job.out:
             self._shell.user_ns[job.out] = result
-        if isinstance(result, Scores):
-            display(result)
-        else:
+        if isinstance(result, (Generation, list)):
             output.finish(result)
             if in_notebook(self._shell):  # a terminal has shown the text already
                 for gen in result if isinstance(result, list) else [result]:
@@ -402,6 +401,8 @@ class LLMMagics(Magics):
             attention = getattr(result, "attention", None)
             if attention is not None:
                 display(attention)
+        else:  # a --score cell's Scores
+            display(result)
         if job.lens and not getattr(result, "interrupted", False):
             self._lens(result)
 

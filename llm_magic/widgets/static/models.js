@@ -138,7 +138,7 @@ function render({ model, el }) {
   }
 
   const tick = setInterval(() => {
-    ages.forEach(([cell, t]) => { const text = ago(t); if (cell.textContent !== text) cell.textContent = text; });
+    ages.forEach(([cell, t]) => setText(cell, ago(t)));
     if ((model.get("loading") || {}).name) status();
   }, 1000);
   model.on("change:models", rows);
