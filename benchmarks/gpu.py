@@ -127,8 +127,9 @@ def main() -> None:  # noqa: C901 - one linear script, one table
 
     import llm_magic as lm
     from llm_magic.errors import BudgetExceededError
-    from llm_magic.manager import ModelManager, _count
-    from llm_magic.monitor import get_sampler
+    from llm_magic.manager import ModelManager
+    from llm_magic.manager.info import count as _count
+    from llm_magic.resources.sampler import get_sampler
 
     rows: list[tuple[str, ...]] = []
 

@@ -41,12 +41,7 @@ def listener_cost(tokens: int) -> float:
     """
     import llm_magic as lm
     from llm_magic.events import EventBus
-    from llm_magic.generation import (
-        Generation,
-        GenerationStats,
-        PendingGeneration,
-        make_request,
-    )
+    from llm_magic.generation import Generation, GenerationStats, PendingGeneration, make_request
 
     info = lm.get_manager().info("bench")
     request = make_request(PROMPT, max_new_tokens=tokens)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import table  # noqa: E402
 
-from llm_magic.monitor import Sample, Sampler  # noqa: E402
+from llm_magic.resources.sampler import Sample, Sampler  # noqa: E402
 
 
 def measure(interval: float, seconds: float) -> tuple[str, ...]:

@@ -65,8 +65,9 @@ def _touch(model: object) -> None:
 
 def estimates(manager: object, models: dict[str, str]) -> list[tuple[str, ...]]:
     import llm_magic as lm
-    from llm_magic._sysmem import process_rss
-    from llm_magic.manager import _count, _size
+    from llm_magic.manager.info import count as _count
+    from llm_magic.manager.info import size as _size
+    from llm_magic.resources.sysmem import process_rss
 
     rows = []
     for name, path in models.items():
@@ -86,8 +87,9 @@ def estimates(manager: object, models: dict[str, str]) -> list[tuple[str, ...]]:
 
 
 def unload_drops(manager: object, models: dict[str, str]) -> list[tuple[str, ...]]:
-    from llm_magic._sysmem import process_rss
-    from llm_magic.manager import _count, _size
+    from llm_magic.manager.info import count as _count
+    from llm_magic.manager.info import size as _size
+    from llm_magic.resources.sysmem import process_rss
 
     rows = []
     for name in ("gpt2-14M", "llama-19M", "gpt2-43M"):
@@ -122,7 +124,7 @@ def threads(manager: object, models: dict[str, str], tokens: int, repeat: int
     import torch
 
     import llm_magic as lm
-    from llm_magic.manager import _count
+    from llm_magic.manager.info import count as _count
 
     small = next(k for k in models if k.startswith(("demo", "small-built")))
     rows = []
@@ -160,7 +162,7 @@ def main() -> None:
 
     import torch
 
-    from llm_magic import resources
+    from llm_magic import resources  # threads live there
     from llm_magic.manager import ModelManager
 
     root = Path(tempfile.mkdtemp(prefix="llm_magic_bench_resources_"))

@@ -16,8 +16,6 @@ Examples
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -39,14 +37,14 @@ from .errors import (
 from .history import HistoryRow, HistoryTable, RerunResult, history, rerun
 
 if TYPE_CHECKING:
-    from . import monitor
     from .analysis.attention import AttentionMap, attention, attention_max_tokens
     from .analysis.compare import Comparison, compare
     from .analysis.lens import LensMap, logit_lens
     from .analysis.tokens import Scores, TokenRecord, score
     from .generation import Generation, GenerationStats, generate, generate_batch
-    from .manager import ModelHandle, ModelInfo, ModelTable, UnloadReport, get_manager
-    from .resources import Budget, Estimate, budget, estimate, set_threads, threads
+    from .generation.handle import ModelHandle
+    from .manager import ModelInfo, ModelTable, UnloadReport, budget, estimate, get_manager
+    from .resources import Budget, Estimate, set_threads, threads
 
 # The rest of the API imports on first use (``__getattr__`` below): ``%load_ext
 # llm_magic`` then compiles and runs a few modules instead of forty.
@@ -57,10 +55,10 @@ _LAZY = {
     **dict.fromkeys(["Scores", "TokenRecord", "score"], "analysis.tokens"),
     **dict.fromkeys(["Generation", "GenerationStats", "generate", "generate_batch"],
                     "generation"),
-    **dict.fromkeys(["ModelHandle", "ModelInfo", "ModelTable", "UnloadReport", "get_manager"],
-                    "manager"),
-    **dict.fromkeys(["Budget", "Estimate", "budget", "estimate", "set_threads", "threads"],
-                    "resources"),
+    "ModelHandle": "generation.handle",
+    **dict.fromkeys(["ModelInfo", "ModelTable", "UnloadReport", "get_manager", "budget",
+                     "estimate"], "manager"),
+    **dict.fromkeys(["Budget", "Estimate", "set_threads", "threads"], "resources"),
 }
 
 #: The installed distribution's version: pyproject.toml is its one source. Read on first
@@ -151,11 +149,15 @@ def load(
     ...         api_key_env="VLLM_API_KEY")  # doctest: +SKIP
     <model 'big': Qwen/Qwen3-32B served at http://127.0.0.1:8000/v1>
     """
-    return _manager().load(
+    from .generation.handle import ModelHandle
+
+    manager = _manager()
+    info = manager.load(
         source, name=name, revision=revision, dtype=dtype, device=device,
         trust_remote_code=trust_remote_code, reload=reload, pin=pin, model=model,
         api_key_env=api_key_env,
     )
+    return ModelHandle(info.name, manager)
 
 
 def unload(name: str | None = None, *, all: bool = False) -> Any:
@@ -184,7 +186,10 @@ def models() -> ModelTable:
 
 def use(name: str) -> ModelHandle:
     """Make ``name`` the default model for calls and cells that name none."""
-    return _manager().use(name)
+    from .generation.handle import ModelHandle
+
+    manager = _manager()
+    return ModelHandle(manager.use(name).name, manager)
 
 
 def pin(name: str, pinned: bool = True) -> ModelInfo:
@@ -222,8 +227,10 @@ def panel(**kwargs: Any) -> Any:
     return _panel(**kwargs)
 
 
-def _open_monitor(**kwargs: Any) -> Any:
-    """Live resource gauges, as a widget (``lm.monitor()``); see ``llm_magic.widgets.monitor``.
+def monitor(**kwargs: Any) -> Any:
+    """Live resource gauges, as a widget; see :mod:`llm_magic.widgets.monitor`.
+
+    The sampler behind them is :func:`llm_magic.resources.get_sampler`.
 
     Examples
     --------
@@ -233,33 +240,6 @@ def _open_monitor(**kwargs: Any) -> Any:
     from .widgets.monitor import monitor as _monitor
 
     return _monitor(**kwargs)
-
-
-class _CallableModule(types.ModuleType):
-    """``llm_magic.monitor`` stays the sampler's module and ``lm.monitor()`` opens the gauges."""
-
-    def __call__(self, **kwargs: Any) -> Any:
-        return _open_monitor(**kwargs)
-
-
-class _Package(types.ModuleType):
-    """llm_magic itself: two of its names are also the names of its submodules.
-
-    Importing a submodule sets it as an attribute of its package. ``lm.attention``
-    stays the function when ``llm_magic.attention`` (the module's former path) is
-    imported, and ``llm_magic.monitor`` becomes callable whoever imports it first.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType):
-            if name == "attention":
-                value = value.attention
-            elif name == "monitor":
-                value.__class__ = _CallableModule
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def _manager() -> Any:
@@ -286,11 +266,10 @@ if not TYPE_CHECKING:  # mypy sees the imports above, and no catch-all attribute
 
     def __getattr__(name: str) -> Any:
         """The rest of the API on first use, and ``__version__`` from the installed metadata."""
-        if name in _LAZY or name == "monitor":
+        if name in _LAZY:
             from importlib import import_module
 
-            module = import_module(f".{_LAZY.get(name, name)}", __name__)
-            value = module if name == "monitor" else getattr(module, name)
+            value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
         elif name == "__version__":
             from importlib import metadata
 

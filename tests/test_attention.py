@@ -20,7 +20,12 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 import llm_magic as lm
-from llm_magic.attention import AttentionMap, attention, attention_max_tokens, last_attention
+from llm_magic.analysis.attention import (
+    AttentionMap,
+    attention,
+    attention_max_tokens,
+    last_attention,
+)
 from llm_magic.backends._attention import readable_tokens
 from llm_magic.errors import InvalidOptionError, NotAvailableError
 from llm_magic.generation import generate, generate_batch
@@ -346,6 +351,7 @@ def ip(tiny_gpt2):
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "llm_magic")
     manager = lm.get_manager()
+    manager.last_generation = manager.last_attention = None  # whatever ran here before
     shell.run_line_magic("llm", f"load {tiny_gpt2} --as tiny")
     yield shell
     for name in manager.names():

@@ -20,8 +20,6 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 import llm_magic as lm
-from llm_magic import _history_db as db
-from llm_magic._history_read import decode_records, encode_records
 from llm_magic.backends.base import TokenRecord
 from llm_magic.errors import (
     InvalidOptionError,
@@ -39,12 +37,14 @@ from llm_magic.generation import (
     generate_batch,
     make_request,
 )
-from llm_magic.history import HistoryRow, HistoryTable, configure, get, history, redact, rerun
+from llm_magic.history import HistoryRow, HistoryTable, configure, db, history, rerun
 from llm_magic.history import settings as history_settings
+from llm_magic.history.read import decode_records, encode_records, redact
+from llm_magic.history.recorder import get
 from llm_magic.manager import ModelInfo
 
 CHILD = str(Path(__file__).with_name("_history_child.py"))
-HISTORY = sys.modules["llm_magic.history"]
+HISTORY = sys.modules["llm_magic.history.recorder"]
 
 
 # -- fixtures -------------------------------------------------------------------
@@ -570,7 +570,7 @@ def test_migrations_from_every_earlier_version(tmp_path, version):
 
 def test_two_processes_migrating_one_new_file_at_once(tmp_path):
     path = tmp_path / "race.sqlite"
-    code = ("import sys; from pathlib import Path; from llm_magic import _history_db as db;"
+    code = ("import sys; from pathlib import Path; from llm_magic.history import db;"
             "db.connect(Path(sys.argv[1])).close()")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(path)]) for _ in range(4)]
     assert [p.wait(60) for p in procs] == [0, 0, 0, 0]

@@ -25,7 +25,7 @@ from llm_magic import magics as magics_pkg
 from llm_magic.errors import LLMMagicWarning
 from llm_magic.generation import Generation, GenerationStats
 from llm_magic.magics import _commands, _output
-from llm_magic.magics._magics import LLMMagics, _line_doc
+from llm_magic.magics._magics import LLMMagics
 from llm_magic.magics._prompt import interpolate, split_batch
 
 HEAVY = ("torch", "transformers", "pynvml", "anywidget")
@@ -605,7 +605,7 @@ def test_budget_is_wired_to_the_resources_api(ip, monkeypatch, capsys):
         calls.append(limits)
         return "BUDGET TABLE"
 
-    monkeypatch.setattr(_commands, "_budget_api", lambda: fake_budget)
+    monkeypatch.setattr("llm_magic.manager.budget", fake_budget)
     ip.run_line_magic("llm", "budget")
     ip.run_line_magic("llm", "budget cpu=8GB cuda0=0.5 'mps=1 GB'")
     assert calls == [{}, {"cpu": "8GB", "cuda0": "0.5", "mps": "1 GB"}]
@@ -615,17 +615,7 @@ def test_budget_is_wired_to_the_resources_api(ip, monkeypatch, capsys):
     assert len(calls) == 2
 
 
-def test_budget_is_hidden_until_resources_has_it(ip, monkeypatch, capsys):
-    monkeypatch.setattr(_commands, "_budget_api", lambda: None)
-    assert "not available yet" in str(usage_error(ip.run_line_magic, "llm", "budget"))
-    ip.run_line_magic("llm", "help")
-    assert "budget" not in capsys.readouterr().out
-    assert "%llm budget" not in _line_doc()
-
-
 def test_budget_with_the_real_resources_module(ip, capsys):
-    if _commands._budget_api() is None:
-        pytest.skip("llm_magic.resources.budget is not there yet")
     try:
         ip.run_line_magic("llm", "budget cpu=0.5")
         assert "cpu" in capsys.readouterr().out

@@ -22,12 +22,12 @@ from llm_magic.errors import (
     NotAvailableError,
     ServerError,
 )
-from llm_magic.manager import ModelHandle, ModelTable
+from llm_magic.manager import ModelRef, ModelTable
 
 
 def test_load_describes_the_model(manager, tiny_gpt2):
     handle = manager.load(str(tiny_gpt2), name="tiny")
-    assert isinstance(handle, ModelHandle) and handle.name == "tiny"
+    assert isinstance(handle, ModelRef) and handle.name == "tiny"
     info = handle.info
     assert (info.backend, info.device, info.dtype) == ("hf", "cpu", "float32")
     assert info.parameters == sum(p.numel() for p in handle.model.parameters())

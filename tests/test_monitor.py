@@ -15,9 +15,10 @@ from typing import Any
 import psutil
 import pytest
 
-from llm_magic import _nvml, monitor
 from llm_magic.errors import InvalidOptionError
-from llm_magic.monitor import GPUSample, Sample, Sampler, get_sampler
+from llm_magic.resources import nvml as _nvml
+from llm_magic.resources import sampler as monitor
+from llm_magic.resources.sampler import GPUSample, Sample, Sampler, get_sampler
 
 HEAVY = ("torch", "transformers", "pynvml", "anywidget")
 
@@ -48,7 +49,7 @@ def _nvidia_gpu_here() -> bool:
 
 
 def test_import_is_cheap():
-    probe = (f"import llm_magic.monitor, sys\n"
+    probe = (f"import llm_magic.resources.sampler, sys\n"
              f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True)
@@ -169,14 +170,14 @@ def test_failing_callback_is_logged_and_does_not_kill_the_thread(caplog):
 
     stop_broken = sampler.subscribe(broken)
     stop_seen = sampler.subscribe(seen.append)
-    with caplog.at_level(logging.DEBUG, logger="llm_magic.monitor"):
+    with caplog.at_level(logging.DEBUG, logger="llm_magic.resources"):
         try:
             assert _wait_for(lambda: len(seen) >= 3)
             assert sampler.is_running
         finally:
             stop_broken()
             stop_seen()
-    errors = [r for r in caplog.records if r.name == "llm_magic.monitor"
+    errors = [r for r in caplog.records if r.name == "llm_magic.resources"
               and r.levelno == logging.ERROR]
     assert len(errors) == 1 and "widget is gone" in caplog.text  # logged once, not per sample
 
@@ -187,7 +188,7 @@ def test_failing_provider_gives_no_models_and_a_warning(caplog):
 
     sampler = Sampler(interval=0.2, model_memory=provider)
     seen: list[Sample] = []
-    with caplog.at_level(logging.WARNING, logger="llm_magic.monitor"):
+    with caplog.at_level(logging.WARNING, logger="llm_magic.resources"):
         unsubscribe = sampler.subscribe(seen.append)
         try:
             assert _wait_for(lambda: len(seen) >= 2)

@@ -22,7 +22,6 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 import llm_magic as lm
-from llm_magic import resources
 from llm_magic.errors import (
     BudgetExceededError,
     InvalidOptionError,
@@ -31,6 +30,8 @@ from llm_magic.errors import (
     PromptTooLongError,
     ServerError,
 )
+from llm_magic.generation import generate
+from llm_magic.manager import room as resources
 
 PROMPTS = ("The import statement", "A list comprehension", "The with statement")
 SECRET = "sk-test-9f8e7d6c5b4a-SECRET"
@@ -436,7 +437,7 @@ def test_the_key_comes_from_the_named_variable_and_is_never_shown(
     manager.events.subscribe(lambda e: events.append(repr(e)))
     with caplog.at_level(logging.DEBUG, logger="llm_magic"):
         handle = manager.load(loopback.url, name="lb", api_key_env="LOOPBACK_KEY")
-        g = handle.generate("Hi")
+        g = generate("Hi", model=handle.name, manager=manager)
     assert all(h.get("authorization") == f"Bearer {SECRET}" for h in loopback.headers_seen)
     backend = manager.backend("lb")
     shown = [repr(handle), str(manager.models()), manager.models()._repr_html_(),

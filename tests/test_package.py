@@ -40,10 +40,11 @@ def test_load_ext_is_cheap():
 def test_load_ext_leaves_the_api_for_the_first_cell():
     """The facade and the magics import the API on first use; history listens from the start."""
     api = ("llm_magic.generation", "llm_magic.manager", "llm_magic.analysis",
-           "llm_magic.resources", "llm_magic.monitor", "llm_magic.history")
+           "llm_magic.resources", "llm_magic.resources", "llm_magic.history")
     assert _imported_after(LOAD_EXT, api) == ["llm_magic.history"]
+    # a Generation needs the manager, and the manager the resources; not the analyses
     assert _imported_after("import llm_magic as lm\nlm.Generation", api) == [
-        "llm_magic.generation", "llm_magic.manager", "llm_magic.history"]
+        m for m in api if m != "llm_magic.analysis"]
 
 
 def test_every_public_name_resolves_and_is_listed():
@@ -54,17 +55,17 @@ def test_every_public_name_resolves_and_is_listed():
 
 
 def test_submodules_of_the_same_name_leave_the_functions_in_place():
-    """``lm.attention`` and ``lm.history`` are functions, ``lm.monitor`` a callable module,
-    whichever of their modules is imported first."""
-    code = ("from llm_magic.attention import AttentionMap\n"
-            "from llm_magic.monitor import get_sampler\n"
+    """``lm.attention``, ``lm.history`` and ``lm.monitor`` are functions, whichever modules
+    of those names are imported first (``llm_magic.attention`` and ``llm_magic.monitor``, the
+    former paths, are gone: ``llm_magic.analysis.attention``, ``llm_magic.resources``)."""
+    code = ("from llm_magic.analysis.attention import AttentionMap\n"
+            "from llm_magic.resources.sampler import get_sampler\n"
             "import llm_magic.history, llm_magic as lm, sys, types\n"
             "from llm_magic.analysis import attention\n"
             "history = sys.modules['llm_magic.history'].history\n"
             "print(lm.attention is attention, lm.history is history,\n"
-            "      callable(lm.monitor), lm.monitor.get_sampler is get_sampler,\n"
-            "      isinstance(lm.monitor, types.ModuleType))")
-    assert _run(code) == "True True True True True"
+            "      isinstance(lm.monitor, types.FunctionType))")
+    assert _run(code) == "True True True"
 
 
 def test_public_api_is_documented():

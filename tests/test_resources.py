@@ -17,17 +17,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import llm_magic as lm
-from llm_magic import _estimate, _threads, resources
-from llm_magic._placement import DeviceRoom, Placement, Resident, plan_placement
-from llm_magic._sizes import format_size, parse_limit
 from llm_magic.backends.base import LoadSpec
 from llm_magic.backends.hf import HFBackend
-from llm_magic.errors import (
-    BackendError,
-    BudgetExceededError,
-    InvalidOptionError,
-    LLMMagicWarning,
-)
+from llm_magic.common.sizes import format_size, parse_limit
+from llm_magic.errors import BackendError, BudgetExceededError, InvalidOptionError, LLMMagicWarning
+from llm_magic.manager import ModelRef
+from llm_magic.manager import room as manager_budget
+from llm_magic.resources import budget as resource_budget
+from llm_magic.resources import cpu as _threads
+from llm_magic.resources import estimate as _estimate
+from llm_magic.resources import rooms as _rooms
+from llm_magic.resources import sysmem as _sysmem
+from llm_magic.resources.placement import DeviceRoom, Placement, Resident, plan_placement
 
 # -- sizes and device names ----------------------------------------------------
 
@@ -47,10 +48,11 @@ def test_bad_budget_values_say_how_to_write_one(bad):
 
 
 def test_device_keywords():
-    assert [resources.device_key(k) for k in ("cpu", "cuda0", "cuda_1", "cuda", "GPU2", "cuda:3")
+    keys = ("cpu", "cuda0", "cuda_1", "cuda", "GPU2", "cuda:3")
+    assert [resource_budget.device_key(k) for k in keys
             ] == ["cpu", "cuda:0", "cuda:1", "cuda:0", "cuda:2", "cuda:3"]
     with pytest.raises(InvalidOptionError, match="cpu, cuda0"):
-        resources.device_key("tpu0")
+        resource_budget.device_key("tpu0")
 
 
 # -- the placement planner, a pure function -------------------------------------
@@ -214,7 +216,7 @@ def test_a_model_transformers_cannot_build_is_estimated_from_its_headers(tiny_gp
     config = json.loads((odd / "config.json").read_text())
     config["model_type"] = "no-such-architecture"
     (odd / "config.json").write_text(json.dumps(config))
-    e = resources.estimate_path(str(odd), source="odd", dtype="float32", device="cpu")
+    e = _estimate.estimate_path(str(odd), source="odd", dtype="float32", device="cpu")
     assert e.method == "safetensors"
     assert abs(e.memory - _measured(tiny_gpt2, "float32")) <= 0.15 * e.memory
 
@@ -242,13 +244,13 @@ def test_the_demo_model_estimate_is_within_15_percent():
 
 
 def test_budget_set_show_and_reset(manager):
-    total = resources._sysmem.cpu_total()
+    total = _sysmem.cpu_total()
     b = lm.budget(manager=manager)
-    assert b["cpu"].limit == int(total * resources.DEFAULT_FRACTIONS["cpu"])
+    assert b["cpu"].limit == int(total * _rooms.DEFAULT_FRACTIONS["cpu"])
     assert b["cpu"].setting.startswith("default")
     b = lm.budget(manager=manager, cpu="8GB")
     assert b["cpu"].limit == 8 * 10**9 and manager.limits == {"cpu": 8 * 10**9}
-    b = resources.budget(manager=manager, cpu="0.25")  # as `%llm budget cpu=0.25` calls it
+    b = manager_budget.budget(manager=manager, cpu="0.25")  # as `%llm budget cpu=0.25` calls it
     assert b["cpu"].limit == int(total * 0.25) and "25%" in b["cpu"].setting
     assert lm.budget(manager=manager, cpu=None)["cpu"].setting.startswith("default")
     html = b._repr_html_()
@@ -283,7 +285,7 @@ def test_a_load_over_budget_evicts_the_least_recently_used_idle_model(manager, t
     assert ("evicted", "b") in events and ("unloaded", "b") in events
     info = manager.info("c")
     assert info.estimate is not None and abs(info.estimate - info.memory) <= 0.15 * info.memory
-    assert "estimated" in repr(lm.ModelHandle("c", manager))
+    assert "estimated" in repr(ModelRef("c", manager))
 
 
 def test_pinned_and_generating_models_stay_and_the_load_is_refused(manager, tiny_gpt2,
@@ -326,7 +328,7 @@ def test_models_show_estimate_and_measured_memory(manager, tiny_llama):
 
 
 def test_the_kernel_manager_reports_model_memory_to_the_sampler(tiny_gpt2):
-    from llm_magic.monitor import get_sampler
+    from llm_magic.resources.sampler import get_sampler
 
     manager = lm.get_manager()
     # Another test may have this model resident under another name: then that one answers.
@@ -418,7 +420,7 @@ def fresh_threads(monkeypatch):
 
 def test_set_threads(fresh_threads):
     assert lm.set_threads(1) == 1 and torch.get_num_threads() == 1 and lm.threads() == 1
-    assert resources.apply_default_threads() is None  # the user chose: leave it
+    assert _threads.apply_default_threads() is None  # the user chose: leave it
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(InvalidOptionError):
             lm.set_threads(bad)
@@ -426,16 +428,16 @@ def test_set_threads(fresh_threads):
 
 def test_the_default_applies_at_the_first_load_unless_threads_were_chosen(
         fresh_threads, monkeypatch, manager, tiny_gpt2):
-    torch.set_num_threads(resources._torch_default_threads())
+    torch.set_num_threads(_threads._torch_default_threads())
     manager.load(str(tiny_gpt2), name="a")
-    assert torch.get_num_threads() == max(1, resources._usable_cores() - 1)
+    assert torch.get_num_threads() == max(1, _threads._usable_cores() - 1)
     monkeypatch.setattr(_threads, "_threads_settled", False)
     torch.set_num_threads(3)  # the user's own choice
-    assert resources.apply_default_threads() is None and torch.get_num_threads() == 3
+    assert _threads.apply_default_threads() is None and torch.get_num_threads() == 3
     monkeypatch.setattr(_threads, "_threads_settled", False)
     monkeypatch.setenv("LLM_MAGIC_THREADS", "2")
-    assert resources.apply_default_threads() == 2 and torch.get_num_threads() == 2
+    assert _threads.apply_default_threads() == 2 and torch.get_num_threads() == 2
     monkeypatch.setattr(_threads, "_threads_settled", False)
     monkeypatch.setenv("LLM_MAGIC_THREADS", "many")
     with pytest.warns(LLMMagicWarning, match="LLM_MAGIC_THREADS"):
-        resources.apply_default_threads()
+        _threads.apply_default_threads()

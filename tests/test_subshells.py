@@ -348,7 +348,7 @@ def _click(widget: Any, **content: Any) -> None:
 
 
 def test_clicks_from_many_threads_change_the_view_under_its_lock(manager, tiny_gpt2, capsys):
-    from llm_magic.monitor import Sampler
+    from llm_magic.resources.sampler import Sampler
     from llm_magic.widgets.models import ModelsView
 
     manager.load(str(tiny_gpt2), name="a")

@@ -113,7 +113,7 @@ def test_the_thread_count_is_the_same_with_and_without_the_warm_up():
         ip = InteractiveShell.instance()
         ip.run_line_magic("load_ext", "llm_magic")
         import llm_magic as lm
-        from llm_magic import _threads
+        from llm_magic.resources import cpu as _threads
         from llm_magic.backends import _warm_up
         assert _warm_up.wait(timeout=300)
         before = lm.threads()

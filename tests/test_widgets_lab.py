@@ -183,7 +183,7 @@ def test_gpu_figures_render_with_na_for_unsupported_fields(open_notebook):
         "import sys\nfrom test_monitor import FakeGPU, FakeNVML\n"
         "sys.modules['pynvml'] = FakeNVML([FakeGPU('GPU-aaaa', name='NVIDIA Fake 80GB', "
         "not_supported={'power'})])\n"
-        "import llm_magic as lm\nfrom llm_magic.monitor import Sampler\n"
+        "import llm_magic as lm\nfrom llm_magic.resources.sampler import Sampler\n"
         "lm.monitor(sampler=Sampler())",
     ])
     nb.run_and_wait(0)

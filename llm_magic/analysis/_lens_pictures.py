@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import base64
 from html import escape
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .._visible import visible
-from . import _heatmap
+from ..common import heatmap as _heatmap
+from ..common.visible import visible
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .lens import LensMap
 
 __all__ = ["LEGENDS", "grid_png", "snapshot_html", "visible"]
 
@@ -60,7 +59,32 @@ def _colour(level: int, palette: bytes) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def snapshot_html(lens: LensMap, *, metric: str = "probability", stride: int = 1) -> str:
+class _Lens(Protocol):
+    """What a picture reads of a :class:`~llm_magic.analysis.lens.LensMap` (which imports
+    this module, so it is described here rather than imported)."""
+
+    @property
+    def layers(self) -> Any: ...
+    @property
+    def tokens(self) -> Any: ...
+    @property
+    def ids(self) -> Any: ...
+    @property
+    def shape(self) -> tuple[int, int, int]: ...
+    @property
+    def correct(self) -> tuple[bool, ...]: ...
+    @property
+    def next_ids(self) -> tuple[int | None, ...]: ...
+    def rows_shown(self, stride: int = 1) -> list[int]: ...
+    def shade(self, metric: str = "probability") -> Any: ...
+    def to_png(self, path: Any = None, *, metric: str = "probability",
+               stride: int = 1) -> bytes: ...
+    def text(self, token_id: int) -> str: ...
+    def top(self, row: int, position: int) -> tuple[tuple[int, str, float], ...]: ...
+    def summary(self) -> str: ...
+
+
+def snapshot_html(lens: _Lens, *, metric: str = "probability", stride: int = 1) -> str:
     """The escaped snapshot: a title, the grid's PNG, a table of top tokens, the legend.
 
     Examples

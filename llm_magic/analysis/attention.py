@@ -18,249 +18,24 @@ Examples
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .. import _views
-from .._sizes import format_size
+from ..common.attention_map import AttentionMap, attention_max_tokens
+from ..common.attention_map import max_tokens as max_tokens_or_cap
 from ..errors import InvalidOptionError
 from ..manager import ModelManager, get_manager
-from . import _heatmap
 
 if TYPE_CHECKING:
-    import numpy as np
 
-    from ..backends.base import AttentionCapture, Backend
+    from ..backends.base import Backend
 
 __all__ = ["AttentionMap", "attention", "attention_max_tokens", "last_attention"]
-
-#: Longest sequence whose attention is captured unless a call asks for more.
-#: 1,024 tokens of a 24-layer, 16-head model take 0.8 GB in float16.
-_DEFAULT = {"max_tokens": 1024}
-
-
-def attention_max_tokens(value: int | None = None) -> int:
-    """Get, or set, the longest sequence whose attention is captured (1,024 at first).
-
-    The weights take layers x heads x T^2 x 2 bytes in the kernel; longer
-    sequences are refused with a message that says how much they would take.
-
-    Examples
-    --------
-    >>> import llm_magic as lm
-    >>> lm.attention_max_tokens()
-    1024
-    >>> lm.attention_max_tokens(2048)  # doctest: +SKIP
-    2048
-    """
-    if value is not None:
-        _DEFAULT["max_tokens"] = _check_limit(value)
-    return _DEFAULT["max_tokens"]
-
-
-@dataclass(frozen=True, repr=False, eq=False)
-class AttentionMap:
-    """Every head's attention over one sequence, kept compactly (float16) in the kernel.
-
-    Attributes
-    ----------
-    tokens : tuple of str
-        The tokenizer's tokens, special tokens included (``"Ġthe"``, ``"[CLS]"``).
-    labels : tuple of str
-        The same tokens as readable text (byte-level tokens decoded, ``↵`` for a newline).
-    layers : tuple of numpy.ndarray
-        One float16 array (heads, T, T) per layer; row = query token, column = key token.
-    model : str
-        The model's name.
-    causal : bool
-        True for a causal LM (a token attends only to itself and those before it).
-    prompt_tokens : int or None
-        For a generation, how many of the tokens were the prompt.
-    pooled : numpy.ndarray or None
-        Every head averaged over blocks, (layers, heads, s, s) with s = min(T, 32):
-        the overview behind thumbnails and the PNG grid.
-
-    Examples
-    --------
-    >>> import llm_magic as lm
-    >>> amap = lm.attention("def f(x):", model="demo")  # doctest: +SKIP
-    >>> amap.head(0, 1).sum(axis=1)  # each row sums to 1  # doctest: +SKIP
-    array([1., 1., 1., 1.], dtype=float32)
-    """
-
-    tokens: tuple[str, ...]
-    labels: tuple[str, ...]
-    layers: tuple[np.ndarray, ...]
-    model: str
-    causal: bool
-    prompt_tokens: int | None = None
-    pooled: np.ndarray | None = None
-
-    @classmethod
-    def from_capture(cls, capture: AttentionCapture, model: str,
-                     prompt_tokens: int | None = None) -> AttentionMap:
-        """Wrap a backend's capture."""
-        return cls(tokens=capture.tokens, labels=capture.labels, layers=capture.layers,
-                   model=model, causal=capture.causal, prompt_tokens=prompt_tokens,
-                   pooled=capture.pooled)
-
-    # -- shape and values ---------------------------------------------------
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """(layers, heads, T, T)."""
-        heads, t, _ = self.layers[0].shape
-        return (len(self.layers), heads, t, t)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes the weights take in the kernel."""
-        return sum(int(layer.nbytes) for layer in self.layers)
-
-    def _check(self, layer: int | None, head: int | None = None) -> None:
-        n_layers, n_heads, _, _ = self.shape
-        for what, value, count in (("layer", layer, n_layers), ("head", head, n_heads)):
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < count:
-                raise InvalidOptionError(
-                    f"{what} must be an integer from 0 to {count - 1} ({self.model!r} has "
-                    f"{count} {what}s); got {value!r}."
-                )
-
-    def head(self, layer: int, head: int) -> np.ndarray:
-        """One head's weights as a float32 array (T, T): row = query, column = key.
-
-        Examples
-        --------
-        >>> amap.head(0, 0)[-1]  # what the last token attends to  # doctest: +SKIP
-        """
-        import numpy as np
-
-        self._check(layer, head)
-        return np.asarray(self.layers[layer][head], dtype=np.float32)
-
-    def mean(self, layer: int | None = None) -> np.ndarray:
-        """The mean over heads of ``layer`` (T, T), or over every layer and head when None.
-
-        Examples
-        --------
-        >>> amap.mean(0).shape  # doctest: +SKIP
-        (4, 4)
-        """
-        import numpy as np
-
-        self._check(layer)
-        if layer is not None:
-            return self.layers[layer].mean(axis=0, dtype=np.float32)  # type: ignore[no-any-return]
-        total = np.zeros(self.shape[2:], dtype=np.float32)
-        for weights in self.layers:
-            total += weights.mean(axis=0, dtype=np.float32)
-        return total / len(self.layers)  # type: ignore[no-any-return]
-
-    def thumbnails(self, size: int = 32) -> np.ndarray:
-        """Every head shrunk to at most ``size`` x ``size``, as palette levels (uint8).
-
-        Returns an array (layers, heads, s, s) with s = min(T, size); each head is
-        scaled to its own largest weight, as in the interactive view.
-        """
-        import numpy as np
-
-        s = min(self.shape[2], size)
-        if self.pooled is not None and self.pooled.shape[-1] == s:
-            small = self.pooled
-        else:
-            small = np.stack([_heatmap.block_mean(weights, s) for weights in self.layers])
-        top = small.max(axis=(2, 3), keepdims=True)
-        top[top <= 0] = 1
-        return np.rint(small / top * 254).astype(np.uint8)  # type: ignore[no-any-return]
-
-    # -- pictures -------------------------------------------------------------
-
-    def to_png(self, path: str | os.PathLike[str] | None = None, *, layer: int | None = None,
-               head: int | None = None) -> bytes:
-        """A PNG heatmap: one head, the mean of a layer's heads, or a grid of every head.
-
-        Parameters
-        ----------
-        path : str or path, optional
-            Also write the PNG to this file.
-        layer, head : int, optional
-            Both: that head (one pixel per token pair, larger for short texts). Only
-            ``layer``: the mean over its heads. Neither: the grid of all heads
-            (rows = layers, columns = heads).
-
-        Returns
-        -------
-        bytes
-            The PNG file's bytes.
-
-        Examples
-        --------
-        >>> png = amap.to_png("attention.png", layer=0, head=0)  # doctest: +SKIP
-        """
-
-        if head is not None and layer is None:
-            raise InvalidOptionError("Name the layer of that head: to_png(layer=L, head=H).")
-        self._check(layer, head)
-        t = self.shape[2]
-        if layer is None:
-            tiles = self.thumbnails()
-            grow = max(1, 64 // tiles.shape[-1])  # tiles of about 64 pixels
-            tiles = tiles.repeat(grow, axis=2).repeat(grow, axis=3)
-            pixels = _heatmap.grid_pixels(tiles)
-        else:
-            values = self.head(layer, head) if head is not None else self.mean(layer)
-            side = t * max(1, 256 // t) if t <= 256 else min(t, 1024)
-            pixels = _heatmap.levels(_heatmap.block_mean(values, side))
-        png = _heatmap.encode_png(pixels)
-        if path is not None:
-            Path(path).write_bytes(png)
-        return png
-
-    def widget(self, layer: int = 0, head: int = 0) -> Any:
-        """The interactive view (an anywidget), opened on ``layer`` and ``head``.
-
-        Examples
-        --------
-        >>> amap.widget(layer=1, head=2)  # doctest: +SKIP
-        """
-        self._check(layer, head)
-        return _views.view_class("attention")(self, layer=layer, head=head)
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return self.widget()._repr_mimebundle_(include=include, exclude=exclude)  # type: ignore[no-any-return]
-
-    def summary(self) -> str:
-        """One line: model, shape, size in the kernel."""
-        layers, heads, t, _ = self.shape
-        kind = "causal" if self.causal else "encoder"
-        return (f"AttentionMap of {self.model!r} ({kind}): {t} tokens, {layers} layers x "
-                f"{heads} heads, {format_size(self.nbytes)} in float16")
-
-    def __repr__(self) -> str:
-        shown = " ".join(repr(x) for x in self.labels[:12])
-        more = f" ... (+{len(self.labels) - 12})" if len(self.labels) > 12 else ""
-        return f"<{self.summary()}; tokens: {shown}{more}>"
-
-
-def _check_limit(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidOptionError(f"max_tokens must be a positive integer, not {value!r}.")
-    return value
-
-
-def _max_tokens(value: int | None) -> int:
-    return _DEFAULT["max_tokens"] if value is None else _check_limit(value)
-
 
 def capture(backend: Backend, source: str | Sequence[int], model: str, *,
             max_tokens: int | None = None, prompt_tokens: int | None = None) -> AttentionMap:
     """Capture with a checked-out backend (the model's lock held by the caller)."""
-    captured = backend.capture_attention(source, max_tokens=_max_tokens(max_tokens))
+    captured = backend.capture_attention(source, max_tokens=max_tokens_or_cap(max_tokens))
     return AttentionMap.from_capture(captured, model, prompt_tokens)
 
 
@@ -301,7 +76,7 @@ def attention(text: str, model: str | None = None, *, max_tokens: int | None = N
     manager = manager or get_manager()
     if not isinstance(text, str) or not text.strip():
         raise InvalidOptionError("The text is empty: write some text to look at.")
-    limit = _max_tokens(max_tokens)
+    limit = max_tokens_or_cap(max_tokens)
     if model is not None and not manager.is_loaded(model):
         model = manager.load(model).name
     name = manager.resolve(model)

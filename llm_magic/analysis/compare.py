@@ -34,9 +34,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .. import _views
+from ..common import views as _views
 from ..errors import InvalidOptionError, LLMMagicError
-from ..manager import ModelHandle, ModelManager, get_manager
+from ..generation import generate
+from ..manager import ModelManager, get_manager
 from ._align import Piece, boundaries, by_characters, by_tokens, compatible
 
 if TYPE_CHECKING:
@@ -195,7 +196,7 @@ def compare(prompt: str, models: Sequence[str] | None = None,
             if live is not None:
                 live.start(i)
             sink = _sink(i, stream, live, labels)
-            gen = ModelHandle(name, manager).generate(prompt, stream=sink, **kwargs)
+            gen = generate(prompt, model=name, manager=manager, stream=sink, **kwargs)
             generations.append(gen)
             if live is not None:
                 live.finish(i, gen)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import _views
+from ..common import views as _views
 from ..errors import InvalidOptionError
 from ..manager import ModelManager, get_manager
 from . import _lens_pictures

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from .. import _views
-from .._visible import visible
 from ..backends.base import TokenRecord, check_logprobs
+from ..common import views as _views
+from ..common.visible import visible
 from ..errors import InvalidOptionError
 from ..manager import ModelManager, get_manager
 

@@ -15,7 +15,7 @@ Examples
 
 from __future__ import annotations
 
-from .._registry import LazyRegistry
+from ..common.registry import LazyRegistry
 from .base import Backend, GenerationJob, GenerationRequest, LoadSpec
 
 __all__ = ["Backend", "GenerationJob", "GenerationRequest", "LoadSpec", "backend_class",

@@ -18,8 +18,8 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .._sizes import format_size
-from .._visible import visible
+from ..common.sizes import format_size
+from ..common.visible import visible
 from ..errors import InvalidOptionError, NotAvailableError, PromptTooLongError
 from .base import AttentionCapture
 

@@ -35,7 +35,7 @@ import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .._sizes import format_size
+from ..common.sizes import format_size
 from ..errors import InvalidOptionError, NotAvailableError, PromptTooLongError
 from ._logprobs import TokenTexts
 from .base import LensCapture

@@ -27,7 +27,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .._sizes import format_size
+from ..common.sizes import format_size
 from ..errors import InvalidOptionError, PromptTooLongError
 from ._attention import _BYTES, _is_byte_level
 from .base import ScoreCapture, TokenRecord

@@ -18,8 +18,6 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .._estimate import is_encoder_only
-from .._threads import apply_default_threads
 from ..errors import (
     BackendError,
     InvalidOptionError,
@@ -28,6 +26,8 @@ from ..errors import (
     NotAvailableError,
     PromptTooLongError,
 )
+from ..resources.cpu import apply_default_threads
+from ..resources.estimate import is_encoder_only
 from ._devices import bytes_per_device as _bytes_per_device
 from ._devices import device_name as _device_name
 from ._devices import device_order as _device_order
@@ -52,7 +52,7 @@ from .base import Backend, BatchResult, GenerationJob, GenerationRequest, LoadSp
 if TYPE_CHECKING:
     import torch
 
-    from .._placement import Placement
+    from ..resources.placement import Placement
 
 __all__ = [
     "HFBackend",

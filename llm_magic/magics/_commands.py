@@ -228,18 +228,7 @@ def _debug(magics: Host, args: Namespace) -> None:
     print(f"llm_magic debug logging is {'on' if _HANDLER in _LOGGER.handlers else 'off'}.")
 
 
-# -- budget (llm_magic.resources, when it is there) -----------------------
-
-
-def _budget_api() -> Callable[..., Any] | None:
-    try:
-        from .. import resources  # type: ignore[attr-defined]
-    except ModuleNotFoundError as exc:
-        if exc.name != "llm_magic.resources":
-            raise
-        return None
-    budget = getattr(resources, "budget", None)
-    return budget if callable(budget) else None
+# -- budget -------------------------------------------------------------------
 
 
 def _limit(item: str) -> tuple[str, str]:
@@ -254,12 +243,11 @@ def _limit(item: str) -> tuple[str, str]:
           help="limits to set, like cpu=8GB cuda0=20GB or a fraction cuda0=0.5; none shows it")
 def _budget(magics: Host, args: Namespace) -> None:
     """Show the memory budget per device, or set limits (cpu=8GB cuda0=0.5)."""
-    api = _budget_api()
-    if api is None:
-        raise UsageError("`%llm budget` is not available yet in this version.")
+    from ..manager import budget
+
     limits = dict(_limit(item) for item in args.limits)
     with usage_errors():
-        display(api(**limits))
+        display(budget(**limits))
 
 
 # -- attention ----------------------------------------------------------------
@@ -319,8 +307,7 @@ COMMANDS: dict[str, Command] = {
         Command("unload", _unload, "NAME | --all"),
         Command("list", _list),
         Command("use", _use, "NAME"),
-        Command("budget", _budget, "[DEVICE=SIZE ...]",
-                available=lambda: _budget_api() is not None),
+        Command("budget", _budget, "[DEVICE=SIZE ...]"),
         Command("history", _history, "[-n N] [--search TEXT] [--model NAME]"),
         Command("rerun", _rerun, "ID"),
         Command("attention", _attention),

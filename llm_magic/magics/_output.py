@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.display import display
 
-from .._sizes import format_size
+from ..common.sizes import format_size
 
 if TYPE_CHECKING:
     from ..generation import Generation

@@ -11,7 +11,9 @@ so importing this package costs nothing:
 - :mod:`llm_magic.widgets.attention`: attention heatmaps (``AttentionMap.widget()``).
 
 The front-end code of the custom views is in ``static/*.js`` (anywidget ES
-modules shipped with the package; nothing comes from a CDN).
+modules shipped with the package; nothing comes from a CDN). The helpers they
+share are in ``static/_shared.js``, which ``_common.esm`` puts in front of each
+view's own file.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from .._sizes import format_size
+from ..common.sizes import format_size
 
 __all__ = ["NA", "Updates", "css", "esm", "html_lines", "one_line", "percent", "size",
            "stop_with_comm", "with_fallback"]
@@ -19,9 +19,18 @@ STATIC = Path(__file__).resolve().parent / "static"
 NA = "n/a"  # what a field shows when NVML reports it unsupported or it cannot be read
 
 
-def esm(name: str) -> Path:
-    """The path of a front-end module in ``static/`` (anywidget reads it)."""
-    return STATIC / name
+SHARED_ESM = "_shared.js"  # the helpers every view's module starts with
+
+
+def esm(name: str) -> str:
+    """A view's ES module: ``static/_shared.js``, then the view's own ``static/<name>``.
+
+    anywidget takes one module per view and the views import nothing, so the
+    helpers they share travel in front of each view's code. Read when the class
+    is made (its ``_esm``), from the files that ship inside the package.
+    """
+    shared = (STATIC / SHARED_ESM).read_text(encoding="utf-8")
+    return f"{shared.rstrip()}\n\n{(STATIC / name).read_text(encoding='utf-8')}"
 
 
 def css() -> Path:

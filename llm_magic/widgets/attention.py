@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anywidget
 import traitlets
 
+from ._common import esm
 from ._subshell import route
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class AttentionWidget(anywidget.AnyWidget):
     >>> view.layer, view.head = 1, 2  # doctest: +SKIP
     """
 
-    _esm = _STATIC / "attention.js"
+    _esm = esm("attention.js")
     _css = _STATIC / "attention.css"
 
     model_name = traitlets.Unicode("").tag(sync=True)

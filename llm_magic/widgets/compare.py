@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 import anywidget
 import traitlets as t
 
-from .._visible import visible
-from ._common import STATIC, with_fallback
+from ..common.visible import visible
+from ._common import STATIC, esm, with_fallback
 from ._subshell import route
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class CompareWidget(anywidget.AnyWidget):  # type: ignore[misc]
     '<b>'
     """
 
-    _esm = STATIC / "compare.js"
+    _esm = esm("compare.js")
     _css = STATIC / "compare.css"
 
     prompt = t.Unicode("").tag(sync=True)

@@ -18,7 +18,7 @@ import numpy as np
 import traitlets
 
 from ..analysis.lens import METRICS, default_stride
-from ._common import with_fallback
+from ._common import esm, with_fallback
 from ._subshell import route
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class LensWidget(anywidget.AnyWidget):
     >>> view.metric = "kl"  # doctest: +SKIP
     """
 
-    _esm = _STATIC / "lens.js"
+    _esm = esm("lens.js")
     _css = _STATIC / "lens.css"
 
     model_name = traitlets.Unicode("").tag(sync=True)

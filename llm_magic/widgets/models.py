@@ -34,7 +34,7 @@ from .. import estimate
 from ..errors import LLMMagicError
 from ..events import Event
 from ..manager import ModelInfo, ModelManager, get_manager
-from ..monitor import Sample, Sampler, get_sampler
+from ..resources.sampler import Sample, Sampler, get_sampler
 from ._common import Updates, css, esm, one_line, size, stop_with_comm, with_fallback
 from ._subshell import route
 

@@ -28,7 +28,7 @@ import anywidget
 import traitlets as t
 
 from ..manager import ModelInfo, ModelManager, get_manager
-from ..monitor import GPUSample, Sample, Sampler, get_sampler
+from ..resources.sampler import GPUSample, Sample, Sampler, get_sampler
 from ._common import (
     NA,
     Updates,

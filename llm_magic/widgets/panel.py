@@ -13,7 +13,7 @@ from typing import Any
 import ipywidgets as w
 
 from ..manager import ModelManager
-from ..monitor import Sampler
+from ..resources.sampler import Sampler
 from ._common import with_fallback
 from ._subshell import route
 from .models import ModelManagerPanel

@@ -36,9 +36,9 @@ import anywidget
 import numpy as np
 import traitlets as t
 
-from .._visible import visible
 from ..analysis.tokens import METRICS, Scores, legend, shaded_html
 from ..backends.base import TokenRecord
+from ..common.visible import visible
 from ..errors import InvalidOptionError
 from ..generation import Generation
 from ..generation import branch as branch_generation

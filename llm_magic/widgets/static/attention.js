@@ -2,8 +2,7 @@
 // of every head, and the tokens as text. Weights arrive as float16 bytes, one head
 // at a time, when the selection changes. Every token is set with textContent.
 
-// The colour ramp of llm_magic/_heatmap.py (weight 0 -> white, the head's largest -> dark blue).
-const RAMP = [[255, 255, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]];
+// The colours are the ramp of llm_magic/common/heatmap.py (_shared.js: PALETTE).
 const MAX_SIDE = 480; // pixels of the heatmap on screen
 const THUMB_SIDE = 40; // pixels of a thumbnail on screen (at least)
 const LABELLED = 10; // rows and columns get token labels when a cell is this many pixels
@@ -12,93 +11,33 @@ function cellPixels(size) {
   return Math.max(1, Math.min(24, Math.floor(MAX_SIDE / size)));
 }
 
-function makePalette() {
-  const out = new Uint8ClampedArray(255 * 3);
-  for (let i = 0; i < 255; i++) {
-    const x = (i / 254) * (RAMP.length - 1);
-    const k = Math.min(Math.floor(x), RAMP.length - 2);
-    const f = x - k;
-    for (let c = 0; c < 3; c++) {
-      out[i * 3 + c] = Math.round(RAMP[k][c] + (RAMP[k + 1][c] - RAMP[k][c]) * f);
-    }
-  }
-  return out;
-}
-const PALETTE = makePalette();
-
-let HALF = null;
-function halfTable() {
-  if (HALF) return HALF;
-  HALF = new Float32Array(65536);
-  for (let h = 0; h < 65536; h++) {
-    const sign = h & 0x8000 ? -1 : 1;
-    const e = (h >> 10) & 0x1f;
-    const m = h & 0x3ff;
-    let v;
-    if (e === 0) v = m * 2 ** -24;
-    else if (e === 31) v = m ? NaN : Infinity;
-    else v = (1 + m / 1024) * 2 ** (e - 15);
-    HALF[h] = sign * v;
-  }
-  return HALF;
-}
-
-function asView(value) {
-  if (!value) return new DataView(new ArrayBuffer(0));
-  if (value instanceof DataView) return value;
-  if (value instanceof ArrayBuffer) return new DataView(value);
-  if (ArrayBuffer.isView(value)) return new DataView(value.buffer, value.byteOffset, value.byteLength);
-  return new DataView(new ArrayBuffer(0));
-}
-
-function halves(value) {
-  const view = asView(value);
-  const n = view.byteLength >> 1;
-  const table = halfTable();
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) out[i] = table[view.getUint16(2 * i, true)];
-  return out;
-}
-
-function bytesOf(value) {
-  const view = asView(value);
-  return new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
-}
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
 function render({ model, el: root }) {
-  const box = el("div", "llm-attn");
-  const bar = el("div", "llm-attn-bar");
-  const title = el("span", "llm-attn-title");
-  const layerSelect = el("select", "llm-attn-layer");
-  const headSelect = el("select", "llm-attn-head");
-  const layerLabel = el("label", "", "Layer ");
+  const box = node("div", "llm-attn");
+  const bar = node("div", "llm-attn-bar");
+  const title = node("span", "llm-attn-title");
+  const layerSelect = node("select", "llm-attn-layer");
+  const headSelect = node("select", "llm-attn-head");
+  const layerLabel = node("label", "", "Layer ");
   layerLabel.append(layerSelect);
-  const headLabel = el("label", "", " Head ");
+  const headLabel = node("label", "", " Head ");
   headLabel.append(headSelect);
   bar.append(title, layerLabel, headLabel);
 
-  const main = el("div", "llm-attn-main");
-  const plot = el("div", "llm-attn-plot");
-  const canvas = el("canvas", "llm-attn-heatmap");
-  const rowLabels = el("div", "llm-attn-rows");
-  const colLabels = el("div", "llm-attn-cols");
-  const axes = el("div", "llm-attn-axes", "rows: query token, columns: key token");
-  plot.append(el("div"), colLabels, rowLabels, canvas, el("div"), axes);
-  const gridBox = el("div", "llm-attn-grid");
-  const gridTitle = el("div", "llm-attn-grid-title", "Every head (rows: layers, columns: heads)");
-  const thumbs = el("canvas", "llm-attn-thumbs");
+  const main = node("div", "llm-attn-main");
+  const plot = node("div", "llm-attn-plot");
+  const canvas = node("canvas", "llm-attn-heatmap");
+  const rowLabels = node("div", "llm-attn-rows");
+  const colLabels = node("div", "llm-attn-cols");
+  const axes = node("div", "llm-attn-axes", "rows: query token, columns: key token");
+  plot.append(node("div"), colLabels, rowLabels, canvas, node("div"), axes);
+  const gridBox = node("div", "llm-attn-grid");
+  const gridTitle = node("div", "llm-attn-grid-title", "Every head (rows: layers, columns: heads)");
+  const thumbs = node("canvas", "llm-attn-thumbs");
   gridBox.append(gridTitle, thumbs);
   main.append(plot, gridBox);
 
-  const hover = el("div", "llm-attn-hover", "Hover over the map to read a weight; click a token below.");
-  const strip = el("div", "llm-attn-tokens");
+  const hover = node("div", "llm-attn-hover", "Hover over the map to read a weight; click a token below.");
+  const strip = node("div", "llm-attn-tokens");
   box.append(bar, main, hover, strip);
   root.append(box);
 
@@ -128,7 +67,7 @@ function render({ model, el: root }) {
     const prompt = model.get("prompt_tokens");
     strip.replaceChildren();
     spans = tokens.map((token, i) => {
-      const span = el("span", "llm-attn-token", token);
+      const span = node("span", "llm-attn-token", token);
       span.dataset.index = String(i);
       span.title = `token ${i}`;
       if (prompt >= 0 && i >= prompt) span.classList.add("llm-attn-generated");
@@ -155,12 +94,12 @@ function render({ model, el: root }) {
     if (!labelled) return;
     const font = `${Math.min(11, cell - 2)}px`;
     for (const token of tokens) {
-      const row = el("div", "llm-attn-label", token);
+      const row = node("div", "llm-attn-label", token);
       row.style.height = `${cell}px`;
       row.style.lineHeight = `${cell}px`;
       row.style.fontSize = font;
       rowLabels.append(row);
-      const col = el("div", "llm-attn-label", token);
+      const col = node("div", "llm-attn-label", token);
       col.style.width = `${cell}px`;
       col.style.lineHeight = `${cell}px`;
       col.style.fontSize = font;
@@ -181,10 +120,7 @@ function render({ model, el: root }) {
     const image = octx.createImageData(size, size);
     const px = image.data;
     for (let i = 0; i < weights.length; i++) {
-      const level = Math.max(0, Math.min(254, Math.round(weights[i] * scale)));
-      px[4 * i] = PALETTE[3 * level];
-      px[4 * i + 1] = PALETTE[3 * level + 1];
-      px[4 * i + 2] = PALETTE[3 * level + 2];
+      px.set(paletteColour(Math.max(0, Math.min(254, Math.round(weights[i] * scale)))), 4 * i);
       px[4 * i + 3] = 255;
     }
     octx.putImageData(image, 0, 0);
@@ -235,12 +171,8 @@ function render({ model, el: root }) {
   }
 
   function cellAt(event) {
-    const rect = canvas.getBoundingClientRect();
-    if (!size || rect.width === 0) return null;
-    const col = Math.floor(((event.clientX - rect.left) / rect.width) * size);
-    const row = Math.floor(((event.clientY - rect.top) / rect.height) * size);
-    if (row < 0 || col < 0 || row >= size || col >= size) return null;
-    return { row, col };
+    const at = cellUnder(canvas, event, size, size);
+    return at && { row: at.y, col: at.x };
   }
 
   canvas.addEventListener("mousemove", (event) => {
@@ -290,11 +222,8 @@ function render({ model, el: root }) {
         const base = (l * nh + hd) * s * s;
         for (let y = 0; y < s; y++) {
           for (let x = 0; x < s; x++) {
-            const level = levels[base + y * s + x];
             const o = 4 * ((l * (s + GAP) + y) * w + hd * (s + GAP) + x);
-            px[o] = PALETTE[3 * level];
-            px[o + 1] = PALETTE[3 * level + 1];
-            px[o + 2] = PALETTE[3 * level + 2];
+            px.set(paletteColour(levels[base + y * s + x]), o);
           }
         }
       }
@@ -361,16 +290,14 @@ function render({ model, el: root }) {
     ["change:layer", onChoice], ["change:head", onChoice], ["change:mean", onChoice],
     ["change:thumbs", drawThumbs], ["change:tokens", onTokens],
   ];
-  for (const [name, fn] of listeners) model.on(name, fn);
+  const unlisten = listen(model, listeners);
 
   fillSelects();
   fillTokens();
   drawHeatmap();
   drawThumbs();
 
-  return () => {
-    for (const [name, fn] of listeners) model.off(name, fn);
-  };
+  return unlisten;
 }
 
 export default { render };

@@ -8,30 +8,9 @@ const POS = [31, 119, 180]; // the reference found it likelier
 const STATES = { waiting: "waiting for the model…", generating: "generating…",
   scoring: "cross-scoring…", done: "", error: "" };
 
-function node(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
-
-function floats(value) {
-  let view;
-  if (!value) return new Float32Array(0);
-  if (value instanceof DataView) view = value;
-  else if (value instanceof ArrayBuffer) view = new DataView(value);
-  else if (ArrayBuffer.isView(value)) view = new DataView(value.buffer, value.byteOffset, value.byteLength);
-  else return new Float32Array(0);
-  const out = new Float32Array(Math.floor(view.byteLength / 4));
-  for (let i = 0; i < out.length; i++) out[i] = view.getFloat32(i * 4, true);
-  return out;
-}
-
 function colour(delta, scale) {
   const x = Number.isFinite(delta) ? Math.min(1, Math.abs(delta) / scale) : 0;
-  const end = delta < 0 ? NEG : POS;
-  const [r, g, b] = end.map((c) => Math.round(255 + (c - 255) * x * 0.8));
-  return `rgb(${r}, ${g}, ${b})`;
+  return rgb(mix(WHITE, delta < 0 ? NEG : POS, x * 0.8));
 }
 
 function render({ model, el }) {
@@ -87,7 +66,7 @@ function render({ model, el }) {
     const diverge = model.get("diverge") || [];
     const refs = model.get("references") || [];
     const scale = model.get("scale") || 1;
-    const deltas = floats(model.get("deltas"));
+    const deltas = float32s(model.get("deltas"));
     let offset = 0;
     columns.forEach((c, i) => {
       const mine = pieces[i] || [];
@@ -132,8 +111,7 @@ function render({ model, el }) {
   for (const name of ["pieces", "deltas", "diverge", "counts"]) {
     listeners.push([`change:${name}`, shaded]);
   }
-  for (const [name, fn] of listeners) model.on(name, fn);
-  return () => { for (const [name, fn] of listeners) model.off(name, fn); };
+  return listen(model, listeners);
 }
 
 export default { render };

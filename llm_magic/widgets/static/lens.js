@@ -4,8 +4,7 @@
 // bottom. Hover or focus a cell to read its top-k. The lens arrives once, as binary
 // buffers; every token is set with textContent (or drawn as canvas text), never as markup.
 
-// The colour ramp of llm_magic/analysis/_heatmap.py (0 -> white, 1 -> dark blue).
-const RAMP = [[255, 255, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]];
+// The cells are shaded with the ramp of llm_magic/common/heatmap.py (_shared.js: PALETTE).
 const METRICS = [
   ["probability", "probability of the final prediction"],
   ["rank", "rank of the final prediction (log)"],
@@ -23,120 +22,36 @@ const WIDE = 60; // pixels of a column while the grid fits in MAX_WIDTH
 const MAX_WIDTH = 16000; // pixels of the whole grid at most (the page scrolls it)
 const TEXT_MIN = 24; // columns this wide get their top token drawn in the cell
 const LABEL_MIN = 10; // columns this wide get DOM labels along the top and bottom
-const SHOWN = { "\n": "\u21b5", "\t": "\u21e5", "\r": "\u240d" };
-
-function makePalette() {
-  const out = new Uint8ClampedArray(255 * 3);
-  for (let i = 0; i < 255; i++) {
-    const x = (i / 254) * (RAMP.length - 1);
-    const k = Math.min(Math.floor(x), RAMP.length - 2);
-    const f = x - k;
-    for (let c = 0; c < 3; c++) {
-      out[i * 3 + c] = Math.round(RAMP[k][c] + (RAMP[k + 1][c] - RAMP[k][c]) * f);
-    }
-  }
-  return out;
-}
-const PALETTE = makePalette();
-
-let HALF = null;
-function halfTable() {
-  if (HALF) return HALF;
-  HALF = new Float32Array(65536);
-  for (let h = 0; h < 65536; h++) {
-    const sign = h & 0x8000 ? -1 : 1;
-    const e = (h >> 10) & 0x1f;
-    const m = h & 0x3ff;
-    let v;
-    if (e === 0) v = m * 2 ** -24;
-    else if (e === 31) v = m ? NaN : Infinity;
-    else v = (1 + m / 1024) * 2 ** (e - 15);
-    HALF[h] = sign * v;
-  }
-  return HALF;
-}
-
-function asView(value) {
-  if (!value) return new DataView(new ArrayBuffer(0));
-  if (value instanceof DataView) return value;
-  if (value instanceof ArrayBuffer) return new DataView(value);
-  if (ArrayBuffer.isView(value)) return new DataView(value.buffer, value.byteOffset, value.byteLength);
-  return new DataView(new ArrayBuffer(0));
-}
-
-function halves(value) {
-  const view = asView(value);
-  const n = view.byteLength >> 1;
-  const table = halfTable();
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) out[i] = table[view.getUint16(2 * i, true)];
-  return out;
-}
-
-function int32s(value) {
-  const view = asView(value);
-  const n = view.byteLength >> 2;
-  const out = new Int32Array(n);
-  for (let i = 0; i < n; i++) out[i] = view.getInt32(4 * i, true);
-  return out;
-}
-
-function bytesOf(value) {
-  const view = asView(value);
-  return new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
-}
-
-function visible(text) {
-  let out = "";
-  for (const ch of text) {
-    const code = ch.codePointAt(0);
-    if (SHOWN[ch]) out += SHOWN[ch];
-    else if (code < 32 || code === 127) out += `\\x${code.toString(16).padStart(2, "0")}`;
-    else out += ch;
-  }
-  return out;
-}
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-function percent(p) {
-  return `${(100 * p).toFixed(p >= 0.1 ? 1 : 2)}%`;
-}
 
 function render({ model, el: root }) {
-  const box = el("div", "llm-lens");
-  const bar = el("div", "llm-lens-bar");
-  const title = el("span", "llm-lens-title");
-  const metricSelect = el("select", "llm-lens-metric");
+  const box = node("div", "llm-lens");
+  const bar = node("div", "llm-lens-bar");
+  const title = node("span", "llm-lens-title");
+  const metricSelect = node("select", "llm-lens-metric");
   for (const [value, label] of METRICS) metricSelect.append(new Option(label, value));
-  const metricLabel = el("label", "", "Shade by ");
+  const metricLabel = node("label", "", "Shade by ");
   metricLabel.append(metricSelect);
-  const strideSelect = el("select", "llm-lens-stride");
-  const strideLabel = el("label", "", " Layer stride ");
+  const strideSelect = node("select", "llm-lens-stride");
+  const strideLabel = node("label", "", " Layer stride ");
   strideLabel.append(strideSelect);
   bar.append(title, metricLabel, strideLabel);
-  const legend = el("div", "llm-lens-legend");
+  const legend = node("div", "llm-lens-legend");
 
-  const scroll = el("div", "llm-lens-scroll");
-  const plot = el("div", "llm-lens-plot");
-  const nextLabels = el("div", "llm-lens-next llm-lens-axis");
-  const rowLabels = el("div", "llm-lens-rows");
-  const canvas = el("canvas", "llm-lens-grid");
+  const scroll = node("div", "llm-lens-scroll");
+  const plot = node("div", "llm-lens-plot");
+  const nextLabels = node("div", "llm-lens-next llm-lens-axis");
+  const rowLabels = node("div", "llm-lens-rows");
+  const canvas = node("canvas", "llm-lens-grid");
   canvas.tabIndex = 0;
   canvas.setAttribute("role", "img");
   canvas.setAttribute("aria-label", "logit lens grid: arrow keys move between cells");
   // The arrow keys move between cells: the notebook's own shortcuts stay out of the grid.
   canvas.dataset.lmSuppressShortcuts = "true";
-  const inputLabels = el("div", "llm-lens-inputs llm-lens-axis");
-  plot.append(el("div", "llm-lens-corner", "next \u2192"), nextLabels, rowLabels, canvas,
-    el("div", "llm-lens-corner", "input \u2192"), inputLabels);
+  const inputLabels = node("div", "llm-lens-inputs llm-lens-axis");
+  plot.append(node("div", "llm-lens-corner", "next \u2192"), nextLabels, rowLabels, canvas,
+    node("div", "llm-lens-corner", "input \u2192"), inputLabels);
   scroll.append(plot);
-  const hover = el("div", "llm-lens-hover");
+  const hover = node("div", "llm-lens-hover");
   box.append(bar, legend, scroll, hover);
   root.append(box);
 
@@ -225,16 +140,16 @@ function render({ model, el: root }) {
     box.classList.toggle("llm-lens-labelled", labelled);
     if (!labelled) return;
     for (let t = 0; t < size; t++) {
-      const next = el("div", "llm-lens-label");
+      const next = node("div", "llm-lens-label");
       next.style.width = `${cellW}px`;
       next.dataset.pos = String(t);
-      if (t + 1 < tokens.length) next.append(el("span", "llm-lens-token", visible(tokens[t + 1])));
+      if (t + 1 < tokens.length) next.append(node("span", "llm-lens-token", visible(tokens[t + 1])));
       if (lens.correct[t]) {
         next.classList.add("llm-lens-correct");
-        next.append(el("span", "llm-lens-star", "\u2605"));
+        next.append(node("span", "llm-lens-star", "\u2605"));
       }
       nextLabels.append(next);
-      const input = el("div", "llm-lens-label", visible(tokens[t] || ""));
+      const input = node("div", "llm-lens-label", visible(tokens[t] || ""));
       input.style.width = `${cellW}px`;
       input.dataset.pos = String(t);
       if (prompt >= 0 && t >= prompt) input.classList.add("llm-lens-generated");
@@ -246,7 +161,7 @@ function render({ model, el: root }) {
     const layers = model.get("layers");
     rowLabels.replaceChildren();
     for (const r of shown) {
-      const label = el("div", "llm-lens-label", layers[r]);
+      const label = node("div", "llm-lens-label", layers[r]);
       label.style.height = `${CELL_H}px`;
       label.style.lineHeight = `${CELL_H}px`;
       rowLabels.append(label);
@@ -261,13 +176,10 @@ function render({ model, el: root }) {
     const w = lens.size * cellW;
     const h = shown.length * CELL_H;
     const ratio = Math.max(1, Math.min(window.devicePixelRatio || 1, 16384 / Math.max(w, 1)));
-    canvas.width = Math.round(w * ratio);
-    canvas.height = Math.round(h * ratio);
     canvas.style.width = `${w}px`;
     canvas.style.height = `${h}px`;
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-    ctx.clearRect(0, 0, w, h);
+    const ctx = canvasContext(canvas, w, h, ratio);
+    if (!ctx) return;
     ctx.font = "11px ui-monospace, monospace";
     ctx.textBaseline = "middle";
     const chars = Math.max(1, Math.floor((cellW - 6) / 6.7));
@@ -275,7 +187,7 @@ function render({ model, el: root }) {
       for (let t = 0; t < lens.size; t++) {
         const i = r * lens.size + t;
         const level = Math.round(shadeOf(metric, i) * 254);
-        ctx.fillStyle = `rgb(${PALETTE[3 * level]}, ${PALETTE[3 * level + 1]}, ${PALETTE[3 * level + 2]})`;
+        ctx.fillStyle = rgb(paletteColour(level));
         ctx.fillRect(t * cellW, y * CELL_H, cellW, CELL_H);
         if (cellW >= TEXT_MIN) {
           let word = visible(text(lens.ids[i * lens.k]));
@@ -312,7 +224,7 @@ function render({ model, el: root }) {
     current = at;
     draw();
     if (!at) {
-      hover.replaceChildren(el("span", "llm-lens-hint",
+      hover.replaceChildren(node("span", "llm-lens-hint",
         "Hover over a cell, or focus the grid and use the arrow keys, to read its top tokens."));
       delete hover.dataset.row;
       delete hover.dataset.pos;
@@ -322,20 +234,20 @@ function render({ model, el: root }) {
     const layers = model.get("layers");
     const i = at.row * lens.size + at.pos;
     const next = at.pos + 1 < tokens.length ? `"${visible(tokens[at.pos + 1])}"` : "(end)";
-    const head = el("div", "llm-lens-where",
+    const head = node("div", "llm-lens-where",
       `${layers[at.row]}, position ${at.pos}: after "${visible(tokens[at.pos])}", next ${next}`);
-    const list = el("ol", "llm-lens-top");
+    const list = node("ol", "llm-lens-top");
     for (let j = 0; j < lens.k; j++) {
       const id = lens.ids[i * lens.k + j];
       const p = lens.probs[i * lens.k + j];
-      const item = el("li", "llm-lens-top-item");
+      const item = node("li", "llm-lens-top-item");
       item.dataset.id = String(id);
       item.dataset.prob = p.toFixed(4);
-      item.append(el("span", "llm-lens-top-text", visible(text(id))), el("span", "llm-lens-top-prob", ` ${percent(p)}`));
+      item.append(node("span", "llm-lens-top-text", visible(text(id))), node("span", "llm-lens-top-prob", ` ${percent(p)}`));
       list.append(item);
     }
     const final = lens.ids[((lens.rows - 1) * lens.size + at.pos) * lens.k];
-    const facts = el("div", "llm-lens-facts",
+    const facts = node("div", "llm-lens-facts",
       `final prediction "${visible(text(final))}": ${percent(lens.prob[i])}, rank ${lens.rank[i]}; ` +
       `entropy ${lens.entropy[i].toFixed(3)} nats; KL to the final layer ${lens.kl[i].toFixed(3)} nats`);
     hover.replaceChildren(head, list, facts);
@@ -344,12 +256,8 @@ function render({ model, el: root }) {
   }
 
   function cellAt(event) {
-    const rect = canvas.getBoundingClientRect();
-    if (!lens || rect.width === 0) return null;
-    const pos = Math.floor(((event.clientX - rect.left) / rect.width) * lens.size);
-    const y = Math.floor(((event.clientY - rect.top) / rect.height) * shown.length);
-    if (pos < 0 || y < 0 || pos >= lens.size || y >= shown.length) return null;
-    return { row: shown[y], pos };
+    const at = lens && cellUnder(canvas, event, lens.size, shown.length);
+    return at ? { row: shown[at.y], pos: at.x } : null;
   }
 
   canvas.addEventListener("mousemove", (event) => {
@@ -410,13 +318,11 @@ function render({ model, el: root }) {
     ["change:metric", onChoice], ["change:stride", onChoice],
     ...names.map((name) => [`change:${name}`, onLens]),
   ];
-  for (const [name, fn] of listeners) model.on(name, fn);
+  const unlisten = listen(model, listeners);
 
   onLens();
 
-  return () => {
-    for (const [name, fn] of listeners) model.off(name, fn);
-  };
+  return unlisten;
 }
 
 export default { render };

@@ -2,13 +2,6 @@
 // (anywidget ES module). All data goes in with textContent; buttons send
 // {action, name} to the kernel, which calls the Python API.
 
-function node(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
-
 function ago(t) {
   if (!t) return "never";
   const dt = Math.max(0, Date.now() / 1000 - t);
@@ -82,10 +75,6 @@ function render({ model, el }) {
     return { tr, cells, used, pin, busy, actions };
   }
 
-  function setText(e, text) {
-    if (e.textContent !== text) e.textContent = text;
-  }
-
   function rows() {
     const models = model.get("models") || [];
     current = new Map(models.map((m) => [m.name, m]));
@@ -141,15 +130,13 @@ function render({ model, el }) {
     ages.forEach(([cell, t]) => setText(cell, ago(t)));
     if ((model.get("loading") || {}).name) status();
   }, 1000);
-  model.on("change:models", rows);
   const changes = ["change:loading", "change:error", "change:notice", "change:wait_note"];
-  changes.forEach((e) => model.on(e, status));
+  const unlisten = listen(model, [["change:models", rows], ...changes.map((e) => [e, status])]);
   rows();
   status();
   return () => {
     clearInterval(tick);
-    model.off("change:models", rows);
-    changes.forEach((e) => model.off(e, status));
+    unlisten();
   };
 }
 

@@ -2,44 +2,24 @@
 // Every figure is text in the DOM (textContent, never innerHTML); bars are divs
 // and the last two minutes are drawn on one canvas per section.
 
-function node(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
-
-function setText(e, text) {
-  if (e.textContent !== text) e.textContent = text; // keeps a selection when nothing changed
-}
-
 function width(part, whole) {
   if (part === null || part === undefined || !whole) return "0%";
   return `${Math.max(0, Math.min(100, (100 * part) / whole)).toFixed(1)}%`;
 }
 
 // The series arrive as bytes: half-percent steps 0..200, 255 where a figure is unknown.
-function percents(view) {
-  if (!view) return [];
-  const bytes = view.buffer
-    ? new Uint8Array(view.buffer, view.byteOffset, view.byteLength)
-    : new Uint8Array(view);
-  return Array.from(bytes, (b) => (b === 255 ? NaN : b / 2));
+function percents(value) {
+  return Array.from(bytesOf(value), (b) => (b === 255 ? NaN : b / 2));
 }
 
 const SLOTS = 120; // two minutes of samples at one a second
 const COLOURS = ["#2f7ed8", "#8bbc21", "#e4572e", "#7b4fa0"];
 
 function drawSparkline(canvas, names, data, columns) {
-  const ratio = window.devicePixelRatio || 1;
   const w = canvas.clientWidth || 240;
   const h = canvas.clientHeight || 36;
-  if (canvas.width !== Math.round(w * ratio)) canvas.width = Math.round(w * ratio);
-  if (canvas.height !== Math.round(h * ratio)) canvas.height = Math.round(h * ratio);
-  const ctx = canvas.getContext("2d");
+  const ctx = canvasContext(canvas, w, h, window.devicePixelRatio || 1);
   if (!ctx) return;
-  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-  ctx.clearRect(0, 0, w, h);
   const n = names.length ? Math.floor(data.length / names.length) : 0;
   const step = w / Math.max(1, SLOTS - 1);
   columns.forEach((col, k) => {
@@ -215,9 +195,9 @@ function render({ model, el }) {
   }
 
   const events = ["change:host", "change:gpus", "change:gpu_note", "change:running", "change:series"];
-  events.forEach((e) => model.on(e, update));
+  const unlisten = listen(model, events.map((e) => [e, update]));
   update();
-  return () => events.forEach((e) => model.off(e, update));
+  return unlisten;
 }
 
 export default { render };

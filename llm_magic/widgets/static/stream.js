@@ -2,13 +2,6 @@
 // (dimmed) and the text that continues it,
 // the generation's stats and an error line, all set with textContent.
 
-function node(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
-
 const STATES = { idle: "", waiting: "waiting for the model…", generating: "generating…",
   done: "", stopped: "stopped", error: "" };
 
@@ -34,8 +27,7 @@ function render({ model, el }) {
     const s = model.get("state") || "idle";
     root.dataset.state = s;
     state.textContent = STATES[s] ?? s;
-    const shown = model.get("prompt") || "";
-    if (prompt.textContent !== shown) prompt.textContent = shown;
+    setText(prompt, model.get("prompt") || "");
     const value = model.get("text") || "";
     if (text.textContent !== value) {
       const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
@@ -48,9 +40,9 @@ function render({ model, el }) {
   }
 
   const events = ["change:prompt", "change:text", "change:stats", "change:state", "change:error"];
-  events.forEach((e) => model.on(e, update));
+  const unlisten = listen(model, events.map((e) => [e, update]));
   update();
-  return () => events.forEach((e) => model.off(e, update));
+  return unlisten;
 }
 
 export default { render };

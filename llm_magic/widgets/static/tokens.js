@@ -8,84 +8,24 @@
 const METRICS = ["probability", "entropy", "surprisal"];
 const LIGHT = [255, 255, 255]; // a certain token (analysis/tokens.py: _LIGHT, _DARK)
 const DARK = [230, 85, 13];
-const SHOWN = { "\n": "\u21b5", "\t": "\u21e5", "\r": "\u240d" };
 const STATES = { idle: "", running: "generating the branch\u2026", error: "" };
-
-let HALF = null;
-function halfTable() {
-  if (HALF) return HALF;
-  HALF = new Float32Array(65536);
-  for (let h = 0; h < 65536; h++) {
-    const sign = h & 0x8000 ? -1 : 1;
-    const e = (h >> 10) & 0x1f;
-    const m = h & 0x3ff;
-    let v;
-    if (e === 0) v = m * 2 ** -24;
-    else if (e === 31) v = m ? NaN : Infinity;
-    else v = (1 + m / 1024) * 2 ** (e - 15);
-    HALF[h] = sign * v;
-  }
-  return HALF;
-}
-
-function asView(value) {
-  if (!value) return new DataView(new ArrayBuffer(0));
-  if (value instanceof DataView) return value;
-  if (value instanceof ArrayBuffer) return new DataView(value);
-  if (ArrayBuffer.isView(value)) return new DataView(value.buffer, value.byteOffset, value.byteLength);
-  return new DataView(new ArrayBuffer(0));
-}
-
-function halves(value) {
-  const view = asView(value);
-  const table = halfTable();
-  const out = new Float32Array(view.byteLength >> 1);
-  for (let i = 0; i < out.length; i++) out[i] = table[view.getUint16(2 * i, true)];
-  return out;
-}
-
-function int32s(value) {
-  const view = asView(value);
-  const out = new Int32Array(view.byteLength >> 2);
-  for (let i = 0; i < out.length; i++) out[i] = view.getInt32(4 * i, true);
-  return out;
-}
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
 
 // Keys pressed on a focused part of the view (arrows, Enter, Tab) are the view's: Lumino
 // matches the notebook's shortcuts from the focused element up to the first element that
 // carries this attribute, so each focusable element carries it itself.
-function own(node) {
-  node.dataset.lmSuppressShortcuts = "true";
-  return node;
+function own(e) {
+  e.dataset.lmSuppressShortcuts = "true";
+  return e;
 }
 
 function button(className, text) {
-  const b = own(el("button", className, text));
+  const b = own(node("button", className, text));
   b.type = "button";
   return b;
 }
 
-function visible(text) {
-  return Array.from(text, (ch) => SHOWN[ch] ?? ch).join("");
-}
-
-function percent(p) {
-  if (!(p > 0)) return "0.0 %";
-  const v = p * 100;
-  return v >= 0.1 ? `${v.toFixed(1)} %` : `${v.toPrecision(2)} %`;
-}
-
 function colour(x) {
-  const f = Math.min(1, Math.max(0, x));
-  const c = LIGHT.map((a, i) => Math.round(a + (DARK[i] - a) * f));
-  return `rgb(${c[0]}, ${c[1]}, ${c[2]})`;
+  return rgb(mix(LIGHT, DARK, Math.min(1, Math.max(0, x))));
 }
 
 // One branch's records, decoded from the buffers.
@@ -137,17 +77,17 @@ function shades(data, metric) {
 }
 
 function tokenBox(text, className) {
-  return el("span", `llm-tokens-box ${className || ""}`.trim(), visible(text));
+  return node("span", `llm-tokens-box ${className || ""}`.trim(), visible(text));
 }
 
 function render({ model, el: host }) {
-  const root = own(el("div", "llm-tokens"));
-  const head = el("div", "llm-tokens-head");
-  const title = el("span", "llm-tokens-title");
-  const metrics = el("div", "llm-tokens-metrics");
+  const root = own(node("div", "llm-tokens"));
+  const head = node("div", "llm-tokens-head");
+  const title = node("span", "llm-tokens-title");
+  const metrics = node("div", "llm-tokens-metrics");
   metrics.setAttribute("role", "group");
   metrics.setAttribute("aria-label", "shade by");
-  metrics.append(el("span", "llm-tokens-dim", "shade by "));
+  metrics.append(node("span", "llm-tokens-dim", "shade by "));
   const metricButtons = METRICS.map((m) => {
     const b = button("llm-tokens-metric", m);
     b.dataset.metric = m;
@@ -160,30 +100,30 @@ function render({ model, el: host }) {
   });
   head.append(title, metrics);
 
-  const crumbs = el("nav", "llm-tokens-crumbs");
+  const crumbs = node("nav", "llm-tokens-crumbs");
   crumbs.setAttribute("aria-label", "branches");
-  const main = el("div", "llm-tokens-main");
-  const box = el("div", "llm-tokens-text");
-  const stream = el("pre", "llm-tokens-stream");
-  const streamLead = el("span", "llm-tokens-lead");
-  const streamText = el("span", "llm-tokens-streamed");
+  const main = node("div", "llm-tokens-main");
+  const box = node("div", "llm-tokens-text");
+  const stream = node("pre", "llm-tokens-stream");
+  const streamLead = node("span", "llm-tokens-lead");
+  const streamText = node("span", "llm-tokens-streamed");
   stream.append(streamLead, streamText);
-  const panel = el("aside", "llm-tokens-panel");
+  const panel = node("aside", "llm-tokens-panel");
   panel.setAttribute("aria-live", "polite");
-  const panelHead = el("div", "llm-tokens-panel-head",
+  const panelHead = node("div", "llm-tokens-panel-head",
     "Point at a token, or focus it with Tab, to see its alternatives.");
-  const table = el("table", "llm-tokens-alts");
+  const table = node("table", "llm-tokens-alts");
   panel.append(panelHead, table);
   main.append(box, stream, panel);
-  const legend = el("div", "llm-tokens-legend");
-  const status = el("div", "llm-tokens-status");
-  const state = el("span", "llm-tokens-state");
+  const legend = node("div", "llm-tokens-legend");
+  const status = node("div", "llm-tokens-status");
+  const state = node("span", "llm-tokens-state");
   const stop = button("llm-tokens-stop", "Stop");
   stop.addEventListener("click", () => model.send({ action: "stop" }));
   status.append(state, stop);
-  const note = el("div", "llm-tokens-note");
-  const waits = el("div", "llm-tokens-wait");
-  const error = el("div", "llm-tokens-error");
+  const note = node("div", "llm-tokens-note");
+  const waits = node("div", "llm-tokens-wait");
+  const error = node("div", "llm-tokens-error");
   error.setAttribute("role", "alert");
   root.append(head, crumbs, main, legend, status, note, waits, error);
   host.append(root);
@@ -197,7 +137,7 @@ function render({ model, el: host }) {
     data = decode(model);
     box.replaceChildren();
     const lead = model.get("lead") || "";
-    if (lead) box.append(el("span", "llm-tokens-lead", lead));
+    if (lead) box.append(node("span", "llm-tokens-lead", lead));
     spans = [];
     for (let i = 0; i < data.n; i++) {
       const text = data.text(i);
@@ -229,13 +169,13 @@ function render({ model, el: host }) {
   }
 
   function cell(tr, text, className) {
-    const td = el("td", className, text);
+    const td = node("td", className, text);
     tr.append(td);
     return td;
   }
 
   function row(alt, i, chosen) {
-    const tr = el("tr", "llm-tokens-alt");
+    const tr = node("tr", "llm-tokens-alt");
     tr.dataset.rank = String(alt.choice + 1);
     tr.dataset.id = String(alt.id);
     const p = Math.exp(alt.logprob);
@@ -273,19 +213,19 @@ function render({ model, el: host }) {
     const alts = data.alternatives(i);
     const inTop = data.inTop(i);
     panelHead.replaceChildren();
-    const pos = el("span", "llm-tokens-pos", `token ${i + model.get("first_index")} `);
+    const pos = node("span", "llm-tokens-pos", `token ${i + model.get("first_index")} `);
     const ent = data.entropy[i];
-    const facts = el("span", "llm-tokens-facts",
+    const facts = node("span", "llm-tokens-facts",
       ` p ${percent(Math.exp(lp))} \u00b7 rank ${rank > 0 ? rank : "?"} \u00b7 ` +
       `${(-lp / Math.LN2).toFixed(2)} bits \u00b7 entropy ` +
       `${Number.isFinite(ent) ? `${ent.toFixed(2)} nats` : "n/a"}`);
     panelHead.append(pos, tokenBox(data.text(i)), facts);
     if (!inTop) {
-      panelHead.append(el("div", "llm-tokens-flag", `chosen outside the top ${alts.length}`));
+      panelHead.append(node("div", "llm-tokens-flag", `chosen outside the top ${alts.length}`));
     }
-    const headRow = el("tr");
-    ["rank", "probability", "token", ""].forEach((h) => headRow.append(el("th", "", h)));
-    const body = el("tbody");
+    const headRow = node("tr");
+    ["rank", "probability", "token", ""].forEach((h) => headRow.append(node("th", "", h)));
+    const body = node("tbody");
     let sum = 0;
     for (const alt of alts) {
       sum += Math.exp(alt.logprob);
@@ -299,14 +239,14 @@ function render({ model, el: host }) {
       tr.querySelector(".llm-tokens-mark").textContent = "\u25c0 chosen, outside";
       body.append(tr);
     }
-    const others = el("tr", "llm-tokens-others");
+    const others = node("tr", "llm-tokens-others");
     const rest = Math.max(0, 1 - sum);
     cell(others, "", "llm-tokens-rank");
     cell(others, percent(rest), "llm-tokens-prob").dataset.value = String(rest);
     cell(others, "others", "llm-tokens-alt-token");
     cell(others, "", "llm-tokens-mark");
     body.append(others);
-    const thead = el("thead");
+    const thead = node("thead");
     thead.append(headRow);
     table.append(thead, body);
   }
@@ -352,7 +292,7 @@ function render({ model, el: host }) {
     const current = model.get("current");
     crumbs.replaceChildren();
     list.forEach((c, i) => {
-      if (i > 0) crumbs.append(el("span", "llm-tokens-dim", " \u203a "));
+      if (i > 0) crumbs.append(node("span", "llm-tokens-dim", " \u203a "));
       const b = button("llm-tokens-crumb", c.label);
       b.title = c.title || "";
       b.dataset.index = String(i);
@@ -375,8 +315,7 @@ function render({ model, el: host }) {
 
   function drawStream() {
     streamLead.textContent = model.get("lead") || "";
-    const text = model.get("stream") || "";
-    if (streamText.textContent !== text) streamText.textContent = text;
+    setText(streamText, model.get("stream") || "");
   }
 
   function drawStatus() {
@@ -400,13 +339,11 @@ function render({ model, el: host }) {
     ["change:state", drawStatus], ["change:error", drawStatus], ["change:title", drawStatus],
     ["change:note", drawStatus], ["change:wait_note", drawStatus], ["change:lead", drawTokens],
   ];
-  for (const [name, fn] of listeners) model.on(name, fn);
+  const unlisten = listen(model, listeners);
   drawStatus();
   drawTokens();
   drawCrumbs();
-  return () => {
-    for (const [name, fn] of listeners) model.off(name, fn);
-  };
+  return unlisten;
 }
 
 export default { render };

@@ -19,7 +19,7 @@ import importlib
 import threading
 from typing import Any
 
-from .errors import InvalidOptionError
+from ..errors import InvalidOptionError
 
 __all__ = ["LazyRegistry"]
 

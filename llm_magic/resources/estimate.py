@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from ._sizes import format_count, format_size
-from .errors import LLMMagicError
+from ..common.sizes import format_count, format_size
+from ..errors import LLMMagicError
 
 __all__ = ["Count", "Estimate", "count_model", "estimate_path", "is_encoder_only"]
 

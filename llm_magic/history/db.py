@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import LLMMagicError
+from ..errors import LLMMagicError
 
 __all__ = ["COLUMNS", "MIGRATIONS", "START_ATTEMPTS", "START_WAIT", "HistoryError", "Problem",
            "busy_message", "complete", "connect", "insert", "migrate", "newer", "problem_of",

@@ -15,19 +15,12 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from . import _rooms, _sources
-from ._estimate import estimate_path
-from ._holders import find_holders
-from ._model_info import ModelInfo, ModelTable, UnloadReport
-from ._model_info import ago as _ago
-from ._model_info import count as _count
-from ._model_info import size as _size
-from .backends import backend_class
-from .errors import (
+from ..backends import backend_class
+from ..errors import (
     BudgetExceededError,
     InvalidOptionError,
     LLMMagicError,
@@ -35,16 +28,22 @@ from .errors import (
     ModelConflictError,
     ModelNotLoadedError,
 )
-from .events import EventBus
+from ..events import EventBus
+from ..resources import rooms as _rooms
+from ..resources.estimate import estimate_path
+from . import sources as _sources
+from .holders import find_holders
+from .info import ModelInfo, ModelTable, UnloadReport
+from .info import ago as _ago
+from .info import count as _count
+from .info import size as _size
 
 if TYPE_CHECKING:
-    from ._estimate import Estimate
-    from ._placement import Placement
-    from .backends.base import Backend, LoadSpec
-    from .generation import Generation
+    from ..backends.base import Backend, LoadSpec
+    from ..resources.estimate import Estimate
+    from ..resources.placement import Placement
 
-__all__ = ["ModelHandle", "ModelInfo", "ModelManager", "ModelTable", "UnloadReport", "get_manager",
-           "set_generator"]
+__all__ = ["ModelInfo", "ModelManager", "ModelRef", "ModelTable", "UnloadReport", "get_manager"]
 
 log = logging.getLogger("llm_magic.manager")
 
@@ -67,14 +66,11 @@ class _Entry:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class ModelHandle:
-    """A reference to a loaded model by name (it does not keep the model alive).
+class ModelRef:
+    """A loaded model by name, as the manager hands it out (it does not keep the model alive).
 
-    Examples
-    --------
-    >>> import llm_magic as lm
-    >>> demo = lm.load("demo")            # doctest: +SKIP
-    >>> demo.generate("The import statement", max_new_tokens=8).text  # doctest: +SKIP
+    ``lm.load`` returns its subclass :class:`llm_magic.generation.handle.ModelHandle`,
+    which can also generate.
     """
 
     __slots__ = ("name", "_manager")
@@ -92,12 +88,6 @@ class ModelHandle:
     def loaded(self) -> bool:
         return self._manager.is_loaded(self.name)
 
-    def generate(self, prompt: str, **kwargs: Any) -> Generation:
-        """``lm.generate(prompt, model=self.name, **kwargs)``."""
-        if _generator is None:  # pragma: no cover - llm_magic/__init__ imports generation
-            raise RuntimeError("llm_magic.generation is not imported.")
-        return _generator(prompt, model=self.name, manager=self._manager, **kwargs)
-
     @property
     def model(self) -> Any:
         """The raw model object. Your variable keeps it alive: ``del`` it before unloading."""
@@ -112,7 +102,7 @@ class ModelHandle:
         return self._manager.unload(self.name)[0]
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ModelHandle) and other.name == self.name
+        return isinstance(other, ModelRef) and other.name == self.name
 
     def __hash__(self) -> int:
         return hash(self.name)
@@ -141,7 +131,8 @@ class ModelManager:
         self._registry_lock = threading.RLock()
         self._load_lock = threading.RLock()
         self._default: str | None = None
-        self.last_generation: Generation | None = None
+        #: The latest generation (an ``llm_magic.generation.Generation``), set by that layer.
+        self.last_generation: Any = None
         #: The attention map of the latest generation that captured one.
         self.last_attention: Any = None
         #: Budget per device as ``lm.budget`` set it: bytes, or a fraction of the device.
@@ -194,12 +185,12 @@ class ModelManager:
                 return None
             return max(self._entries.values(), key=lambda e: e.info.last_used).info.name
 
-    def use(self, name: str) -> ModelHandle:
+    def use(self, name: str) -> ModelRef:
         """Make ``name`` the default model."""
         self._entry(name)
         self._default = name
         self.events.emit("default_changed", name)
-        return ModelHandle(name, self)
+        return ModelRef(name, self)
 
     def resolve(self, name: str | None) -> str:
         """The name of the model a call means: ``name``, or the default."""
@@ -228,7 +219,7 @@ class ModelManager:
         pin: bool = False,
         model: str | None = None,
         api_key_env: str | None = None,
-    ) -> ModelHandle:
+    ) -> ModelRef:
         """Load a model, or return the resident one loaded with the same settings.
 
         Parameters
@@ -258,7 +249,7 @@ class ModelManager:
 
         Returns
         -------
-        ModelHandle
+        ModelRef
 
         Examples
         --------
@@ -266,7 +257,7 @@ class ModelManager:
         >>> lm.load("demo")  # doctest: +SKIP
         <model 'demo': GPT2LMHeadModel, ...>
         """
-        from .backends.base import LoadSpec
+        from ..backends.base import LoadSpec
 
         kind, path = _sources.classify(source)
         if kind != "url" and (model is not None or api_key_env is not None):
@@ -350,13 +341,13 @@ class ModelManager:
                 self._default = name
             log.debug("loaded %s as %r in %.3fs: %s", source, name, seconds, facts)
             self.events.emit("loaded", name, info=info)
-            return ModelHandle(name, self)
+            return ModelRef(name, self)
 
-    def _touch(self, name: str, pin: bool) -> ModelHandle:
+    def _touch(self, name: str, pin: bool) -> ModelRef:
         entry = self._entries[name]
         entry.info = replace(entry.info, last_used=time.time(), pinned=entry.info.pinned or pin)
         self._default = name
-        return ModelHandle(name, self)
+        return ModelRef(name, self)
 
     def _plan(
         self, spec: LoadSpec, requested_device: str = "auto"
@@ -510,18 +501,6 @@ class ModelManager:
 
 _manager: ModelManager | None = None
 _manager_lock = threading.Lock()
-_generator: Callable[..., Generation] | None = None
-
-
-def set_generator(generate: Callable[..., Generation]) -> None:
-    """Give handles their ``generate``: :mod:`llm_magic.generation` calls this on import.
-
-    The generation path sits above the manager (it takes a model's lock, runs
-    the backend, emits the events), so the manager never imports it; a
-    handle's ``generate`` is the one call that goes back up.
-    """
-    global _generator
-    _generator = generate
 
 
 def get_manager() -> ModelManager:
@@ -530,7 +509,7 @@ def get_manager() -> ModelManager:
     with _manager_lock:
         if _manager is None:
             _manager = ModelManager()
-            from .monitor import get_sampler
+            from ..resources.sampler import get_sampler
 
             # The gauges and %llm list show each model's memory through the sampler.
             get_sampler().set_model_memory_provider(_manager.memory_by_model)

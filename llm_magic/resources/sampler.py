@@ -31,8 +31,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ._nvml import GPUSample, _Gpus
-from .errors import InvalidOptionError
+from ..errors import InvalidOptionError
+from .nvml import GPUSample, _Gpus
 
 __all__ = [
     "MIN_INTERVAL",
@@ -44,7 +44,7 @@ __all__ = [
     "get_sampler",
 ]
 
-log = logging.getLogger("llm_magic.monitor")
+log = logging.getLogger("llm_magic.resources")
 
 #: NVML refreshes utilisation only a few times a second; faster sampling adds cost, not data.
 MIN_INTERVAL = 0.2

@@ -18,7 +18,7 @@ from typing import Any
 
 __all__ = ["GPUSample"]
 
-log = logging.getLogger("llm_magic.monitor")
+log = logging.getLogger("llm_magic.resources")
 
 _PROCESS_FNS = (  # newest first; older drivers lack the newer entry points
     "nvmlDeviceGetComputeRunningProcesses_v3",

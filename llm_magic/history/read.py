@@ -21,12 +21,12 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._sizes import text_table
-from .backends.base import TokenRecord
+from ..backends.base import TokenRecord
+from ..common.sizes import text_table
 
 if TYPE_CHECKING:
-    from .generation import Generation, PendingGeneration
-    from .manager import ModelInfo
+    from ..generation import Generation, PendingGeneration
+    from ..manager import ModelInfo
 
 __all__ = ["RECORD_TOLERANCE", "HistoryRow", "HistoryTable", "RerunResult", "branch_params",
            "decode_records", "encode_records", "end_values", "notes", "parent_prompt_ids",

@@ -1,9 +1,8 @@
-"""Memory and CPU as resources: estimates before loading, budgets per device, threads.
+"""The manager's side of resources: estimates of a source, the budget of the loaded models.
 
 The manager asks this module before every load: how much will the model take
 (:func:`estimate`), how much may models use on each device (:func:`budget`),
-and which idle models must leave to make room. CPU threads are a resource too:
-:func:`set_threads` chooses how many cores a generation uses.
+and which idle models must leave to make room.
 
 Examples
 --------
@@ -18,53 +17,25 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
-from html import escape
 from typing import TYPE_CHECKING, Any
 
-from . import _rooms, _sysmem
-from ._estimate import Estimate, estimate_path
-from ._placement import DeviceRoom, Placement, Resident, budget_keyword, plan_placement
-from ._rooms import DEFAULT_FRACTIONS, limit_of
-from ._rooms import device_free as _device_free
-from ._rooms import device_total as _device_total
-from ._rooms import devices as _devices
-from ._sizes import format_size, parse_limit, text_table
-from ._threads import _torch_default_threads as _torch_default_threads
-from ._threads import _usable_cores as _usable_cores
-from ._threads import apply_default_threads, default_threads, set_threads, threads
-from .errors import InvalidOptionError, LLMMagicError
+from ..common.sizes import parse_limit
+from ..errors import InvalidOptionError, LLMMagicError
+from ..resources import rooms as _rooms
+from ..resources import sysmem as _sysmem
+from ..resources.budget import Budget, DeviceBudget, device_key
+from ..resources.estimate import Estimate, estimate_path
+from ..resources.placement import DeviceRoom, Placement, Resident
+from ..resources.rooms import device_free as _device_free
+from ..resources.rooms import device_total as _device_total
+from ..resources.rooms import devices as _devices
+from ..resources.rooms import limit_of
 
 if TYPE_CHECKING:
-    from .backends.base import LoadSpec
-    from .manager import ModelManager
+    from ..backends.base import LoadSpec
+    from .core import ModelManager
 
-__all__ = [
-    "DEFAULT_FRACTIONS",
-    "Budget",
-    "DeviceBudget",
-    "DeviceRoom",
-    "Estimate",
-    "Placement",
-    "Resident",
-    "apply_default_threads",
-    "budget",
-    "budget_keyword",
-    "default_threads",
-    "device_key",
-    "estimate",
-    "estimate_path",
-    "estimate_spec",
-    "format_size",
-    "limit_of",
-    "parse_limit",
-    "plan_load",
-    "plan_placement",
-    "residents",
-    "rooms",
-    "set_threads",
-    "threads",
-]
+__all__ = ["budget", "estimate", "estimate_spec", "plan_load", "residents", "rooms"]
 
 log = logging.getLogger("llm_magic.resources")
 
@@ -105,8 +76,8 @@ def estimate(
     >>> e.memory                                    # doctest: +SKIP
     2453504
     """
-    from . import _sources
-    from .backends import backend_class
+    from ..backends import backend_class
+    from . import sources as _sources
 
     kind, path = _sources.classify(source)
     if kind == "url":
@@ -123,106 +94,6 @@ def estimate(
 
 
 # -- budgets -----------------------------------------------------------------
-
-
-def device_key(name: str) -> str:
-    """Normalise a budget keyword: ``cuda0``, ``cuda_0``, ``cuda``, ``gpu`` -> ``"cuda:0"``.
-
-    Examples
-    --------
-    >>> device_key("cuda1"), device_key("CPU"), device_key("gpu")
-    ('cuda:1', 'cpu', 'cuda:0')
-    """
-    key = str(name).strip().lower().replace("_", "").replace(":", "")
-    if key in ("cpu", "mps"):
-        return key
-    for prefix in ("cuda", "gpu"):
-        if key.startswith(prefix):
-            index = key[len(prefix):] or "0"
-            if index.isdigit():
-                return f"cuda:{int(index)}"
-    raise InvalidOptionError(
-        f"Unknown device {name!r} for a budget: use cpu, cuda0, cuda1, ... or mps."
-    )
-
-
-@dataclass(frozen=True)
-class DeviceBudget:
-    """The budget of one device and how much of it is taken.
-
-    Attributes
-    ----------
-    device : str
-        ``"cpu"``, ``"cuda:0"``, ...
-    limit : int
-        Bytes that loaded models may take together.
-    setting : str
-        How the limit was set (``"default: 50% of 24.0 GB"``, ``"8.0 GB"``).
-    total : int
-        The device's memory.
-    used : int
-        Bytes taken by loaded models (measured).
-    free : int or None
-        Bytes the device has free now, other processes included (None: not queried).
-    """
-
-    device: str
-    limit: int
-    setting: str
-    total: int
-    used: int
-    free: int | None
-
-    @property
-    def available(self) -> int:
-        """Budget left for another model."""
-        return self.limit - self.used
-
-
-class Budget(tuple):  # type: ignore[type-arg]
-    """The memory budget of every device, a tuple of :class:`DeviceBudget` that renders as a table.
-
-    Examples
-    --------
-    >>> import llm_magic as lm
-    >>> b = lm.budget()            # doctest: +SKIP
-    >>> b["cpu"].limit             # doctest: +SKIP
-    12000000000
-    """
-
-    columns = ("device", "budget", "set as", "used by models", "left", "device free",
-               "device total")
-
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, str):
-            device = device_key(key)
-            for item in self:
-                if item.device == device:
-                    return item
-            raise KeyError(key)
-        return super().__getitem__(key)
-
-    def rows(self) -> list[tuple[str, ...]]:
-        return [(b.device, format_size(b.limit), b.setting, format_size(b.used),
-                 format_size(b.available), format_size(b.free), format_size(b.total))
-                for b in self]
-
-    def __str__(self) -> str:
-        return text_table(self.columns, self.rows())
-
-    def __repr__(self) -> str:
-        return str(self)
-
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
-        p.text(str(self))
-
-    def _repr_html_(self) -> str:
-        head = "".join(f"<th>{escape(c)}</th>" for c in self.columns)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{escape(v)}</td>" for v in row) + "</tr>" for row in self.rows()
-        )
-        return (f"<table class='llm-magic-budget'><thead><tr>{head}</tr></thead>"
-                f"<tbody>{body}</tbody></table>")
 
 
 def budget(*, manager: ModelManager | None = None, **limits: Any) -> Budget:
@@ -259,7 +130,7 @@ def budget(*, manager: ModelManager | None = None, **limits: Any) -> Budget:
     >>> lm.budget(cpu=None)               # back to the default   # doctest: +SKIP
     >>> print(lm.budget())                # doctest: +SKIP
     """
-    from .manager import get_manager
+    from .core import get_manager
 
     manager = manager or get_manager()
     parsed: dict[str, int | float | None] = {}

@@ -12,9 +12,9 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from . import _sysmem
-from ._placement import DeviceRoom, Placement, Resident, plan_placement
-from ._sizes import format_size
+from ..common.sizes import format_size
+from . import sysmem as _sysmem
+from .placement import DeviceRoom, Placement, Resident, plan_placement
 
 __all__ = ["DEFAULT_FRACTIONS", "device_free", "device_total", "devices", "limit_of",
            "plan_load", "residents", "rooms"]

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._sizes import format_size
-from .errors import BudgetExceededError
+from ..common.sizes import format_size
+from ..errors import BudgetExceededError
 
 __all__ = ["DeviceRoom", "Placement", "Resident", "budget_keyword", "plan_placement"]
 

@@ -22,15 +22,19 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any, Protocol
 
-from .backends.base import (
+from ..backends.base import (
     DEFAULT_MAX_NEW_TOKENS,
     MAX_LOGPROBS,
+    Backend,
     GenerationRequest,
     TokenRecord,
     check_logprobs,
 )
-from .errors import BackendError, InvalidOptionError, LLMMagicError, NotAvailableError
-from .manager import ModelInfo, ModelManager, get_manager, set_generator
+from ..common import views
+from ..common.attention_map import AttentionMap, attention_max_tokens
+from ..common.attention_map import max_tokens as attention_cap
+from ..errors import BackendError, InvalidOptionError, LLMMagicError, NotAvailableError
+from ..manager import ModelInfo, ModelManager, get_manager
 
 __all__ = [
     "MAX_LOGPROBS",
@@ -145,9 +149,8 @@ class Generation:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         """The token probability view when there are records; else the text as HTML."""
         if self.tokens is not None:
-            from .analysis.tokens import view
-
-            return view(self)._repr_mimebundle_(include=include, exclude=exclude)  # type: ignore[no-any-return]
+            view = views.view_class("tokens")(self)
+            return view._repr_mimebundle_(include=include, exclude=exclude)  # type: ignore[no-any-return]
         return {"text/plain": self.text, "text/html": self._repr_html_()}
 
     def _repr_html_(self) -> str:
@@ -677,9 +680,6 @@ def _chosen_record(backend: Any, gen: Generation, records: tuple[TokenRecord, ..
 def _check_attention(backend: Any, name: str, prompt_tokens: int,
                      request: GenerationRequest) -> None:
     """Refuse a capture that cannot be done before generating, not after."""
-    from .analysis.attention import attention_max_tokens
-    from .backends.base import Backend
-
     if type(backend).capture_attention is Backend.capture_attention:
         endpoint = backend.describe().get("endpoint")
         if endpoint:
@@ -703,14 +703,13 @@ def _check_attention(backend: Any, name: str, prompt_tokens: int,
         )
 
 
-def _capture(backend: Any, job: Any, name: str) -> Any:
-    from .analysis.attention import capture
-
+def _capture(backend: Any, job: Any, name: str) -> AttentionMap:
     ids = job.sequence_ids()
     if ids is None:
         raise NotAvailableError(f"Model {name!r} does not report the tokens it generated, so "
                                 "their attention cannot be captured.")
-    return capture(backend, ids, name, prompt_tokens=job.prompt_tokens)
+    captured = backend.capture_attention(ids, max_tokens=attention_cap(None))
+    return AttentionMap.from_capture(captured, name, job.prompt_tokens)
 
 
 def _stop_worker(stop_event: threading.Event, worker: threading.Thread, job: Any,
@@ -806,4 +805,3 @@ def _batch_failed(manager: ModelManager, name: str, pendings: list[PendingGenera
                             error=None if interrupted else str(exc) or repr(exc))
 
 
-set_generator(generate)  # ModelHandle.generate

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ._sizes import format_count, text_table
+from ..common.sizes import format_count, text_table
 
 __all__ = ["ModelInfo", "ModelTable", "UnloadReport", "ago", "count", "size"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-from .errors import InvalidOptionError, ModelNotFoundError
+from ..errors import InvalidOptionError, ModelNotFoundError
 
 __all__ = ["classify", "default_name", "check_name"]
 
@@ -27,7 +27,7 @@ def classify(source: str) -> tuple[str, str | None]:
         raise InvalidOptionError("Name a model to load: 'demo', a local directory or a hub id.")
     source = source.strip()
     if source == "demo":
-        from .demo import MODEL_DIR
+        from ..demo import MODEL_DIR
 
         return "demo", str(MODEL_DIR)
     if source.startswith(("http://", "https://")):

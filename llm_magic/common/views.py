@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._registry import LazyRegistry
+from .registry import LazyRegistry
 
 __all__ = ["register", "view_class"]
 

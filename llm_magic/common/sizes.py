@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidOptionError
+from ..errors import InvalidOptionError
 
 __all__ = ["format_count", "format_size", "parse_limit", "text_table"]
 

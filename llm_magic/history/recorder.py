@@ -39,7 +39,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._history_read import (
+from ..errors import InvalidOptionError, LLMMagicWarning, ModelNotLoadedError
+from ..events import Event, subscribe_everywhere
+from .read import (
     HistoryRow,
     HistoryTable,
     RerunResult,
@@ -51,14 +53,12 @@ from ._history_read import (
     rerun_options,
     start_values,
 )
-from .errors import InvalidOptionError, LLMMagicWarning, ModelNotLoadedError
-from .events import Event, subscribe_everywhere
 
 if TYPE_CHECKING:
     import sqlite3
 
-    from .generation import Generation, PendingGeneration
-    from .manager import ModelInfo, ModelManager
+    from ..generation import Generation, PendingGeneration
+    from ..manager import ModelInfo, ModelManager
 
 __all__ = ["ENV", "HistoryRow", "HistorySettings", "HistoryTable", "RerunResult", "configure",
            "history", "rerun", "settings"]
@@ -210,7 +210,7 @@ class _Recorder:
 
     def connection(self, path: Path) -> sqlite3.Connection:
         """The connection to ``path`` (opened, migrated); call with ``_lock`` held."""
-        from . import _history_db as db
+        from . import db
 
         if self._pid != os.getpid():  # a forked child must not share its parent's connection
             self._con, self._con_path, self._pid = None, None, os.getpid()
@@ -251,7 +251,7 @@ class _Recorder:
     # -- outcomes ----------------------------------------------------------
 
     def _failed(self, exc: BaseException, path: Path, *, in_writer: bool = False) -> None:
-        from . import _history_db as db
+        from . import db
 
         problem = db.problem_of(exc, path)
         if problem.kind in ("damaged", "newer"):
@@ -285,7 +285,7 @@ class _Recorder:
             self._end(event.data.get("generation"), event.data.get("error"))
 
     def _start(self, pending: PendingGeneration | None) -> None:
-        from . import _history_db as db
+        from . import db
 
         self._warn_deferred()
         now = settings()
@@ -314,7 +314,7 @@ class _Recorder:
         self._jobs.put(None)  # the writer starts timing the partial-output writes
 
     def _end(self, gen: Generation | None, error: str | None) -> None:
-        from . import _history_db as db
+        from . import db
 
         self._warn_deferred()
         if gen is None or gen.id is None:
@@ -347,7 +347,7 @@ class _Recorder:
                     "raised. The output is as far as it was written."))
 
     def _stop_row(self, row_id: int, entry: _Running, status: str, error: str | None) -> None:
-        from . import _history_db as db
+        from . import db
 
         try:
             text, tokens = entry.pending.progress()
@@ -403,7 +403,7 @@ class _Recorder:
                 self._succeeded()
 
     def _write_progress(self) -> None:
-        from . import _history_db as db
+        from . import db
 
         with self._lock:
             running = list(self._running.items())
@@ -439,7 +439,7 @@ atexit.register(_recorder.close_running)
 
 
 def _read(**query: Any) -> tuple[Path, list[HistoryRow]]:
-    from . import _history_db as db
+    from . import db
 
     _recorder.flush()
     _recorder._warn_deferred()
@@ -491,7 +491,7 @@ def history(n: int | None = 20, search: str | None = None,
 
 def get(row_id: int) -> HistoryRow:
     """One recorded generation by its id; :class:`HistoryError` if there is none."""
-    from ._history_db import HistoryError
+    from .db import HistoryError
 
     if isinstance(row_id, bool) or not isinstance(row_id, int) or row_id < 1:
         raise InvalidOptionError(f"A generation id is a positive integer, not {row_id!r}.")
@@ -580,8 +580,8 @@ def rerun(id: int, *, stream: Any = None, manager: ModelManager | None = None) -
     >>> lm.rerun(g.id).matches                                      # doctest: +SKIP
     True
     """
-    from .generation import generate
-    from .manager import get_manager
+    from ..generation import generate
+    from ..manager import get_manager
 
     row = get(id)
     manager = manager or get_manager()
@@ -597,8 +597,8 @@ def rerun(id: int, *, stream: Any = None, manager: ModelManager | None = None) -
 
 def _rebranch(row: HistoryRow, name: str, stream: Any, manager: ModelManager) -> Generation:
     """Branch the parent of ``row`` again where ``row`` branched, with the token it chose."""
-    from ._history_db import HistoryError
-    from .generation import Generation, GenerationStats, branch
+    from ..generation import Generation, GenerationStats, branch
+    from .db import HistoryError
 
     parent = None
     if row.parent is not None:

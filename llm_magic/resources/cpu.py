@@ -12,8 +12,8 @@ import os
 import sys
 import warnings
 
-from . import _sysmem
-from .errors import InvalidOptionError, LLMMagicWarning
+from ..errors import InvalidOptionError, LLMMagicWarning
+from . import sysmem as _sysmem
 
 __all__ = ["apply_default_threads", "default_threads", "set_threads", "threads"]
 
