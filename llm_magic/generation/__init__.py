@@ -7,6 +7,7 @@ worker thread that the calling thread drains, and records the result as a
 
 from __future__ import annotations
 
+from .batch import generate_batch
 from .core import (
     MAX_LOGPROBS,
     Generation,
@@ -15,7 +16,6 @@ from .core import (
     Sink,
     branch,
     generate,
-    generate_batch,
     make_request,
 )
 

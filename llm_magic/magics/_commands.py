@@ -245,7 +245,7 @@ def _budget(magics: Host, args: Namespace) -> None:
     """Show the memory budget per device, or set limits (cpu=8GB cuda0=0.5)."""
     from ..manager import budget
 
-    limits = dict(_limit(item) for item in args.limits)
+    limits: dict[str, Any] = dict(_limit(item) for item in args.limits)
     with usage_errors():
         display(budget(**limits))
 

@@ -137,6 +137,8 @@ class ModelManager:
         self.last_attention: Any = None
         #: Budget per device as ``lm.budget`` set it: bytes, or a fraction of the device.
         self.limits: dict[str, int | float] = {}
+        #: The facts of each model this manager unloaded or evicted, by name: how it was loaded.
+        self.unloaded: dict[str, ModelInfo] = {}
 
     # -- queries -----------------------------------------------------------
 
@@ -257,25 +259,11 @@ class ModelManager:
         >>> lm.load("demo")  # doctest: +SKIP
         <model 'demo': GPT2LMHeadModel, ...>
         """
-        from ..backends.base import LoadSpec
-
         kind, path = _sources.classify(source)
-        if kind != "url" and (model is not None or api_key_env is not None):
-            raise InvalidOptionError(
-                "model= and api_key_env= apply to a model served at a URL; "
-                f"{source!r} is loaded in this kernel."
-            )
-        if model is not None and (not isinstance(model, str) or not model.strip()):
-            raise InvalidOptionError(f"model must be the served model's id, not {model!r}.")
+        _sources.check_load_options(source, kind, revision=revision, model=model,
+                                    api_key_env=api_key_env,
+                                    trust_remote_code=trust_remote_code)
         cls = backend_class(kind)
-        if revision is not None and kind != "hub":
-            raise InvalidOptionError(
-                f"revision={revision!r} applies to hub models; {source!r} is "
-                + ("a served model (its server chose the weights)." if kind == "url"
-                   else "a local model.")
-            )
-        if not isinstance(trust_remote_code, bool):
-            raise InvalidOptionError("trust_remote_code must be True or False.")
         name = _sources.check_name(name) if name is not None else _sources.default_name(
             source, kind, path
         )
@@ -284,64 +272,94 @@ class ModelManager:
             resolved_dtype = cls.resolve_dtype(dtype, resolved_device)
             canonical = path if kind == "local" else source.strip()
             key = (canonical, revision, resolved_dtype, resolved_device, model, api_key_env)
-            existing = self._entries.get(name)
-            if existing is not None:
-                if existing.key == key and not reload:
-                    return self._touch(name, pin)
-                if not reload:
-                    was = existing.key
-                    raise ModelConflictError(
-                        f"{name!r} is already loaded from {was[0]!r} (revision {was[1]}, "
-                        f"{was[2]}, {was[3]}). Unload it first, pick another name, or reload "
-                        "explicitly (reload=True, `%llm load ... --reload`)."
-                    )
-                self.unload(name)
-            for other, entry in self._entries.items():
-                if entry.key == key and not reload:
-                    log.info("%s is already resident as %r; not loading a second copy",
-                             source, other)
-                    return self._touch(other, pin)
+            resident = self._resident(name, key, source, reload=reload, pin=pin)
+            if resident is not None:
+                return resident
             t0 = time.perf_counter()
-            commit = None
-            if kind == "hub":
-                path, commit = cls.locate(source.strip(), kind, path, revision)
-                log.debug("resolved %s to %s in %.3fs", source, path, time.perf_counter() - t0)
-            spec = LoadSpec(source=source.strip(), name=name, kind=kind, path=path,
-                            revision=revision, dtype=resolved_dtype, device=resolved_device,
-                            trust_remote_code=trust_remote_code,
-                            model=model.strip() if model else None, api_key_env=api_key_env)
+            spec, commit = self._spec(cls, source, name, kind, path, revision, resolved_dtype,
+                                      resolved_device, trust_remote_code, model, api_key_env)
             estimated, placement = self._plan(spec, device) if cls.resident else (None, None)
             if placement is not None and placement.device_map is None:
                 spec = replace(spec, device=placement.device)  # "auto" may pick another GPU
             estimate = None if estimated is None else estimated.memory
-            self.events.emit("loading", name, source=spec.source, estimate=estimate)
-            try:
-                backend = cls.load(spec, placement)
-            except BaseException as exc:
-                cls.release_memory()
-                self.events.emit("load_failed", name, error=str(exc))
-                if isinstance(exc, (LLMMagicError, KeyboardInterrupt)):
-                    raise
-                raise LLMMagicError(f"Loading {source!r} failed: {exc}") from exc
-            seconds = time.perf_counter() - t0
-            facts = backend.describe()
-            now = time.time()
-            info = ModelInfo(
-                name=name, source=spec.source, backend=backend.kind, device=facts["device"],
-                dtype=facts["dtype"], parameters=facts["parameters"], memory=facts["memory"],
-                revision=revision, commit=commit or facts.get("commit"), estimate=estimate,
-                load_seconds=seconds, loaded_at=now, last_used=now, pinned=pin,
-                context_length=facts.get("context_length"), chat=facts.get("chat", False),
-                architecture=facts.get("architecture", ""),
-                placement=tuple(facts.get("placement", {}).items()),
-                endpoint=facts.get("endpoint"),
-            )
-            with self._registry_lock:
-                self._entries[name] = _Entry(spec, key, backend, info)
-                self._default = name
-            log.debug("loaded %s as %r in %.3fs: %s", source, name, seconds, facts)
-            self.events.emit("loaded", name, info=info)
+            backend = self._load_backend(cls, spec, placement, estimate)
+            self._register(spec, key, backend, commit=commit, estimate=estimate,
+                           seconds=time.perf_counter() - t0, pin=pin)
             return ModelRef(name, self)
+
+    def _resident(self, name: str, key: tuple[Any, ...], source: str, *, reload: bool,
+                  pin: bool) -> ModelRef | None:
+        """The model already loaded with these settings, if any; unload a replaced one."""
+        existing = self._entries.get(name)
+        if existing is not None:
+            if existing.key == key and not reload:
+                return self._touch(name, pin)
+            if not reload:
+                was = existing.key
+                raise ModelConflictError(
+                    f"{name!r} is already loaded from {was[0]!r} (revision {was[1]}, "
+                    f"{was[2]}, {was[3]}). Unload it first, pick another name, or reload "
+                    "explicitly (reload=True, `%llm load ... --reload`)."
+                )
+            self.unload(name)
+        for other, entry in self._entries.items():
+            if entry.key == key and not reload:
+                log.info("%s is already resident as %r; not loading a second copy",
+                         source, other)
+                return self._touch(other, pin)
+        return None
+
+    @staticmethod
+    def _spec(cls: type[Backend], source: str, name: str, kind: str, path: str | None,
+              revision: str | None, dtype: str, device: str, trust_remote_code: bool,
+              model: str | None, api_key_env: str | None) -> tuple[LoadSpec, str | None]:
+        """What the backend is asked to load, with a hub id resolved to its files and commit."""
+        from ..backends.base import LoadSpec
+
+        commit = None
+        if kind == "hub":
+            t0 = time.perf_counter()
+            path, commit = cls.locate(source.strip(), kind, path, revision)
+            log.debug("resolved %s to %s in %.3fs", source, path, time.perf_counter() - t0)
+        spec = LoadSpec(source=source.strip(), name=name, kind=kind, path=path,
+                        revision=revision, dtype=dtype, device=device,
+                        trust_remote_code=trust_remote_code,
+                        model=model.strip() if model else None, api_key_env=api_key_env)
+        return spec, commit
+
+    def _load_backend(self, cls: type[Backend], spec: LoadSpec, placement: Placement | None,
+                      estimate: int | None) -> Backend:
+        """Read the weights (or reach the server); a failure frees what it took, and says so."""
+        self.events.emit("loading", spec.name, source=spec.source, estimate=estimate)
+        try:
+            return cls.load(spec, placement)
+        except BaseException as exc:
+            cls.release_memory()
+            self.events.emit("load_failed", spec.name, error=str(exc))
+            if isinstance(exc, (LLMMagicError, KeyboardInterrupt)):
+                raise
+            raise LLMMagicError(f"Loading {spec.source!r} failed: {exc}") from exc
+
+    def _register(self, spec: LoadSpec, key: tuple[Any, ...], backend: Backend, *,
+                  commit: str | None, estimate: int | None, seconds: float, pin: bool) -> None:
+        """Keep the loaded model as the default, and tell the listeners what it is."""
+        facts = backend.describe()
+        now = time.time()
+        info = ModelInfo(
+            name=spec.name, source=spec.source, backend=backend.kind, device=facts["device"],
+            dtype=facts["dtype"], parameters=facts["parameters"], memory=facts["memory"],
+            revision=spec.revision, commit=commit or facts.get("commit"), estimate=estimate,
+            load_seconds=seconds, loaded_at=now, last_used=now, pinned=pin,
+            context_length=facts.get("context_length"), chat=facts.get("chat", False),
+            architecture=facts.get("architecture", ""),
+            placement=tuple(facts.get("placement", {}).items()),
+            endpoint=facts.get("endpoint"),
+        )
+        with self._registry_lock:
+            self._entries[spec.name] = _Entry(spec, key, backend, info)
+            self._default = spec.name
+        log.debug("loaded %s as %r in %.3fs: %s", spec.source, spec.name, seconds, facts)
+        self.events.emit("loaded", spec.name, info=info)
 
     def _touch(self, name: str, pin: bool) -> ModelRef:
         entry = self._entries[name]
@@ -473,6 +491,7 @@ class ModelManager:
     def _detach(self, name: str) -> tuple[weakref.ref[Any] | None, int]:
         """Remove the entry and close its backend; keep only a weak reference."""
         entry = self._entries.pop(name)
+        self.unloaded[name] = entry.info
         if self._default == name:
             self._default = None
         owner = entry.backend.memory_owner()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 from ..errors import InvalidOptionError, ModelNotFoundError
 
-__all__ = ["classify", "default_name", "check_name"]
+__all__ = ["check_load_options", "check_name", "classify", "default_name"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 _NAME = re.compile(r"^[A-Za-z0-9_][\w.\-:/]*$")
@@ -79,3 +80,23 @@ def check_name(name: str) -> str:
             "without spaces."
         )
     return name
+
+
+def check_load_options(source: str, kind: str, *, revision: str | None, model: str | None,
+                       api_key_env: str | None, trust_remote_code: Any) -> None:
+    """Refuse options that do not apply to this kind of source, before anything loads."""
+    if kind != "url" and (model is not None or api_key_env is not None):
+        raise InvalidOptionError(
+            "model= and api_key_env= apply to a model served at a URL; "
+            f"{source!r} is loaded in this kernel."
+        )
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise InvalidOptionError(f"model must be the served model's id, not {model!r}.")
+    if revision is not None and kind != "hub":
+        raise InvalidOptionError(
+            f"revision={revision!r} applies to hub models; {source!r} is "
+            + ("a served model (its server chose the weights)." if kind == "url"
+               else "a local model.")
+        )
+    if not isinstance(trust_remote_code, bool):
+        raise InvalidOptionError("trust_remote_code must be True or False.")
