@@ -561,6 +561,9 @@ def test_help_lists_every_subcommand_once(ip, capsys):
     for name in ("load", "unload", "list", "use", "debug", "help"):
         assert sum(line.startswith(f"%llm {name}") for line in out.splitlines()) == 1
     assert out.splitlines()[0].startswith("%%llm")
+    # lines break between words within 79 columns, so no output area cuts a word in two
+    assert max(len(line) for line in out.splitlines()) <= 79
+    assert "endpoint, last use." in " ".join(out.split())  # whole words, in order
     ip.run_line_magic("llm", "")
     assert capsys.readouterr().out == out  # bare %llm is help
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import textwrap
 import time
 from argparse import Namespace
 from collections.abc import Callable, Iterator
@@ -333,12 +334,18 @@ def find(name: str) -> Command:
     )
 
 
-def help_lines() -> list[str]:
-    """One line per magic and available subcommand."""
+def help_lines(width: int = 79) -> list[str]:
+    """Each magic and available subcommand: its usage, then what it does, indented.
+
+    Lines stay within ``width`` columns, broken between words, so a narrow output area
+    never wraps a word in two.
+    """
     commands = [c for c in COMMANDS.values() if c.available()]
     rows = [("%%llm [MODEL] [options]", "Generate from the cell's text (`%%llm?` for options).")]
     rows += [(c.usage, c.summary) for c in commands]
-    width = max(len(u) for u, _ in rows)
-    return [f"{u.ljust(width)}  {s}" for u, s in rows] + [
-        "Every option of every subcommand: `%llm?`."
-    ]
+    lines = []
+    for usage, summary in rows:
+        lines.append(usage)
+        lines += textwrap.wrap(summary, width, initial_indent="    ", subsequent_indent="    ",
+                               break_long_words=False, break_on_hyphens=False)
+    return lines + ["Every option of every subcommand: `%llm?`."]
