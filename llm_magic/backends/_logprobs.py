@@ -14,8 +14,9 @@ Where the distribution is read:
 - ``raw`` (the default): a forward hook on the model takes the logits of the
   last position, exactly what generation selects from before any processor.
 - ``sampled``: a logits processor, which transformers runs after its default
-  processors, applies the same temperature, top-k and top-p warpers that
-  sampling then applies, and records that distribution.
+  processors, applies the warpers that sampling then applies (built by
+  ``backends/_sampling``), and records that distribution. In a seeded sampling
+  it runs after those warpers, on the scores drawn from.
 
 The chosen token is known once it is appended: a stopping criterion (called
 right after each step) reads it from ``input_ids`` and completes the step.
@@ -35,7 +36,7 @@ from .base import ScoreCapture, TokenRecord
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Recorder", "TokenTexts", "score", "warpers"]
+__all__ = ["Recorder", "TokenTexts", "score"]
 
 #: Positions whose logits are reduced at once when scoring (bounds the float32 copy).
 _CHUNK = 256
@@ -72,20 +73,6 @@ class TokenTexts:
         if token.startswith("<0x") and token.endswith(">") and len(token) == 6:
             return f"\\x{token[3:5].lower()}"  # SentencePiece's byte fallback
         return token.replace("▁", " ")
-
-
-def warpers(temperature: float, top_k: int | None, top_p: float | None) -> list[Any]:
-    """The warpers transformers' sampling applies for these settings, in its order."""
-    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-    out: list[Any] = []
-    if temperature > 0 and temperature != 1.0:
-        out.append(TemperatureLogitsWarper(temperature))
-    if top_k is not None and top_k != 0:
-        out.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
-    if top_p is not None and top_p < 1.0:
-        out.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
-    return out
 
 
 def _summary(logits: torch.Tensor, k: int, filtered: bool = True
@@ -164,7 +151,10 @@ class Recorder:
             self._keep_step(logits[:, -1, :])
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """Logits processor (sampled mode): record what sampling will draw from; change nothing."""
+        """Logits processor (sampled mode): record what sampling will draw from; change nothing.
+
+        ``sampling`` (the warpers) is empty where the scores come already warped.
+        """
         warped = scores
         for warper in self.sampling:
             warped = warper(input_ids, warped)

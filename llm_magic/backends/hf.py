@@ -3,8 +3,8 @@
 This is the only backend (with the attention capture it serves) that imports
 torch and transformers, and it does so only when a model is loaded. Its
 helpers live beside it: devices and dtypes (``_devices``), hub resolution
-(``_hub``), memory release (``_memory``), out-of-memory handling (``_oom``)
-and stopping (``_stopping``).
+(``_hub``), memory release (``_memory``), out-of-memory handling (``_oom``),
+seeded sampling (``_sampling``) and stopping (``_stopping``).
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from ._memory import release_memory
 from ._oom import forget as _forget
 from ._oom import is_out_of_memory as _is_out_of_memory
 from ._oom import out_of_memory_guard as _out_of_memory_guard
+from ._sampling import processors as _sampling_processors
+from ._sampling import warpers as _warpers
 from ._stopping import EventCriteria as _EventCriteria
 from ._stopping import Interrupted as _Interrupted
 from ._stopping import StopStrings as _StopStrings
@@ -153,7 +155,6 @@ class HFJob(GenerationJob):
         backend: HFBackend,
         inputs: dict[str, Any],
         kwargs: dict[str, Any],
-        seed: int | None,
         stop_event: threading.Event,
         recorder: _Recorder | None = None,
         lead_ids: Sequence[int] = (),
@@ -161,7 +162,6 @@ class HFJob(GenerationJob):
         self.backend = backend
         self.inputs = inputs
         self.kwargs = kwargs
-        self.seed = seed
         self.stop_event = stop_event
         self.prompt_tokens = int(inputs["input_ids"].shape[-1])
         ids: list[int] = inputs["input_ids"][0].tolist()
@@ -183,8 +183,6 @@ class HFJob(GenerationJob):
         if self.kwargs["generation_config"].max_new_tokens == 0:  # a branch at the last token
             self._records = () if self.recorder is not None else None
             return
-        if self.seed is not None:
-            torch.manual_seed(self.seed)
         try:
             with (_out_of_memory_guard(repr(self.backend.spec.name), self.backend.device),
                   torch.inference_mode(), _stop_hooks(model, self.stop_event),
@@ -555,23 +553,29 @@ class HFBackend(Backend):
             raise InvalidOptionError("The prompt encodes to no tokens; write some text.")
         max_new = self._check_length(n, request.max_new_tokens, request.explicit_length)
         kwargs = self._generate_kwargs(request, max_new)
-        recorder = self._recorder(request)
+        recorder = self._processors(request, kwargs)
         kwargs["stopping_criteria"] = self._criteria(request, n, stop_event, recorder)
-        if recorder is not None and recorder.mode == "sampled":
-            kwargs["logits_processor"] = _logits_processors([recorder])
-        return HFJob(self, inputs, kwargs, request.seed, stop_event, recorder,
-                     request.lead_ids)
+        return HFJob(self, inputs, kwargs, stop_event, recorder, request.lead_ids)
 
-    def _recorder(self, request: GenerationRequest) -> _Recorder | None:
-        """A recorder of token probabilities when the request asks for them."""
-        if not request.logprobs:
-            return None
-        sampling = ()
-        if request.logprobs_mode == "sampled" and request.temperature > 0:
-            from ._logprobs import warpers
+    def _processors(self, request: GenerationRequest, kwargs: dict[str, Any]) -> _Recorder | None:
+        """Add the request's logits processors to ``kwargs``; its token recorder, if asked.
 
-            sampling = tuple(warpers(request.temperature, request.top_k, request.top_p))
-        return _Recorder(request.logprobs, request.logprobs_mode, self._texts(), sampling)
+        A seeded sampling draws from its own generator, never torch's global one
+        (``backends/_sampling``); an unseeded one samples as transformers does.
+        """
+        config = kwargs["generation_config"]
+        warps = (_warpers(config, self.model.generation_config, self.model.device)
+                 if config.do_sample else [])
+        seeded = config.do_sample and request.seed is not None
+        recorder = None
+        if request.logprobs:  # sampled mode, seeded: it records the warped scores it is given
+            sampling = warps if request.logprobs_mode == "sampled" and not seeded else []
+            recorder = _Recorder(request.logprobs, request.logprobs_mode, self._texts(), sampling)
+        in_loop = recorder if recorder is not None and recorder.mode == "sampled" else None
+        items = _sampling_processors(config, warps, request.seed, in_loop)
+        if items:
+            kwargs["logits_processor"] = _logits_processors(items)
+        return recorder
 
     def _texts(self) -> _TokenTexts:
         texts = getattr(self, "_token_texts", None)
@@ -630,7 +634,12 @@ class HFBackend(Backend):
     def generate_batch(
         self, requests: Sequence[GenerationRequest], stop_event: threading.Event
     ) -> list[BatchResult]:
-        """Generate all prompts as one left-padded batch (they share sampling settings)."""
+        """Generate all prompts as one left-padded batch (they share sampling settings).
+
+        A seed seeds one generator that draws every row's token at each step: it
+        fixes the texts of this batch (its prompts, in their order), while a row
+        need not equal its prompt generated alone with that seed.
+        """
         self._check_generates()
         torch = _torch()
         first = requests[0]
@@ -651,11 +660,7 @@ class HFBackend(Backend):
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         max_new = self._check_length(width, first.max_new_tokens, first.explicit_length)
         kwargs = self._generate_kwargs(first, max_new)
-        recorder = self._recorder(first)
-        if recorder is not None and recorder.mode == "sampled":
-            kwargs["logits_processor"] = _logits_processors([recorder])
-        if first.seed is not None:
-            torch.manual_seed(first.seed)
+        recorder = self._processors(first, kwargs)  # a seed: one generator for the batch
         interrupted = False
         with (_out_of_memory_guard(repr(self.spec.name), self.device), torch.inference_mode(),
               _stop_hooks(self.model, stop_event), _recording(self.model, recorder)):
