@@ -37,6 +37,11 @@ Then, once, what the imports transformers forces cost in a fresh kernel:
 ``import torch``, then ``import transformers``, then
 ``import transformers.modeling_utils``, each timed inside the kernel.
 
+llm_magic's modules are compiled to bytecode first, as pip does when it installs the
+wheel: an editable install on a machine that sets ``PYTHONDONTWRITEBYTECODE`` (this
+one does) would otherwise compile them again in every fresh kernel, which no installed
+copy does.
+
 Usage: ``python benchmarks/cold_start.py [--repeat 5] [--pause 3]``
 """
 
@@ -244,7 +249,12 @@ def main() -> None:
     parser.add_argument("--pause", type=float, default=3.0,
                         help="seconds between %%load_ext and the typed cell")
     args = parser.parse_args()
+    import compileall
+
     import llm_magic as lm
+
+    # What pip does at install; kept in __pycache__ whatever PYTHONDONTWRITEBYTECODE says.
+    compileall.compile_dir(Path(lm.__file__).parent, quiet=1)
 
     n_threads = lm.threads()  # torch not imported here: the count llm_magic will apply
     got: dict[str, list[float]] = {k: [] for k in (
