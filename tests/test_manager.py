@@ -54,6 +54,11 @@ def test_loading_twice_keeps_one_copy(manager, tiny_gpt2):
     assert manager.names() == ["tiny"]
     stop()
     assert loads == [], "a resident model is returned without loading anything"
+    # The name asked for reaches the one copy (a `%%llm other` cell, model="other").
+    assert manager.is_loaded("other") and manager.resolve("other") == "tiny"
+    assert manager.info("other").name == "tiny"
+    manager.unload("tiny")
+    assert not manager.is_loaded("other")
 
 
 def test_same_name_other_settings_is_an_error_or_an_explicit_reload(manager, tiny_gpt2, tiny_llama):

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 
 from ..common.attention_map import AttentionMap, attention_max_tokens
 from ..common.attention_map import max_tokens as max_tokens_or_cap
-from ..errors import InvalidOptionError
+from ..common.text import check_text
 from ..manager import ModelManager, get_manager
+from ._resolve import resolve
 
 if TYPE_CHECKING:
 
@@ -74,12 +75,9 @@ def attention(text: str, model: str | None = None, *, max_tokens: int | None = N
     (4, 4)
     """
     manager = manager or get_manager()
-    if not isinstance(text, str) or not text.strip():
-        raise InvalidOptionError("The text is empty: write some text to look at.")
+    check_text(text, "The text", hint="write some text to look at")
     limit = max_tokens_or_cap(max_tokens)
-    if model is not None and not manager.is_loaded(model):
-        model = manager.load(model).name
-    name = manager.resolve(model)
+    name = resolve(manager, model)
     with manager.checkout(name) as backend:
         return capture(backend, text, name, max_tokens=limit)
 

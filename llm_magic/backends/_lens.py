@@ -1,12 +1,23 @@
 """The exact logit lens of a transformers model: what each layer would predict if it were last.
 
-One forward pass with ``output_hidden_states`` gives the embeddings and every
-block's output. Each of them goes through the model's own final norm (GPT-2's
-``ln_f``, the Llama family's ``norm``) and its output embedding
-(``get_output_embeddings()``), with the config's logit scale and soft-capping
-where it has them. The last hidden state transformers hands back is already
-normed: the last row is the model's own logits (its head over that state, as
-its forward computes them), never normed twice.
+One forward pass, with hooks on the model's own blocks: the stream entering
+each block (the embeddings enter the first), the stream entering the final
+norm, and the final norm's output, the head's input. The rows come from the
+blocks themselves, never from ``output_hidden_states``, whose layout is not
+the same everywhere: Mamba, FalconMamba and RWKV hand out (block 1, ...,
+block N, norm(block N)), as long as the usual tuple but with no embeddings,
+and RWKV halves its stream between blocks after the block has returned. The
+stream entering block i + 1 (or the final norm, after the last block) is what
+the model itself goes on with.
+
+Each row's stream goes through the model's own final norm (GPT-2's ``ln_f``,
+the Llama family's ``norm``, LFM2's ``embedding_norm``, RecurrentGemma's
+``final_norm``; found beside the blocks, so a multimodal model's text norm
+too), then a projection after it where there is one (OPT-350m's
+``project_out``, where there is no final norm at all), and the output
+embedding (``get_output_embeddings()``), with the config's logit scales and
+soft-capping where it has them. The last row is the model's own logits: its
+head over the final norm's output, never normed twice.
 
 Everything after the forward pass runs in float32 on the model's device, a
 chunk of positions at a time: for each chunk the final row first (the model's
@@ -20,11 +31,14 @@ entropy and KL are then made of those for the whole grid in one step. No
 quarter of the output embedding's own bytes, and its reduction two more arrays
 of that size (one of them the final distribution, kept for the chunk).
 
-Every call checks itself before it computes a row: the lens applied to the
-last block's raw output (taken with a forward hook) and the model's head over
-its final hidden state must both equal the logits of the model's own forward
-pass, at the first and last positions. An architecture where they do not (a
-norm or a scale this module does not know) is refused in one line; a
+Every call checks itself before it computes a row. Each block must have run
+once, in order, and the final norm after the last one, with no block changing
+what it was handed in place: then row i is the stream that block i + 1 read,
+whatever the model's hidden-state tuple says. The lens applied to the stream
+entering the final norm, and the model's head over the final norm's output,
+must both equal the logits of the model's own forward pass, at the first and
+last positions. An architecture where any of this fails (blocks that run
+twice, a norm or a scale this module does not know) is refused in one line; a
 plausible but wrong grid is never drawn.
 """
 
@@ -33,10 +47,15 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..common.sizes import format_size
 from ..errors import InvalidOptionError, NotAvailableError, PromptTooLongError
+from ._lens_reduce import chunk_size as _chunk_size
+from ._lens_reduce import finish as _finish
+from ._lens_reduce import reduce_row as _reduce
+from ._lens_reduce import topk as _topk  # noqa: F401 (tests/test_lens.py calls it here)
 from ._logprobs import TokenTexts
 from .base import LensCapture
 
@@ -49,15 +68,13 @@ __all__ = ["CHECK_TOLERANCE", "final_norm", "kernel_bytes", "lens", "payload_byt
 #: logits, in float32. A half-precision model's own logits are rounded to its
 #: dtype, so its check also allows a few units of that rounding (see _tolerance).
 CHECK_TOLERANCE = 1e-4
-#: Names of the final norm on the base model (or its decoder), most common first.
-_NORMS = ("ln_f", "norm", "final_layer_norm", "final_layernorm", "norm_f", "ln_out")
-#: Floor of the bytes one chunk's float32 logits may take.
-_CHUNK_FLOOR = 256 * 1024
-#: From this many logits per row, top-k runs in two stages (see _topk), over groups of
-#: _GROUP columns. Measured on one CPU thread, top 5: 1.1x faster at 1,536 columns,
-#: 2.3x to 2.7x at 2,048 and 4,096, 2.9x at 50,257; at 512, 1.1x to 1.7x slower.
-_TWO_STAGE = 1536
-_GROUP = 64
+#: Names of the final norm, on the module that holds the blocks, most common first.
+#: LFM2 calls its final norm ``embedding_norm``: last, because NeoMME has a norm of
+#: that name at the start (and its ``final_norm`` at the end).
+_NORMS = ("ln_f", "norm", "final_layer_norm", "final_layernorm", "norm_f", "ln_out",
+          "final_norm", "embedding_norm")
+#: Names of a projection between the final norm and the head (OPT-350m's).
+_PROJECTIONS = ("project_out",)
 
 
 def kernel_bytes(rows: int, tokens: int, k: int) -> int:
@@ -79,34 +96,76 @@ def _text_config(model: Any) -> Any:
     return get() if callable(get) else model.config
 
 
+def _layers(model: Any) -> int:
+    return int(getattr(_text_config(model), "num_hidden_layers", 0) or 0)
+
+
+@dataclass(frozen=True)
+class _Trunk:
+    """Where the lens reads a model: its blocks, and what runs between them and the head."""
+
+    #: The module list of the model's blocks.
+    blocks: Any
+    #: The final norm, a projection after it, or both in the order the model applies them.
+    path: tuple[Any, ...]
+
+
+def _named(holder: Any, names: Sequence[str]) -> Any:
+    import torch
+
+    for name in names:
+        module = getattr(holder, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    return None
+
+
+def _trunk(model: Any) -> _Trunk:
+    """The module that holds the blocks and the final norm (or projection) side by side.
+
+    The first module, in the model's own order, with a child list of
+    ``num_hidden_layers`` blocks and one of :data:`_NORMS` or :data:`_PROJECTIONS`
+    beside it: the text model of a multimodal one (Gemma 3's
+    ``model.language_model``), never its vision tower's encoder, whose blocks
+    have no final norm beside them.
+    """
+    import torch
+
+    layers = _layers(model)
+    blocks_seen = False
+    for _name, module in model.named_modules():
+        blocks = next((child for child in module.children()
+                       if isinstance(child, torch.nn.ModuleList) and len(child) == layers), None)
+        if blocks is None or layers == 0:
+            continue
+        blocks_seen = True
+        path = tuple(m for m in (_named(module, _NORMS), _named(module, _PROJECTIONS))
+                     if m is not None)
+        if path:
+            return _Trunk(blocks, path)
+    if not blocks_seen:
+        raise NotAvailableError(
+            f"Cannot find the {layers} blocks of {_arch(model)}, so its logit lens cannot tell "
+            "which block each row is; it is refused."
+        )
+    raise NotAvailableError(
+        f"Cannot find the final norm of {_arch(model)} (nor a projection to its head, such "
+        "as OPT's project_out) beside its blocks, so its logit lens cannot be exact; it is "
+        "refused rather than drawn without the norm."
+    )
+
+
 def final_norm(model: Any) -> Any:
-    """The model's own final norm module, found by name on the base model or its decoder."""
+    """What the model applies between its last block and its head, as one module.
+
+    Its final norm, found by name beside its blocks; a projection after it
+    where there is one (both in a ``torch.nn.Sequential``); or the projection
+    alone for a model with no final norm (OPT-350m, whose blocks end normed).
+    """
     import torch
 
-    base = getattr(model, "base_model", model)
-    for holder in (base, getattr(base, "decoder", None), getattr(base, "model", None), model):
-        for name in _NORMS:
-            module = getattr(holder, name, None) if holder is not None else None
-            if isinstance(module, torch.nn.Module):
-                return module
-    raise NotAvailableError(
-        f"Cannot find the final norm of {_arch(model)}, so its logit lens cannot be exact; "
-        "it is refused rather than drawn without the norm."
-    )
-
-
-def _last_block(model: Any, layers: int) -> Any:
-    """The last of the model's ``layers`` blocks: the one module list of that length."""
-    import torch
-
-    base = getattr(model, "base_model", model)
-    for _name, module in base.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == layers:
-            return module[layers - 1]
-    raise NotAvailableError(
-        f"Cannot find the {layers} blocks of {_arch(model)}, so its logit lens cannot check "
-        "itself against the model's own output; it is refused."
-    )
+    path = _trunk(model).path
+    return path[0] if len(path) == 1 else torch.nn.Sequential(*path)
 
 
 def _float32(norm: Any) -> Any:
@@ -116,8 +175,15 @@ def _float32(norm: Any) -> Any:
     return copy.deepcopy(norm).float()
 
 
+def _number(value: Any) -> float | None:
+    """A config's scale as a float; None when it is missing or not a plain number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
 class _Head:
-    """The model's path from a hidden state to float32 logits: output embedding, scale, cap."""
+    """The model's path from a hidden state to float32 logits: output embedding, scales, cap."""
 
     def __init__(self, model: Any) -> None:
         self.embedding = model.get_output_embeddings()
@@ -127,18 +193,23 @@ class _Head:
             )
         self.weight = self.embedding.weight
         config = _text_config(model)
-        self.scale = getattr(config, "logit_scale", None)  # Cohere multiplies the logits
-        self.division = getattr(config, "logits_scaling", None)  # Granite divides them
-        self.cap = getattr(config, "final_logit_softcapping", None)  # Gemma 2 soft-caps them
+        # Multiplied: Cohere's logit_scale, Falcon-H1's lm_head_multiplier.
+        self.scales = [s for s in (_number(getattr(config, "logit_scale", None)),
+                                   _number(getattr(config, "lm_head_multiplier", None)))
+                       if s is not None and s != 1]
+        self.division = _number(getattr(config, "logits_scaling", None))  # Granite divides
+        # Soft-capped: Gemma 2's final_logit_softcapping, RecurrentGemma's logits_soft_cap.
+        self.cap = (_number(getattr(config, "final_logit_softcapping", None))
+                    or _number(getattr(config, "logits_soft_cap", None)))
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.embedding(hidden.to(self.weight.dtype)).float()
         # In place: the product is a fresh array, and a copy would double the chunk's bytes.
-        if isinstance(self.scale, (int, float)) and not isinstance(self.scale, bool):
-            logits.mul_(self.scale)
-        if isinstance(self.division, (int, float)) and self.division not in (0, 1):
+        for scale in self.scales:
+            logits.mul_(scale)
+        if self.division not in (None, 0, 1):
             logits.div_(self.division)
-        if isinstance(self.cap, (int, float)) and self.cap:
+        if self.cap:
             logits.div_(self.cap).tanh_().mul_(self.cap)
         return logits
 
@@ -153,41 +224,126 @@ def _tolerance(dtype: Any, logits: torch.Tensor) -> float:
     return CHECK_TOLERANCE + 4 * eps * max(1.0, float(logits.abs().max()))
 
 
-def _forward(model: Any, ids: list[int], at: list[int], last: Any) -> tuple[Any, Any, Any]:
-    """One forward pass: hidden states, the model's logits at ``at``, the last block's output."""
+@dataclass
+class _Pass:
+    """What one forward pass left: a stream per row, and what the self-check compares."""
+
+    #: The stream entering each block (row 0: the embeddings), then the final norm's
+    #: output (the last row), each (T, hidden).
+    hidden: list[Any]
+    #: The stream entering the final norm, at the checked positions.
+    raw: Any
+    #: The model's own logits at the checked positions, float32.
+    real: Any
+
+
+def _stream(args: Any, kwargs: Any, n: int) -> Any:
+    """The (1, n, hidden) stream a block or norm was handed: its first argument, as transformers'
+    own hidden-state recorder takes it, or its ``hidden_states`` keyword; else None."""
     import torch
 
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    if isinstance(hidden, torch.Tensor) and hidden.dim() == 3 and tuple(hidden.shape[:2]) == (1, n):
+        return hidden
+    return None
+
+
+def _forward(model: Any, ids: list[int], at: list[int], trunk: _Trunk) -> _Pass:
+    """One forward pass with hooks on the blocks and the final norm (see the module's doc)."""
+    import torch
+
+    n, blocks = len(ids), len(trunk.blocks)
     device = next(model.parameters()).device
+    entered: list[Any] = [None] * blocks
+    prints: list[Any] = [None] * blocks  # each stream at the checked positions, as handed over
     seen: dict[str, Any] = {}
+    order: list[int] = []  # which block ran, in turn; then ``blocks``: into the final norm,
+    # and ``blocks + 1``: out of it (or of the projection after it), to the head
 
-    def keep(_module: Any, _args: Any, output: Any) -> None:
-        hidden = output[0] if isinstance(output, (tuple, list)) else output
-        seen["raw"] = hidden[0, at].detach()
+    def entering(i: int) -> Any:
+        def hook(_module: Any, args: Any, kwargs: Any) -> None:
+            order.append(i)
+            entered[i] = _stream(args, kwargs, n)
+            if entered[i] is not None:
+                prints[i] = entered[i][0, at].clone()
+        return hook
 
-    kwargs: dict[str, Any] = {"output_hidden_states": True, "use_cache": False}
+    def into_norm(_module: Any, args: Any, kwargs: Any) -> None:
+        order.append(blocks)
+        raw = _stream(args, kwargs, n)
+        seen["raw"] = None if raw is None else raw[0, at].clone()
+
+    def out_of_path(_module: Any, _args: Any, output: Any) -> None:
+        order.append(blocks + 1)
+        final = output[0] if isinstance(output, (tuple, list)) else output
+        seen["final"] = final if isinstance(final, torch.Tensor) else None
+
+    kwargs: dict[str, Any] = {"use_cache": False}
     keep_some = "logits_to_keep" in inspect.signature(model.forward).parameters
     if keep_some:  # the model's head over the checked positions only, not T x vocab
         kwargs["logits_to_keep"] = torch.tensor(at, device=device)
-    handle = last.register_forward_hook(keep)
+    hooks = [block.register_forward_pre_hook(entering(i), with_kwargs=True)
+             for i, block in enumerate(trunk.blocks)]
+    hooks.append(trunk.path[0].register_forward_pre_hook(into_norm, with_kwargs=True))
+    hooks.append(trunk.path[-1].register_forward_hook(out_of_path))
     try:
         out = model(input_ids=torch.tensor([ids], device=device), **kwargs)
     finally:
-        handle.remove()
+        for hook in hooks:
+            hook.remove()
     logits = out.logits[0] if keep_some else out.logits[0, at]
-    return out.hidden_states, logits.float(), seen.get("raw")
+    del out
+    final: Any = seen.get("final")
+    _check_streams(model, order, entered, prints, final, at, n)
+    return _Pass(hidden=[h[0] for h in entered] + [final[0]], raw=seen.get("raw"),
+                 real=logits.float())
 
 
-def _check(model: Any, head: _Head, norm: Any, hidden: Any, real: torch.Tensor,
-           raw: Any, at: list[int]) -> float:
-    """Refuse unless the lens of the last block and the last row both equal the model's logits."""
-    if raw is None:
+def _check_streams(model: Any, order: list[int], entered: list[Any], prints: list[Any],
+                   final: Any, at: list[int], n: int) -> None:
+    """Refuse unless row i is the stream block i + 1 read: each block ran once, in order, the
+    final norm once after them, each was handed the whole sequence and kept it as handed."""
+    import torch
+
+    blocks = len(entered)
+    if order != [*range(blocks), blocks, blocks + 1]:
         raise NotAvailableError(
-            f"The last block of {_arch(model)} gave no output to check the lens against; "
+            f"The {blocks} blocks of {_arch(model)} did not run once each, in order, before its "
+            "final norm, so its logit lens cannot tell which block each row is; it is refused."
+        )
+    if any(h is None for h in entered) or final is None or tuple(final.shape[:2]) != (1, n):
+        raise NotAvailableError(
+            f"The blocks or the final norm of {_arch(model)} were not each handed the whole "
+            "sequence as one stream, so its logit lens cannot read them; it is refused."
+        )
+    for i, (stream, handed) in enumerate(zip(entered, prints, strict=True)):
+        if not torch.equal(stream[0, at], handed):
+            raise NotAvailableError(
+                f"The stream entering block {i + 1} of {_arch(model)} was changed in place "
+                "later in the forward pass, so its logit lens cannot read what that block read; "
+                "it is refused."
+            )
+
+
+def _check(model: Any, head: _Head, norm: Any, run: _Pass, at: list[int]) -> float:
+    """Refuse unless the lens of the stream entering the final norm, and the last row, both
+    equal the model's own logits."""
+    real = run.real
+    if run.raw is None:
+        raise NotAvailableError(
+            f"The final norm of {_arch(model)} was handed no stream to check the lens against; "
             "its logit lens is refused."
         )
     device = head.weight.device
-    lensed = head(norm(raw.to(device).float()))
-    final = head(hidden[-1][0, at].to(device))
+    normed = norm(run.raw.to(device).float())
+    width = int(head.weight.shape[-1])
+    if normed.shape[-1] != width or run.hidden[-1].shape[-1] != width:
+        raise NotAvailableError(
+            f"The final norm of {_arch(model)} does not lead to its head (their widths "
+            "differ): something this lens does not know sits between them, so it is refused."
+        )
+    lensed = head(normed)
+    final = head(run.hidden[-1][at].to(device))
     diff = max(float((lensed - real).abs().max()), float((final - real).abs().max()))
     tol = _tolerance(head.weight.dtype, real)
     if not diff <= tol:  # NaN fails too
@@ -197,84 +353,6 @@ def _check(model: Any, head: _Head, norm: Any, hidden: Any, real: torch.Tensor,
             "the one this lens applies, so it is refused rather than drawn wrong."
         )
     return diff
-
-
-def _topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.topk`` of (n, vocab) float32 logits along the vocabulary, the same values and ids.
-
-    From ``_TWO_STAGE`` columns on, in two stages, because CPU top-k copies and
-    compares every element one by one while a maximum is vectorised: the maximum of
-    each group of ``_GROUP`` columns, the k groups with the largest, then the top-k
-    among their k * ``_GROUP`` columns (and the columns past the last whole group).
-    Exact: each of the k largest logits lies in a group whose maximum is among the
-    k largest maxima. Tied logits may come in another order than ``torch.topk``'s.
-    """
-    import torch
-
-    n, vocab = logits.shape
-    groups = vocab // _GROUP
-    if vocab < _TWO_STAGE or groups < k or not logits.is_contiguous():
-        return torch.topk(logits, k, dim=-1)
-    width = groups * _GROUP
-    blocks = logits[:, :width].view(n, groups, _GROUP)
-    best = torch.topk(blocks.amax(-1), k, dim=-1).indices
-    if width == vocab:  # whole rows of a flat view: a copy of contiguous blocks
-        flat = best + torch.arange(0, n * groups, groups, device=logits.device).unsqueeze(1)
-        candidates = logits.view(n * groups, _GROUP).index_select(0, flat.view(-1))
-    else:
-        rows = torch.arange(n, device=logits.device).unsqueeze(1)
-        candidates = torch.cat([blocks[rows, best].view(n, k * _GROUP), logits[:, width:]], 1)
-    values, at = torch.topk(candidates.view(n, -1), k, dim=-1)
-    group = at.div(_GROUP, rounding_mode="floor")
-    ids = best.gather(1, group.clamp_(max=k - 1)).mul_(_GROUP).add_(at.remainder(_GROUP))
-    if width < vocab:  # a candidate past the k groups is a column past the last whole group
-        ids = torch.where(at < k * _GROUP, ids, at + (width - k * _GROUP))
-    return values, ids
-
-
-def _reduce(logits: torch.Tensor, p: torch.Tensor, k: int, final: torch.Tensor | None,
-            p_final: torch.Tensor | None, out_ids: torch.Tensor, out_probs: torch.Tensor,
-            metrics: torch.Tensor) -> None:
-    """One row's chunk of float32 logits (c, vocab), reduced into the result's buffers.
-
-    ``out_ids`` and ``out_probs`` are the row's (c, k) cells, ``metrics`` its
-    (4, c) ones; ``p`` is an array of the logits' size to work in. Written here:
-    the top-k ids and probabilities; the final prediction's probability and the
-    count of logits above it (its rank less one); sum q * shifted, with q the
-    row's distribution (the entropy's part); and sum p_final * shifted (the KL's
-    part, against the final distribution ``p_final``). ``_finish`` makes rank,
-    entropy and KL of them for every cell at once. For the final row itself
-    (``final`` is None) its distribution is left in ``p``.
-
-    The logits are shifted in place by their maximum before the softmax, so the
-    sums over the vocabulary add small numbers and keep float32's precision
-    however large the logits are. Besides the logits, ``p`` is the one array of
-    their size used (and ``p_final``, kept for the chunk).
-    """
-    import torch
-
-    values, ids = _topk(logits, k)
-    out_ids.copy_(ids)
-    if final is not None:
-        at = logits.gather(1, final)
-        torch.sum(torch.gt(logits, at, out=p), -1, out=metrics[1])
-    logits.sub_(values[:, :1])
-    torch.softmax(logits, -1, out=p)
-    torch.gather(p, 1, ids, out=out_probs)
-    if final is None:  # the final prediction is the top-1 itself, above no logit
-        metrics[0].copy_(out_probs[:, 0])
-        torch.sum(torch.mul(p, logits, out=logits), -1, out=metrics[2])
-        return
-    torch.gather(p, 1, final, out=metrics[0].unsqueeze(-1))
-    torch.sum(p.mul_(logits), -1, out=metrics[2])
-    torch.sum(torch.mul(logits, p_final, out=p), -1, out=metrics[3])
-
-
-def _chunk_size(head_bytes: int, vocab: int) -> int:
-    """Positions per chunk: a multiple of 64 (matrix products run at full speed), whose
-    float32 logits take about a quarter of the output embedding's bytes (at least 256 KB)."""
-    budget = max(_CHUNK_FLOOR, head_bytes // 4)
-    return max(64, budget // (4 * vocab) // 64 * 64)
 
 
 def lens(model: Any, tokenizer: Any, ids: Sequence[int], *, top: int, max_tokens: int,
@@ -294,8 +372,7 @@ def lens(model: Any, tokenizer: Any, ids: Sequence[int], *, top: int, max_tokens
     n = len(ids)
     if n == 0:
         raise InvalidOptionError("The text encodes to no tokens; write some text.")
-    config = _text_config(model)
-    layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    layers = _layers(model)
     head = _Head(model)
     vocab = int(head.weight.shape[0])
     k = min(int(top), vocab)
@@ -312,20 +389,15 @@ def lens(model: Any, tokenizer: Any, ids: Sequence[int], *, top: int, max_tokens
             f"The sequence is {n} tokens, but the model reads at most {context_length}. "
             "Shorten the text."
         )
+    trunk = _trunk(model)
     norm = _float32(final_norm(model))
-    last = _last_block(model, layers)
     at = sorted({0, n - 1})
     device = head.weight.device
     with torch.inference_mode():
-        hidden, real, raw = _forward(model, ids, at, last)
-        if hidden is None or len(hidden) != rows:
-            got = "none" if hidden is None else len(hidden)
-            raise NotAvailableError(
-                f"{_arch(model)} handed out {got} hidden states, not the embeddings and its "
-                f"{layers} blocks, so its logit lens is refused."
-            )
-        check = _check(model, head, norm, hidden, real, raw, at)
-        del real, raw
+        run = _forward(model, ids, at, trunk)
+        check = _check(model, head, norm, run, at)
+        hidden = run.hidden
+        del run
         out_ids = torch.empty((rows, n, k), dtype=torch.int32, device=device)
         out_probs = torch.empty((rows, n, k), dtype=torch.float32, device=device)
         metrics = torch.zeros((4, rows, n), dtype=torch.float32, device=device)
@@ -357,7 +429,7 @@ def _chunk(head: _Head, norm: Any, hidden: Any, lo: int, hi: int, k: int,
     device = head.weight.device
     last = len(hidden) - 1
     # The last hidden state is already normed: the final row is the model's own logits.
-    logits = head(hidden[last][0, lo:hi].to(device))
+    logits = head(hidden[last][lo:hi].to(device))
     p_final = torch.empty_like(logits)
     _reduce(logits, p_final, k, None, None, out_ids[last, lo:hi], out_probs[last, lo:hi],
             metrics[:, last, lo:hi])
@@ -365,24 +437,7 @@ def _chunk(head: _Head, norm: Any, hidden: Any, lo: int, hi: int, k: int,
     p = logits  # its array, reused as every other row's work array
     del logits
     for row in range(last):
-        logits = head(norm(hidden[row][0, lo:hi].to(device).float()))
+        logits = head(norm(hidden[row][lo:hi].to(device).float()))
         _reduce(logits, p, k, final, p_final, out_ids[row, lo:hi], out_probs[row, lo:hi],
                 metrics[:, row, lo:hi])
         del logits
-
-
-def _finish(out_probs: torch.Tensor, metrics: torch.Tensor) -> None:
-    """The sums ``_reduce`` left made rank, entropy and KL, for every cell at once, in place.
-
-    With q = softmax(shifted): log Z = -log q(top-1), H = log Z - sum q * shifted,
-    and KL(final || row) = sum p_final (log p_final - log q)
-    = log Z - sum p_final * shifted - H_final. The final row's KL to itself stays 0.
-    """
-    import torch
-
-    last = metrics.shape[1] - 1
-    log_total = out_probs[..., 0].log().neg_()
-    metrics[1].add_(1)
-    torch.sub(log_total, metrics[2], out=metrics[2])
-    torch.sub(log_total, metrics[3], out=metrics[3]).sub_(metrics[2, last])
-    metrics[3, last] = 0

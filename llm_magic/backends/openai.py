@@ -357,7 +357,7 @@ class OpenAIBackend(Backend):
         if max_new_tokens > room and explicit:
             warnings.warn(
                 f"Only {room} new tokens fit after a {prompt_tokens}-token prompt in "
-                f"{self.spec.name!r}'s {ctx}-token context; generating {room}.",
+                f"the {ctx}-token context of {self.spec.name!r}; generating {room}.",
                 LLMMagicWarning,
                 stacklevel=4,
             )

@@ -11,23 +11,31 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..backends.base import DEFAULT_MAX_NEW_TOKENS, GenerationRequest, check_logprobs
+from ..common.text import check_text, shown
 from ..errors import InvalidOptionError
 
 __all__ = ["check_number", "make_request", "params_of"]
 
+#: The largest token count an option may name (what a 32-bit signed integer holds).
+_MOST = 2**31 - 1
+
 
 def check_number(name: str, value: Any, *, low: float, high: float | None = None,
-                   integer: bool = False, low_open: bool = False) -> None:
+                 integer: bool = False, low_open: bool = False) -> None:
+    """Refuse a value of the wrong type or outside [low, high], in one line."""
     kind = "an integer" if integer else "a number"
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type:
-        raise InvalidOptionError(f"{name} must be {kind}, not {value!r}.")
-    if not math.isfinite(value) or value < low or (low_open and value == low) or (
-        high is not None and value > high
-    ):
-        lo = f"> {low:g}" if low_open else f">= {low:g}"
-        hi = f" and <= {high:g}" if high is not None else ""
-        raise InvalidOptionError(f"{name} must be {lo}{hi}; got {value!r}.")
+        raise InvalidOptionError(f"{name} must be {kind}, not {shown(value)}.")
+    out_of_range = value < low or (low_open and value == low) or (
+        high is not None and value > high)
+    if (isinstance(value, float) and not math.isfinite(value)) or out_of_range:
+        def number(x: float) -> str:
+            return f"{int(x):,}" if integer else f"{x:g}"
+
+        lo = f"> {number(low)}" if low_open else f">= {number(low)}"
+        hi = f" and <= {number(high)}" if high is not None else ""
+        raise InvalidOptionError(f"{name} must be {lo}{hi}; got {shown(value)}.")
 
 
 def make_request(
@@ -45,19 +53,16 @@ def make_request(
     logprobs_mode: str = "raw",
 ) -> GenerationRequest:
     """Validate options into a :class:`GenerationRequest`; raise ``InvalidOptionError`` if unfit."""
-    if not isinstance(prompt, str):
-        raise InvalidOptionError(f"The prompt must be a string, not {type(prompt).__name__}.")
-    if not prompt.strip():
-        raise InvalidOptionError("The prompt is empty: write some text to continue.")
+    check_text(prompt, "The prompt")
     explicit = max_new_tokens is not None
     if max_new_tokens is None:
         max_new_tokens = DEFAULT_MAX_NEW_TOKENS
-    check_number("max_new_tokens", max_new_tokens, low=1, integer=True)
+    check_number("max_new_tokens", max_new_tokens, low=1, high=_MOST, integer=True)
     check_number("temperature", temperature, low=0, high=100)
     if top_p is not None:
         check_number("top_p", top_p, low=0, high=1, low_open=True)
     if top_k is not None:
-        check_number("top_k", top_k, low=1, integer=True)
+        check_number("top_k", top_k, low=1, high=_MOST, integer=True)
     if seed is not None:
         check_number("seed", seed, low=0, high=2**63 - 1, integer=True)
     stops: tuple[str, ...]
@@ -66,11 +71,16 @@ def make_request(
     elif isinstance(stop, str):
         stops = (stop,)
     else:
-        stops = tuple(stop)
-    if any(not isinstance(s, str) or s == "" for s in stops):
-        raise InvalidOptionError("Stop strings must be non-empty strings.")
-    if system is not None and not isinstance(system, str):
-        raise InvalidOptionError("system must be a string.")
+        try:
+            stops = tuple(stop)
+        except TypeError:
+            raise InvalidOptionError("stop is a text or a list of texts, not "
+                                     f"{type(stop).__name__}.") from None
+    for number, each in enumerate(stops, 1):
+        check_text(each, f"Stop string {number}", allow_blank=True,
+                   hint="give the text to stop before, or leave it out")
+    if system is not None:
+        check_text(system, "The system prompt", allow_empty=True)
     if chat is not None and not isinstance(chat, bool):
         raise InvalidOptionError("chat must be True, False or None (use the template if any).")
     check_logprobs(logprobs, logprobs_mode)

@@ -10,6 +10,7 @@ writer, and a process killed at any point leaves every committed row intact.
 from __future__ import annotations
 
 import json
+import operator
 import random
 import sqlite3
 import time
@@ -17,11 +18,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import LLMMagicError
+from ..common.text import shown
+from ..errors import InvalidOptionError, LLMMagicError
 
-__all__ = ["COLUMNS", "MIGRATIONS", "START_ATTEMPTS", "START_WAIT", "HistoryError", "Problem",
-           "busy_message", "complete", "connect", "insert", "migrate", "newer", "problem_of",
-           "progress", "retried", "select", "version_of", "write"]
+__all__ = ["COLUMNS", "MAX_INTEGER", "MIGRATIONS", "START_ATTEMPTS", "START_WAIT", "HistoryError",
+           "Problem", "busy_message", "check_number", "complete", "connect", "insert", "migrate",
+           "newer", "problem_of", "progress", "read_failure", "retried", "select", "version_of",
+           "write"]
 
 T = TypeVar("T")
 
@@ -92,6 +95,8 @@ _BUSY_TIMEOUT = 2.0  # seconds SQLite itself waits for another writer
 #: another program keeps locked delays a generation by a few seconds at most.
 START_ATTEMPTS = 2
 START_WAIT = 5.0  # seconds a start waits for the writer thread's turn with the connection
+#: The largest id or row count a query takes: SQLite's INTEGER is signed 64-bit.
+MAX_INTEGER = 2**63 - 1
 
 
 class HistoryError(LLMMagicError):
@@ -102,18 +107,25 @@ class Problem(Exception):
     """A failure of the history database, sorted into what the user can do about it.
 
     ``kind`` is "damaged", "read-only", "full", "busy", "newer" or "other"; ``str()``
-    is the sentence for the warning.
+    is the sentence for the warning; ``detail`` what SQLite or the system said.
     """
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+        self.detail: str | None = None
 
 
 def problem_of(exc: BaseException, path: Path) -> Problem:
     """Sort an error of SQLite or the file system into a :class:`Problem` with a clear message."""
     if isinstance(exc, Problem):
         return exc
+    problem = _sort(exc, path)
+    problem.detail = str(exc) or type(exc).__name__
+    return problem
+
+
+def _sort(exc: BaseException, path: Path) -> Problem:
     name = getattr(exc, "sqlite_errorname", "") or ""
     detail = str(exc) or type(exc).__name__
     lowered = detail.lower()
@@ -140,6 +152,36 @@ def problem_of(exc: BaseException, path: Path) -> Problem:
             f"without history: make it writable, or {elsewhere}."))
     return Problem("other", (
         f"The history database {path} failed ({detail}); this generation is not recorded."))
+
+
+def read_failure(exc: BaseException, path: Path) -> HistoryError:
+    """A failure to read the history as a :class:`HistoryError` that says it was a read."""
+    problem = problem_of(exc, path)
+    if problem.kind == "newer":  # its own message says what to do
+        return HistoryError(str(problem))
+    advice = {
+        "damaged": "the file is damaged or not an SQLite file: move it away (a new one is "
+                   "made) or point LLM_MAGIC_HISTORY at another file",
+        "busy": "another program keeps it locked: try again once the lock is gone",
+        "read-only": "SQLite needs to write beside the file even to read it: make the file "
+                     "and its folder writable, or read a copy",
+        "full": "the disk is full: free some space",
+    }.get(problem.kind, "nothing was changed")
+    detail = problem.detail or str(exc) or type(exc).__name__
+    return HistoryError(f"Reading the history at {path} failed ({detail}); {advice}.")
+
+
+def check_number(value: Any, what: str) -> int:
+    """``value`` as an ``int`` from 1 to :data:`MAX_INTEGER` (NumPy integers too); else one
+    clear line."""
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or not 1 <= number <= MAX_INTEGER:
+        raise InvalidOptionError(
+            f"{what} must be a positive integer of at most 2**63 - 1, not {shown(value)}.")
+    return number
 
 
 def busy_message(path: Path, detail: str) -> str:
@@ -277,10 +319,11 @@ def select(con: sqlite3.Connection, *, limit: int | None = 20, search: str | Non
         where.append("model = ?")
         args.append(model)
     if search:
-        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        where.append("(prompt LIKE ? ESCAPE '\\' OR output LIKE ? ESCAPE '\\' "
-                     "OR system LIKE ? ESCAPE '\\')")
-        args += [pattern] * 3
+        # instr() compares every byte; LIKE stops at a NUL and would match every row.
+        # lower() on both sides keeps LIKE's case-insensitivity (ASCII letters only).
+        where.append("(instr(lower(prompt), lower(?)) > 0 OR instr(lower(output), lower(?)) > 0 "
+                     "OR instr(lower(system), lower(?)) > 0)")
+        args += [search] * 3
     sql = f"SELECT {', '.join(COLUMNS)} FROM generations"
     if where:
         sql += " WHERE " + " AND ".join(where)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..backends.base import TokenRecord
 from ..common.sizes import text_table
+from ..common.visible import visible
 
 if TYPE_CHECKING:
     from ..generation import Generation, PendingGeneration
@@ -225,12 +226,15 @@ class HistoryRow:
         """The row as the table shows it."""
         tps = "-" if self.tokens_per_second is None else f"{self.tokens_per_second:.1f}"
         status = self.status if self.error is None else f"error: {_short(self.error, 30)}"
-        return (str(self.id), self.started.strftime("%Y-%m-%d %H:%M:%S"), self.model, status,
-                str(self.new_tokens), tps, _short(self.prompt, 32), _short(self.output, 40))
+        return (str(self.id), self.started.strftime("%Y-%m-%d %H:%M:%S"), visible(self.model),
+                status, str(self.new_tokens), tps, _short(self.prompt, 32),
+                _short(self.output, 40))
 
 
 def _short(text: str, width: int) -> str:
-    flat = " ".join(text.split())
+    """One line of at most ``width`` characters; control and bidi characters written out, so an
+    escape sequence or a U+202E in a prompt cannot recolour a terminal or reverse the table."""
+    flat = visible(" ".join(text.split()))
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 

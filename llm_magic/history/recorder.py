@@ -39,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..common.text import check_text
 from ..errors import InvalidOptionError, LLMMagicWarning, ModelNotLoadedError
 from ..events import Event, subscribe_everywhere
 from .read import (
@@ -450,7 +451,7 @@ def _read(**query: Any) -> tuple[Path, list[HistoryRow]]:
         try:
             rows = db.select(_recorder.connection(path), **query)
         except Exception as exc:
-            raise db.HistoryError(str(db.problem_of(exc, path))) from exc
+            raise db.read_failure(exc, path) from exc
     return path, [HistoryRow.from_db(dict(zip(db.COLUMNS, r, strict=True))) for r in rows]
 
 
@@ -464,7 +465,7 @@ def history(n: int | None = 20, search: str | None = None,
         How many rows at most (None: all).
     search : str, optional
         Only generations whose prompt, system prompt or output contains this
-        text (case-insensitive for ASCII letters).
+        text, every character of it (a NUL too), case-insensitive for ASCII letters.
     model : str, optional
         Only generations of the model of this name.
 
@@ -479,22 +480,23 @@ def history(n: int | None = 20, search: str | None = None,
     >>> lm.history(5, search="import")  # doctest: +SKIP
     >>> lm.history()[0].output          # doctest: +SKIP
     """
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise InvalidOptionError(f"n must be a positive number of rows, not {n!r}.")
-    if search is not None and not isinstance(search, str):
-        raise InvalidOptionError("search must be a string.")
-    if model is not None and not isinstance(model, str):
-        raise InvalidOptionError("model must be a model's name.")
+    from .db import check_number
+
+    if n is not None:
+        n = check_number(n, "The number of rows (n)")
+    if search is not None:
+        check_text(search, "The search text", allow_empty=True)
+    if model is not None:
+        check_text(model, "The model name", allow_empty=True)
     path, rows = _read(limit=n, search=search or None, model=model)
     return HistoryTable(rows, path=path, filtered=bool(search) or model is not None)
 
 
 def get(row_id: int) -> HistoryRow:
     """One recorded generation by its id; :class:`HistoryError` if there is none."""
-    from .db import HistoryError
+    from .db import HistoryError, check_number
 
-    if isinstance(row_id, bool) or not isinstance(row_id, int) or row_id < 1:
-        raise InvalidOptionError(f"A generation id is a positive integer, not {row_id!r}.")
+    row_id = check_number(row_id, "A generation id")
     path, rows = _read(row_id=row_id, limit=1)
     if not rows:
         _, latest = _read(limit=1)
