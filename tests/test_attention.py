@@ -118,6 +118,11 @@ def test_a_generation_captures_prompt_and_new_tokens(manager, tiny_llama):
     # A later generation without attention leaves the last captured map in place.
     generate("Another", model="llama", max_new_tokens=2, manager=manager)
     assert last_attention(manager) is amap
+    # Its snapshot says which tokens were generated, and shows them in green.
+    t, p = amap.shape[2], amap.prompt_tokens
+    html = amap.to_html()
+    assert f"tokens {p} to {t - 1} (in green where labelled) were generated" in html
+    assert html.count("color:#006d2c;font-weight:600") == 2 * (t - p)
 
 
 def test_batch_attention_is_refused_clearly(manager, tiny_gpt2):
@@ -389,3 +394,68 @@ def test_an_encoder_is_estimated_as_itself_with_no_causal_head(manager, minilm):
     guess = estimate(str(minilm), dtype="float32", device="cpu")
     manager.load(str(minilm), name="enc", dtype="float32", device="cpu")
     assert guess.method == "meta" and guess.parameters == manager.info("enc").parameters
+
+
+# -- the static snapshot (issue 27) ---------------------------------------------------------
+
+
+def _img(html: str, alt: str) -> bytes:
+    """The PNG bytes of the ``<img alt=...>`` of a snapshot."""
+    start = html.index(f"alt='{alt}' src='data:image/png;base64,") + len(alt) + 33
+    return base64.b64decode(html[start:html.index("'", start)])
+
+
+def test_the_snapshot_shows_the_head_the_view_opened_on(amap):
+    from html import escape
+
+    from llm_magic.common.visible import visible
+
+    layers, heads, t, _ = amap.shape
+    view = amap.widget(layer=1, head=2)
+    data, _ = view._repr_mimebundle_()
+    html = data["text/html"]
+    # That head, named, with its tokens along both axes (escaped, whole) ...
+    assert f"{t} tokens: layer 1, head 2" in html
+    for label in amap.labels:
+        assert html.count(f">{escape(visible(label))}</div>") >= 2, label
+    assert "<script" not in html and "&lt;" in html
+    width, height, raw = _png_pixels(_img(html, "attention heatmap"))
+    cell = min(24, 480 // t)
+    assert width == height == t * cell
+    drawn = np.frombuffer(raw, dtype=np.uint8).reshape(height, width + 1)[:, 1:]
+    head = amap.head(1, 2)
+    assert np.array_equal(drawn[::cell, ::cell], np.rint(head / head.max() * 254))
+    # ... its colour bar, saying what the darkest shade is ...
+    assert "llm-magic-colourbar" in html
+    assert escape(f"darkest = {head.max():.3f}, this head's largest") in html
+    # ... and the grid of every head, rows and columns labelled.
+    assert all(f">H{h}</div>" in html for h in range(heads))
+    assert all(f">L{r}</div>" in html for r in range(layers))
+    assert html.startswith("<div class='llm-magic-attention'") and "text-align:left" in html
+    assert base64.b64decode(data["image/png"]) == amap.to_png(layer=1, head=2)
+    view.mean = True
+    html = view._repr_mimebundle_()[0]["text/html"]
+    assert "layer 1, mean of heads" in html and escape("the mean's largest") in html
+
+
+def test_a_dense_map_lists_its_tokens_under_the_snapshot(manager, minilm):
+    amap = attention("word " * 126, model=str(minilm), manager=manager)
+    html = amap.to_html(layer=5, head=11)
+    assert "layer 5, head 11" in html and "rows: query tokens 0 to 127" in html
+    assert "tokens 0 to 127: " in html and html.count(">word</span>") == 126
+    width, _, _ = _png_pixels(_img(html, "attention heatmap"))
+    assert width == 128 * 3
+
+
+def test_side_by_side_wraps_and_has_both_snapshots(amap):
+    from llm_magic.widgets.attention import side_by_side
+
+    box = side_by_side(amap.widget(layer=0, head=1), amap.widget(layer=1, head=3))
+    assert box.layout.flex_flow == "row wrap"
+    assert all(view.layout.flex == "1 1 360px" for view in box.children)
+    data, _ = box._repr_mimebundle_()
+    assert "model_id" in data["application/vnd.jupyter.widget-view+json"]
+    html = data["text/html"]
+    assert html.startswith("<div class='llm-magic-side-by-side'") and "flex-wrap:wrap" in html
+    assert html.index("layer 0, head 1") < html.index("layer 1, head 3")
+    assert data["text/plain"] == f"{amap!r}\n{amap!r}"

@@ -203,6 +203,85 @@ def test_view_state_and_escaped_fallback():
     assert "Comparison of 2 generations" in data["text/plain"]
 
 
+def test_view_says_in_words_what_each_column_is_shaded_against():
+    pytest.importorskip("anywidget")
+    view = _fake().widget()
+    # Each column names its own reference: Δ = the reference's log p minus its own model's.
+    assert view.captions[0].startswith("Shaded by Δ log p = log p under m2 − log p under m1")
+    assert "log p under m1 − log p under m2" in view.captions[1]
+    # Where the greedy choices first differ: a token number and the two choices, in words.
+    assert view.firsts == ["The greedy choices first differ at token 2: m1 would pick '<b>', "
+                           "m2 '<s>'.", "m2 and m1 would pick the same next token at every step."]
+    assert view.tips[0][0].splitlines() == [
+        "'<b>': Δ log p -2.000 nats (m2 found it less likely)",
+        "m1: log p -0.500; likeliest '<b>'", "m2: log p -2.500; likeliest '<b>'"]
+
+
+def test_settings_view_does_not_score_the_greedy_column_against_itself(manager, tiny_gpt2):
+    pytest.importorskip("anywidget")
+    manager.load(str(tiny_gpt2), name="a")
+    c = compare(PROMPT, settings=[{"temperature": 0}, {"temperature": 1.0, "seed": 3}],
+                model="a", max_new_tokens=8, manager=manager, stream=False)
+    view = c.widget()
+    assert view.captions[0] == "Every token is a's likeliest choice (greedy): nothing to shade."
+    assert view.firsts[0] == ""
+    assert view.captions[1].startswith("Shaded by Δ log p = log p of each token − log p of "
+                                       "a's likeliest token at that step")
+    j = c.divergence(1)
+    assert j is not None  # a random tiny model samples off its greedy choice at once
+    piece = c.against(1).pieces[j]
+    assert view.firsts[1] == (f"First leaves the greedy choice at token {j + 1}: "
+                              f"'{piece.text}' where a's likeliest was '{piece.own_top[1]}'.")
+
+
+def test_shading_has_one_fixed_scale_in_nats():
+    pytest.importorskip("anywidget")
+    from llm_magic.widgets.compare import SCALE, colour
+
+    big, small = _fake(), _fake()
+    small.cross = tuple(CrossScore(s.column, s.model, s.reference, s.by, tuple(
+        Piece(p.text, p.start, p.end, p.own, p.own + 0.05, p.own_top, p.other_top)
+        for p in s.pieces), s.divergence) for s in small.cross)
+    assert big.widget().scale == small.widget().scale == SCALE == 2.0
+    # bfloat16 against float32 (0.05 nats) stays pale; 7.6 nats is no darker than 2.
+    assert colour(0.05) == "#fbfcfe" and colour(7.6) == colour(2.0) != colour(1.0)
+    html = small._repr_mimebundle_()[0]["text/html"]
+    assert "Δ log p (nats)" in html and "saturate at ±2 nats" in html
+    assert "background:#fbfcfe" in html  # the same scale in the snapshot
+
+
+def _contrast(a: str, b: str) -> float:
+    def lum(h: str) -> float:
+        h = h.lstrip("#")
+        h = "".join(c * 2 for c in h) if len(h) == 3 else h
+        c = [int(h[i:i + 2], 16) / 255 for i in (0, 2, 4)]
+        c = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in c]
+        return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]
+
+    hi, lo = sorted((lum(a), lum(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_snapshot_is_left_aligned_with_its_legend_and_readable_ink():
+    pytest.importorskip("anywidget")
+    import re
+
+    from llm_magic.widgets.compare import colour, ink, shade
+
+    for d in (-9, -2, -1, -0.3, 0, 0.3, 1, 2, 9):
+        assert _contrast(colour(d), ink(shade(d))) >= 4.5, d
+    html = _fake()._repr_mimebundle_()[0]["text/html"]
+    assert "<table" not in html and "text-align:right" not in html
+    assert html.startswith("<div class='llm-magic-compare' style='text-align:left")
+    # Labelled as the live view first shows it: the prompt, the legend, the columns' captions.
+    assert "<strong>Prompt</strong>" in html and "&lt;i&gt;" in html
+    assert html.index("Δ log p (nats)") < html.index("m1</div>")
+    assert "Shaded by Δ log p = log p under m2 − log p under m1" in html
+    shaded = re.findall(r"background:(#[0-9a-f]{6});color:(#[0-9a-f]{3,6})", html)
+    assert len(shaded) >= 4 + 7  # every piece and every swatch of the legend
+    assert all(_contrast(back, fore) >= 4.5 for back, fore in shaded)
+
+
 def test_streamed_view_updates_columns():
     pytest.importorskip("anywidget")
     from llm_magic.widgets.compare import CompareWidget
@@ -222,6 +301,54 @@ def test_colour_scale_is_symmetric():
     assert colour(0.0, 1.0) == "#ffffff"
     assert colour(-1.0, 1.0) != colour(1.0, 1.0)
     assert colour(math.nan, 1.0) == "#ffffff"
+
+
+# -- a served model that sends no log-probabilities (a real `transformers serve`) ------------
+
+
+def test_a_served_model_is_compared_and_its_text_scored_here(manager, served_demo):
+    manager.load("demo")
+    manager.load(served_demo.url, name="served", model=served_demo.model)
+    c = compare("The with statement", models=["demo", "served"], max_new_tokens=12,
+                manager=manager, stream=False)
+    assert [g.model for g in c] == ["demo", "served"]
+    assert c[1].text == c[0].text and c[1].tokens is None  # the same weights, greedy
+    # The local column's only reference is served: it cannot score, and the column says so.
+    assert c.against(0) is None
+    assert c.column_notes[0] == ("Not shaded: its only reference, 'served' runs on a server, "
+                                 "and llm_magic cannot ask a server to score a given text.")
+    # The served column is read by the demo: its text after the prompt as the demo read it.
+    read = c.against(1)
+    assert (read.reference, read.scored_by, read.by) == ("demo", "reference", "tokens")
+    assert c.column_notes[1].startswith("Scored by 'demo' alone: 'served' runs on a server")
+    n = len(c[0].prompt_ids)
+    tokenizer = manager.backend("demo").tokenizer
+    ids = [*c[0].prompt_ids, *tokenizer(c[1].text, add_special_tokens=False)["input_ids"]]
+    lp = _logits(manager, "demo", ids)
+    assert "".join(p.text for p in read.pieces) == c[1].text
+    assert len(read.pieces) == len(ids) - n
+    for k, piece in enumerate(read.pieces, start=n):
+        assert piece.other == pytest.approx(float(lp[k - 1, ids[k]]), abs=1e-4)
+        assert math.isnan(piece.own)
+    assert read.deltas == pytest.approx(
+        [float(lp[k - 1, ids[k]] - lp[k - 1].max()) for k in range(n, len(ids))], abs=1e-4)
+    # The served model is the demo: it took the demo's likeliest token at every step.
+    assert read.deltas[:5] == pytest.approx([0.0] * 5, abs=1e-4)
+    assert read.divergence is None or read.divergence >= 5
+    # The view shows both columns and says which one could not be scored, and why.
+    pytest.importorskip("anywidget")
+    view = c.widget()
+    assert view.counts == [0, len(read.pieces)] and view.texts == [g.text for g in c]
+    assert view.column_notes == list(c.column_notes)
+    assert view.captions[0] == "" and view.captions[1].startswith("Shaded by how demo reads")
+    html = c._repr_mimebundle_()[0]["text/html"]
+    assert "Not shaded: its only reference, &#x27;served&#x27; runs on a server" in html
+    # One served model with several settings: nothing here can score; both columns are shown.
+    s = compare("The with statement", settings=[{"max_new_tokens": 3}, {"max_new_tokens": 5}],
+                model="served", manager=manager, stream=False)
+    assert [g.stats.new_tokens for g in s] == [3, 5] and s.cross == ()
+    assert all("no model of this comparison runs in this kernel" in note
+               for note in s.column_notes)
 
 
 # -- %%llm a b --compare ------------------------------------------------------------
@@ -252,6 +379,20 @@ def test_compare_cell(ip, capsys):
     assert result.against(0).reference == "ctiny16"
     out = capsys.readouterr().out
     assert "── ctiny ──" in out and "── ctiny16 ──" in out
+
+
+def test_compare_cell_with_a_served_model(ip, served_demo, capsys):
+    lm.load(served_demo.url, name="cserved", model=served_demo.model)
+    try:
+        ip.run_cell_magic("llm", "ctiny cserved --compare -n 4", "A list comprehension")
+        result = ip.user_ns["_llm"]
+        assert [g.model for g in result] == ["ctiny", "cserved"]
+        assert result.against(0) is None and "'cserved' runs on a server" in result.notes[0]
+        assert result.against(1).reference == "ctiny"  # the served text, read by the tiny model
+    finally:
+        lm.unload("cserved")
+    out = capsys.readouterr().out
+    assert "── ctiny ──" in out and "── cserved ──" in out
 
 
 @pytest.mark.parametrize(("line", "message"), [

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,9 +22,10 @@ import pytest
 import torch
 
 import llm_magic as lm
-from llm_magic.analysis.lens import LensMap, default_stride, logit_lens
+from llm_magic.analysis.lens import METRICS, LensMap, default_stride, logit_lens
 from llm_magic.backends import _lens
 from llm_magic.backends.base import Backend
+from llm_magic.common.visible import visible
 from llm_magic.errors import InvalidOptionError, NotAvailableError
 from llm_magic.generation import generate
 from llm_magic.manager import ModelManager
@@ -314,7 +316,9 @@ def test_widget_sends_the_lens_as_binary_buffers(demo_lens):
     state, buffers = _state(view)
     assert buffers["top_ids"] == rows * t * k * 4 and buffers["top_probs"] == rows * t * k * 2
     assert buffers["final_rank"] == rows * t * 4 and buffers["kl"] == rows * t * 2
-    assert state["tokens"] == list(demo_lens.tokens) and state["layers"] == list(demo_lens.layers)
+    assert state["tokens"] == list(demo_lens.tokens) and state["layers"] == demo_lens.row_names
+    assert demo_lens.row_names == [*demo_lens.layers[:-1], f"{demo_lens.layers[-1]} (output)"]
+    assert set(state["scales"]) == set(METRICS)
     ids = np.frombuffer(view.top_ids, "<i4").reshape(rows, t, k)
     assert np.array_equal(ids, demo_lens.ids)
     probs = np.frombuffer(view.top_probs, "<f2").reshape(rows, t, k)
@@ -396,3 +400,134 @@ def test_two_stage_top_k_is_torch_topk(vocab):
         assert torch.equal(x.gather(1, ids), values)
         assert all(len(set(row)) == k for row in ids.tolist())
         assert torch.equal(ids[2:], expected_ids[2:]) and ids[0, 0] == vocab - 1
+
+
+# -- a generation whose model was unloaded ------------------------------------------------
+
+
+def test_an_unloaded_alias_is_not_taken_for_a_hub_id(tiny_gpt2, manager):
+    """A generation of a model loaded from a folder under an alias, unloaded since: the lens
+    (and score, attention, given that name) says the model is not loaded, where it came from
+    and how to load it again, instead of looking the alias up on the hub."""
+    from llm_magic.analysis.attention import attention
+    from llm_magic.analysis.tokens import score
+    from llm_magic.errors import ModelNotLoadedError
+
+    manager.load(str(tiny_gpt2), name="mine")
+    g = generate("Hello there", model="mine", max_new_tokens=4, logprobs=1, manager=manager)
+    manager.unload("mine")
+    load = f"lm.load({str(tiny_gpt2)!r}, name='mine')"
+    with pytest.raises(ModelNotLoadedError) as info:
+        logit_lens(g, manager=manager)
+    message = str(info.value)
+    ran = f"Generation {g.id} ran on" if g.id is not None else "The generation ran on"
+    assert message.startswith(f"{ran} 'mine', which is not loaded: it was loaded from "
+                              f"{str(tiny_gpt2)!r} and has been unloaded since.")
+    assert load in message and "--as mine" in message
+    assert "download" not in message and "\n" not in message
+    for call in (lambda: score("Hello there", model="mine", manager=manager),
+                 lambda: attention("Hello there", model="mine", manager=manager)):
+        with pytest.raises(ModelNotLoadedError, match=r"^Model 'mine' is not loaded: it was "
+                                                      r"loaded from .* Load it again with "
+                                                      r"lm\.load\("):
+            call()
+    assert manager.names() == []
+    # Loaded again as the message says, the generation is read with its own ids.
+    manager.load(str(tiny_gpt2), name="mine")
+    lens = logit_lens(g, manager=manager)
+    assert lens.model == "mine" and lens.input_ids == (*g.prompt_ids, *(r.id for r in g.tokens))
+
+
+def test_a_name_that_is_its_own_source_is_loaded_again(manager):
+    """"demo" loaded as "demo": loading the name loads the same model, so it still does."""
+    manager.load("demo")
+    g = generate("The import statement", model="demo", max_new_tokens=3, manager=manager)
+    manager.unload("demo")
+    assert logit_lens(g, manager=manager).model == "demo"
+    assert manager.is_loaded("demo")
+
+
+# -- scales and the static snapshot (issue 27) ------------------------------------------------
+
+
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+    return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+def test_scales_show_the_blocks_and_say_their_units(demo_lens):
+    rows, t, _ = demo_lens.shape
+    kl = demo_lens.scale("kl")
+    # KL is clipped at the blocks' 95th percentile: the embeddings row no longer takes the
+    # whole scale, so the blocks are not all white; the caption says so, in nats.
+    assert kl.dark == pytest.approx(float(np.percentile(demo_lens.kl[1:-1], 95)))
+    assert demo_lens.kl[0].max() > kl.dark
+    assert float(np.median(demo_lens.shade("kl")[1:-1])) > 0.15
+    assert "nats" in kl.caption and "95th percentile of blocks 1 to 3" in kl.caption
+    assert f"the grid's largest is {demo_lens.kl.max():.1f}" in kl.caption
+    # Rank: log scale from rank 1 (darkest) to the blocks' 99th percentile: spread, not navy.
+    rank = demo_lens.scale("rank")
+    assert rank.log and rank.dark == 1 and rank.light >= 10 and "log scale" in rank.caption
+    assert float(np.mean(demo_lens.shade("rank")[1:-1] > 0.9)) < 0.8
+    entropy = demo_lens.scale("entropy")
+    assert "nats" in entropy.caption and entropy.dark == pytest.approx(
+        float(np.percentile(demo_lens.entropy, 95)))
+    assert demo_lens.scale("probability").caption.endswith("0 to 1")
+    for metric in METRICS:
+        scale = demo_lens.scale(metric)
+        marks = [at for at, _ in scale.ticks]
+        assert marks == sorted(marks) and 0 <= marks[0] and marks[-1] <= 1 and len(marks) >= 2
+    # The view shades and captions with the same scales.
+    assert demo_lens.widget().scales == {m: demo_lens.scale(m).as_dict() for m in METRICS}
+
+
+def test_ink_on_every_shade_is_the_one_of_higher_contrast():
+    from llm_magic.common import heatmap
+
+    def contrast(a, b):
+        la, lb = sorted((heatmap.luminance(a), heatmap.luminance(b)), reverse=True)
+        return (la + 0.05) / (lb + 0.05)
+
+    inks = {"#fff": (255, 255, 255), "#000": (0, 0, 0)}
+    for level in range(255):
+        bg = heatmap.colour(level)
+        chosen = heatmap.ink(bg)
+        other = "#000" if chosen == "#fff" else "#fff"
+        assert contrast(bg, inks[chosen]) >= contrast(bg, inks[other]), level
+        assert contrast(bg, inks[chosen]) >= 4.5, level  # WCAG AA on every shade
+    assert heatmap.ink(heatmap.colour(0)) == "#000" and heatmap.ink(heatmap.colour(254)) == "#fff"
+
+
+def test_snapshot_is_labelled_left_aligned_with_its_colour_bar(demo_lens):
+    from html import escape
+
+    from llm_magic.common import heatmap
+
+    html = demo_lens.to_html(metric="kl")
+    # Rows by name, the output on top and the embeddings at the bottom.
+    at = [html.index(f">{name}</th>") for name in reversed(demo_lens.row_names)]
+    assert at == sorted(at) and demo_lens.row_names[-1] == "block 4 (output)"
+    # The legend: what darker means, and the colour bar with the scale's caption and ticks.
+    assert "llm-magic-colourbar" in html and escape(demo_lens.scale("kl").caption) in html
+    assert "rows: layers, the output on top" in html
+    # Left-aligned, whatever the notebook's own table style says.
+    assert html.count("text-align:left") > 10
+    assert "<table style='border-collapse:collapse;margin:0" in html
+    # Text on every shaded cell in the ink of higher contrast (the view's inkOn).
+    cells = re.findall(r"background:(#[0-9a-f]{6});color:(#[0-9a-f]{3,6})", html)
+    assert len(cells) == demo_lens.shape[0] * demo_lens.shape[1]
+    assert {fg for _, fg in cells} == {"#fff", "#000"}
+    assert all(fg == heatmap.ink(_rgb(bg)) for bg, fg in cells)
+    # Every token whole; no unlabelled picture above a table that shows every position.
+    for token in demo_lens.tokens:
+        assert escape(visible(token)) in html
+    assert "…" not in html and "every position" not in html
+
+
+def test_a_long_lens_snapshot_labels_its_overview(models):
+    lens = logit_lens("word " * 60, model="demo", manager=models)
+    html = lens.to_html()
+    rows, t, _ = lens.shape
+    assert "logit lens grid, every position" in html
+    assert f"positions 0 to {t - 1}" in html and "the table below shows the first 48" in html
+    overview = html[:html.index("logit lens grid, every position")]
+    assert all(f">{name}</div>" in overview for name in lens.row_names)

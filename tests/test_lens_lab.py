@@ -25,7 +25,7 @@ SHOWN = {"\n": "\u21b5", "\t": "\u21e5", "\r": "\u240d"}
 
 DUMP = '''import json
 rows, t, k = lens.shape
-print(json.dumps({"layers": lens.layers, "tokens": lens.tokens, "correct": lens.correct,
+print(json.dumps({"layers": lens.row_names, "tokens": lens.tokens, "correct": lens.correct,
                   "top": [[lens.top(r, p) for p in range(t)] for r in range(rows)]}))'''
 
 # The hover panel as the page shows it.
@@ -134,14 +134,14 @@ def test_grid_hover_focus_metric_and_stride(open_notebook, app):
     root.locator("select.llm-lens-metric").select_option("kl")
     drawn(nb, "kl:1")
     assert nb.page.evaluate(CANVAS_PIXELS_JS, GRID)["hash"] != first["hash"], "nothing redrew"
-    assert "KL" in root.locator(".llm-lens-legend").inner_text()
+    assert "KL to the final layer, nats" in root.locator(".llm-lens-scale").inner_text()
     root.locator("select.llm-lens-metric").select_option("rank")
     drawn(nb, "rank:1")
     root.locator("select.llm-lens-stride").select_option("2")
     drawn(nb, "rank:2")
     assert root.locator("canvas.llm-lens-grid").get_attribute("data-rows") == "4,2,0"
     labels = root.locator(".llm-lens-rows .llm-lens-label").all_text_contents()
-    assert labels == ["block 4", "block 2", "embeddings"]
+    assert labels == ["block 4 (output)", "block 2", "embeddings"]
     hover_cell(root, 1, 3, 3, size)
     check_panel(nb, root, lens, 2, 3)
     (state,) = nb.run_and_wait(3)
@@ -150,3 +150,74 @@ def test_grid_hover_focus_metric_and_stride(open_notebook, app):
     assert nb.outside_requests() == [], "the page fetched from outside loopback"
     errors = [e for e in nb.errors if not (app == "notebook" and e in NOTEBOOK7_OWN)]
     assert errors == [], nb.errors
+
+
+# -- the legend and colour bar, whole tokens, the width (issue 27) -------------------------
+
+LONG = ("The import statement combines two operations: it searches for the named module, "
+        "then it binds the results of that search to a name in the local scope.")
+SCALES = """import json
+print(json.dumps({m: lens.scale(m).caption for m in ("probability", "rank", "entropy", "kl")}))"""
+# Labels whose text the page clips (wider or taller than their box).
+CLIPPED = """(root, selector) => [...root.querySelectorAll(selector)]
+  .filter(l => l.scrollWidth > l.clientWidth + 1 || l.scrollHeight > l.clientHeight + 1)
+  .map(l => l.textContent)"""
+FITS = """root => {
+  const area = root.closest('.jp-OutputArea-output').getBoundingClientRect();
+  const me = root.getBoundingClientRect();
+  const scroll = root.querySelector('.llm-lens-scroll').getBoundingClientRect();
+  return [me.left >= area.left - 1, me.right <= area.right + 1, scroll.right <= area.right + 1,
+          root.scrollWidth <= root.clientWidth + 1];
+}"""
+
+
+def test_colour_bar_whole_tokens_named_rows_and_width(open_notebook):
+    nb = open_notebook([
+        "import llm_magic as lm\nlm.load('demo');",
+        f"lens = lm.logit_lens({LONG!r}, model='demo')\nv = lens.widget()\nv",
+        DUMP,
+        SCALES,
+    ])
+    nb.run_and_wait(0, timeout=180)
+    nb.run_and_wait(1)
+    (line,) = nb.run_and_wait(2)
+    lens = json.loads(line)
+    (line,) = nb.run_and_wait(3)
+    captions = json.loads(line)
+    root = nb.cell(1).locator(VIEW)
+    root.wait_for()
+    drawn(nb, "probability:1")
+    root.scroll_into_view_if_needed()
+
+    # The legend has a colour bar whose caption is the kernel's scale: unit, range, clipping.
+    for metric, words in (("probability", "0 to 1"), ("rank", "log scale"),
+                          ("entropy", "nats"), ("kl", "nats")):
+        if metric != "probability":
+            root.locator("select.llm-lens-metric").select_option(metric)
+            drawn(nb, f"{metric}:1")
+        caption = root.locator(".llm-lens-scale .llm-colourbar-caption").text_content()
+        assert caption == captions[metric] and words in caption, (metric, caption)
+        assert root.locator(".llm-lens-scale canvas.llm-colourbar-ramp").is_visible()
+        ticks = root.locator(".llm-lens-scale .llm-colourbar-tick").all_text_contents()
+        assert len(ticks) >= 2 and all(ticks), ticks
+    assert "95th percentile" in captions["kl"] and "the grid's largest is" in captions["kl"]
+    nb.artifacts.mkdir(parents=True, exist_ok=True)
+    root.screenshot(path=str(nb.artifacts / "lens_kl_1280.png"))
+
+    # Rows by name, the output on top; every token whole in the cells and along both axes.
+    labels = root.locator(".llm-lens-rows .llm-lens-label").all_text_contents()
+    assert labels == list(reversed(lens["layers"]))
+    assert labels[0] == "block 4 (output)" and labels[-1] == "embeddings"
+    assert root.locator("canvas.llm-lens-grid").get_attribute("data-cut") == "0"
+    inputs = root.locator(".llm-lens-inputs .llm-lens-label").all_text_contents()
+    assert inputs == [visible(t) for t in lens["tokens"]]
+    assert root.evaluate(CLIPPED, ".llm-lens-axis .llm-lens-label") == []
+
+    # The view fits its output area at 1280 and 900 px; the grid scrolls inside it.
+    for width in (1280, 900):
+        nb.page.set_viewport_size({"width": width, "height": 900})
+        nb.page.wait_for_timeout(300)
+        assert nb.page.evaluate("document.documentElement.scrollWidth") <= width
+        assert all(root.evaluate(FITS)), (width, root.evaluate(FITS))
+        root.screenshot(path=str(nb.artifacts / f"lens_{width}.png"))
+    assert nb.errors == [], nb.errors

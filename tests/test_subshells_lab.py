@@ -282,3 +282,57 @@ def test_without_subshells_clicks_act_after_the_cell_and_the_panel_says_so(open_
     name.filter(has_text="demo (pinned)").wait_for(timeout=10_000)
     nb.screenshot("clicks-wait")
     assert nb.outside_requests() == []
+
+
+def test_stop_in_the_models_table_stops_a_running_cell_and_keeps_its_text(open_notebook,
+                                                                         long_model):
+    """The Stop that "Model 'long' is generating. Stop that generation first" points at.
+
+    Clicked while a ``%%llm`` cell generates, it stops that generation within a
+    fraction of a second: the cell ends (no traceback) and shows the text it made
+    so far, which ``_llm`` keeps.
+    """
+    nb = open_notebook([
+        f"%load_ext llm_magic\n%llm load {long_model} --as long",
+        "import llm_magic as lm\nlm.panel()",
+        f"%%llm long -n {TOKENS} --no-chat\nHello",
+        "print(_llm.stats.stop_reason, _llm.stats.new_tokens, len(_llm.text))",
+    ])
+    nb.run_and_wait(0, timeout=240)
+    nb.run_and_wait(1)
+    table = nb.cell(1).locator(".llm-magic-models")
+    row = table.locator("tr[data-model='long']")
+    row.wait_for()
+    assert row.locator("button[data-action='stop']").count() == 0  # only while it generates
+    nb.run(2)
+    nb.page.wait_for_function(
+        "([cells, i]) => { const o = document.querySelectorAll(cells)[i]"
+        ".querySelector('.jp-OutputArea-output'); return o && o.innerText.length > 20; }",
+        arg=[nb.cells_selector, 2])
+    _assert_busy(_state(nb, 2), "lab", "the cell started streaming")
+    assert row.locator("[data-field='last_used']").inner_text() == "generating"
+    stop = row.locator("button[data-action='stop']")
+    table.scroll_into_view_if_needed()
+    nb.screenshot("stop-in-the-table")
+    stop.evaluate("b => b.addEventListener('click', () => { window.__clickedAt = "
+                  "performance.now(); }, {capture: true, once: true})")
+    stop.click()
+    nb.wait_done(2, timeout=60)
+    ended = nb.page.evaluate("performance.now()") - nb.page.evaluate("window.__clickedAt")
+    print(f"the cell ended {ended:.0f} ms after the click on Stop")
+    assert ended < 2 * ACT_WITHIN_MS, f"the cell ended {ended:.0f} ms after the click"
+    outputs = nb.outputs(2)
+    assert len(outputs) == 1 and "Traceback" not in outputs[0] and "KeyboardInterrupt" not in (
+        outputs[0]), outputs
+    shown = nb.cell(2).locator(".jp-OutputArea-output pre.llm-magic-output").inner_text()
+    footer = nb.cell(2).locator(".jp-OutputArea-output small").inner_text()
+    assert footer.startswith("long: ") and footer.endswith("(interrupted)"), footer
+    table.locator(".lm-notice").filter(
+        has_text="Stopped the generation on 'long'; its text so far is kept.").wait_for()
+    row.locator("button[data-action='stop']").wait_for(state="detached", timeout=5000)
+    reason, count, length = nb.run_and_wait(3)[0].split()
+    assert reason == "interrupted" and 0 < int(count) < TOKENS
+    assert int(length) == len(shown) > 20  # the cell shows all the text that _llm keeps
+    nb.cell(2).scroll_into_view_if_needed()
+    nb.screenshot("cell-stopped-from-the-table")
+    assert nb.outside_requests() == []

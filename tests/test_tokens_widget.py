@@ -8,20 +8,26 @@ came from; branching goes through the same message path as a click in the page
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import shutil
+import subprocess
 import threading
 from html import escape
+from html.parser import HTMLParser
 
 import numpy as np
 import pytest
 
-from llm_magic.analysis.tokens import score
+from llm_magic.analysis.tokens import legend, score, shaded_html
 from llm_magic.backends.base import TokenRecord
+from llm_magic.common.visible import visible
 from llm_magic.errors import InvalidOptionError
 from llm_magic.generation import Generation, GenerationStats, branch, generate
 from llm_magic.manager import ModelManager
 from llm_magic.widgets import tokens as tokens_module
-from llm_magic.widgets.tokens import SCORES_NOTE, SERVED_NOTE, TokensWidget, encode
+from llm_magic.widgets._common import SHARED_ESM, STATIC
+from llm_magic.widgets.tokens import SCORES_NOTE, SERVED_NOTE, TokensWidget, encode, stopped
 
 MARKUP = "The <img src=x onerror=\"window.__xss=1\"> statement <b>binds</b> a name."
 VIEW_MIME = "application/vnd.jupyter.widget-view+json"
@@ -199,14 +205,20 @@ def test_clicking_an_alternative_branches_and_crumbs_go_back(models, name):
     assert made.text == want.text == view.stream
     assert view.current == 1 and [c["state"] for c in view.crumbs] == ["done", "done"]
     assert view.crumbs[1]["position"] == 3 and view.crumbs[1]["parent"] == 0
-    assert "@3" in view.crumbs[1]["label"]
+    replaced = f"token 3 replaced by \u201c{visible(made.tokens[3].text)}\u201d"
+    assert view.crumbs[0]["label"] == "original"
+    assert view.crumbs[1]["label"] == f"branch 1: {replaced}"
+    assert view.crumbs[1]["title"] == f"made from the original; {stopped(made.stats.stop_reason)}"
     same_records(decoded(view), made.tokens)
-    assert "branched at 3" in view.title
+    assert view.title == f"{name}, branch 1: {replaced}; 10 tokens, " \
+        "stopped: reached the token limit"
     # A branch of the branch, then the breadcrumbs back to the root.
     click(view, action="branch", position=6, choice=2)
     view.wait(60)
     assert view.error == "" and len(view.results) == 3
     assert view.results[2].parent == made.id and view.crumbs[2]["parent"] == 1
+    assert view.crumbs[2]["label"].startswith("branch 2: token 6 replaced by \u201c")
+    assert view.crumbs[2]["title"].startswith("made from branch 1; stopped: ")
     choose_crumb(view, 0)
     assert view.current == 0 and view.ids == root_ids
     same_records(decoded(view), g.tokens)
@@ -238,6 +250,7 @@ def test_a_click_returns_at_once_and_one_branch_runs_at_a_time(models, monkeypat
     assert "being generated" in view.error and len(view.crumbs) == 2
     choose_crumb(view, 0)  # the page may look at the root meanwhile
     assert view.ids == TokensWidget(g).ids
+    assert view.crumbs[1]["label"] == "branch 1: token 1, generating\u2026"
     release.set()
     view.wait(60)
     assert threads and threads[0] is not threading.current_thread()
@@ -278,3 +291,133 @@ def test_stop_keeps_the_branch_so_far(models):
     assert view.state == "idle" and len(view.results) == 2
     assert view.crumbs[1]["state"] in ("done", "stopped")
     view.close()
+
+
+# -- words, units, contrast and right-to-left controls ---------------------------------
+
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+
+
+def test_titles_and_units_are_words_and_nats(models):
+    g = generate("The import statement", model="demo", max_new_tokens=5, logprobs=2,
+                 manager=models)
+    view = TokensWidget(g, manager=models)
+    assert view.title == "demo, the original; 5 tokens, stopped: reached the token limit"
+    assert [stopped(r) for r in ("eos", "stop", "interrupted")] == [
+        "stopped: the model ended the text", "stopped: reached a stop sequence",
+        "stopped: interrupted"]
+    s = score("The import statement binds a name.", model="demo", logprobs=2, manager=models)
+    assert TokensWidget(s, manager=models).title == (
+        f"demo: {len(s.ids)} tokens, {len(s.tokens)} scored; log-probability {s.logprob:.3f} nats, "
+        f"perplexity {s.perplexity:.2f}")
+    for metric in ("surprisal", "entropy"):
+        assert "in nats" in view.legends[metric]
+    assert not any("log2" in line or "bits" in line for line in view.legends.values())
+
+
+def _records() -> tuple[TokenRecord, ...]:
+    """Every shade from white to the darkest, a token with U+202E, one outside the top."""
+    out = []
+    for i, p in enumerate([0.999, 0.9, 0.7, 0.5, 0.3, 0.15, 0.05, 0.01, 0.001]):
+        lp = math.log(p)
+        out.append(TokenRecord(i, f" w{i}", lp, 1, ((i, f" w{i}", lp), (99, " x", lp - 1)),
+                               entropy=float(i)))
+    out.append(TokenRecord(50, "\u202eevil", -2.0, 1, ((50, "\u202eevil", -2.0),), 0.5))
+    out.append(TokenRecord(53, ".\n", -0.5, 1, ((53, ".\n", -0.5),), 0.1))
+    out.append(TokenRecord(51, " far", -9.0, 7, ((52, "\u2067y", -0.1),), 0.2))
+    return tuple(out)
+
+
+class _Spans(HTMLParser):
+    """The style and text of every element of a snapshot, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: list[dict[str, str]] = []
+        self.stack: list[dict[str, str]] = []
+
+    def handle_starttag(self, tag, attrs):
+        item = {"tag": tag, **{k: v or "" for k, v in attrs}, "text": ""}
+        self.items.append(item)
+        self.stack.append(item)
+
+    def handle_endtag(self, tag):
+        self.stack.pop()
+
+    def handle_data(self, data):
+        if self.stack:
+            self.stack[-1]["text"] += data
+
+
+def _contrast(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    """WCAG 2 contrast ratio, written out here on its own."""
+    def lum(c):
+        lin = [v / 255 / 12.92 if v / 255 <= 0.03928 else ((v / 255 + 0.055) / 1.055) ** 2.4
+               for v in c]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    hi, lo = sorted((lum(a), lum(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def _hex(colour: str) -> tuple[int, ...]:
+    colour = colour.strip().lstrip("#")
+    if len(colour) == 3:
+        colour = "".join(ch * 2 for ch in colour)
+    return tuple(int(colour[i:i + 2], 16) for i in (0, 2, 4))
+
+
+@pytest.mark.parametrize("metric", ["probability", "entropy", "surprisal"])
+def test_the_snapshot_is_labelled_isolated_and_readable(metric):
+    records = _records()
+    html = shaded_html(records, lead="Say \u202eevil\u202c twice\n", metric=metric,
+                       title="demo, the original; 11 tokens, stopped: reached the token limit")
+    assert not any(ch in html for ch in BIDI), "a bidi control reached the page"
+    parser = _Spans()
+    parser.feed(html)
+    root = parser.items[0]
+    assert root["dir"] == "ltr" and "text-align:left" in root["style"]
+    texts = [i["text"] for i in parser.items if i["text"]]
+    assert texts[0] == (f"Token probabilities, shaded by {metric}; point at a token for its "
+                        "alternatives.")
+    assert texts[1] == "demo, the original; 11 tokens, stopped: reached the token limit"
+    assert texts[-1] == legend(metric, "raw")
+    lead, *tokens = [i for i in parser.items if "unicode-bidi:isolate" in i.get("style", "")]
+    assert lead["text"] == "Say \\u202eevil\\u202c twice\u21b5\n"
+    assert [t["text"] for t in tokens] == [visible(r.text) for r in records]
+    assert tokens[-3]["text"] == "\\u202eevil" and "\\u2067y" in tokens[-1]["title"]
+    assert ".\u21b5</span><br>" in html  # the box, then the break, as in the live view
+    styles = [dict(part.split(":", 1) for part in t["style"].split(";") if part)
+              for t in tokens]
+    ratios = [_contrast(_hex(s["background"]), _hex(s["color"])) for s in styles]
+    assert min(ratios) >= 4.5, ratios
+    assert len({s["background"] for s in styles}) > 5  # the whole ramp is there
+    assert "dashed" in styles[-1]["outline"] and "outline" not in styles[0]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="no node on this machine")
+def test_the_snapshot_inks_text_as_the_page_does(tmp_path):
+    from llm_magic.analysis.tokens import _colour
+    from llm_magic.common.heatmap import ink
+
+    colours = ([list(_colour(x / 50)) for x in range(51)]
+               + [[r, g, b] for r in range(0, 256, 51) for g in range(0, 256, 51)
+                  for b in range(0, 256, 85)])
+    script = tmp_path / "ink.js"
+    script.write_text((STATIC / SHARED_ESM).read_text() + (STATIC / "tokens.js").read_text()
+                      .split("// One branch's records")[0].replace("export default", "//")
+                      + f"\nconst cs = {json.dumps(colours)};\n"
+                      "const ramp = cs.slice(0, 51).map((c, i) => shadeColour(i / 50));\n"
+                      "process.stdout.write(JSON.stringify({ink: cs.map(inkOn), ramp}));\n")
+    run = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert run.returncode == 0, run.stderr
+    page = json.loads(run.stdout)
+    assert page["ink"] == [ink(c) for c in colours]
+    assert page["ramp"] == colours[:51]
+
+
+def test_a_prompt_with_a_right_to_left_override_shows_it_written_out(models):
+    g = generate("Say \u202eevil", model="demo", max_new_tokens=4, logprobs=2, manager=models)
+    view = TokensWidget(g, manager=models)
+    html = view.html()
+    assert "Say \\u202eevil" in html and "\u202e" not in html

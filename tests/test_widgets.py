@@ -24,9 +24,10 @@ import llm_magic as lm
 from llm_magic.errors import LLMMagicWarning
 from llm_magic.manager.room import budget
 from llm_magic.resources.sampler import Sampler
+from llm_magic.widgets._common import stop_running
 from llm_magic.widgets.cells import CellFigures, watch_cells
 from llm_magic.widgets.models import ModelManagerPanel, ModelsView
-from llm_magic.widgets.monitor import Monitor, gpu_note
+from llm_magic.widgets.monitor import Monitor, gpu_note, gpu_reason
 from llm_magic.widgets.panel import Panel
 from llm_magic.widgets.playground import Playground
 
@@ -112,20 +113,39 @@ def test_monitor_traits_follow_the_sampler_from_its_thread(sampler):
     assert not sampler.is_running
 
 
-def test_without_gpu_figures_one_line_says_why(sampler):
+def test_without_gpu_figures_the_first_line_says_cpu_only_and_why(sampler):
     m = Monitor(sampler=sampler)
     try:
         sample = sampler.latest()
         assert sample is not None
         if sample.gpus:  # a machine with a GPU shows it instead
-            assert m.gpus and m.gpu_note == ""
-        else:
-            assert m.gpus == [] and m.gpu_note == gpu_note(sample.gpu_error)
-            assert m.gpu_note.startswith("No NVIDIA GPU is visible: ")
-            assert m.gpu_note in repr(m)
+            assert m.gpus and m.gpu_note == "" and m.gpu_reason == ""
+        else:  # a fact about the machine, not an error; the reason is for who asks
+            assert m.gpus == [] and m.gpu_note == "CPU only"
+            assert m.gpu_reason == gpu_reason(sample.gpu_error)
+            assert m.gpu_reason.startswith("no NVIDIA GPU is visible: ")
+            assert m.lines()[1] == f"CPU only ({m.gpu_reason})"
     finally:
         m.close()
-    assert gpu_note("no NVIDIA GPU") == "No NVIDIA GPU is visible: NVML found no device."
+    assert gpu_note(0) == "CPU only" and gpu_note(2) == ""
+    assert gpu_reason("no NVIDIA GPU") == "no NVIDIA GPU is visible: NVML found no device"
+
+
+def test_sparkline_ages_say_when_each_sample_was_taken(sampler):
+    """The time axis grows with the samples: each row of the series carries its age."""
+    import array
+
+    m = Monitor(sampler=sampler)
+    try:
+        assert _wait_for(lambda: len(m.series) >= 4 * len(m.series_names), timeout=5)
+        m.stop()  # no update between the readings of the two traits
+        rows = len(m.series) // len(m.series_names)
+        ages = array.array("f", m.series_ages)
+        assert len(ages) == rows  # one age per row, oldest first, the newest is 0
+        assert ages[-1] == 0 and list(ages) == sorted(ages, reverse=True)
+        assert 0.1 < ages[0] < 120  # seconds: samples every 0.2 s here
+    finally:
+        m.close()
 
 
 def test_unsupported_nvml_fields_show_as_na(fake_nvml, sampler):  # noqa: F811
@@ -423,3 +443,122 @@ def test_two_generations_on_one_model_never_interleave(manager, long_model):
         stop()
         one.close()
         two.close()
+
+
+# --------------------------------------------------------------------------- Stop in the table
+
+
+def _when_streaming(manager: Any, model: str, act: Any, tokens: int = 10) -> threading.Thread:
+    """A thread that calls ``act()`` once a generation on ``model`` has made ``tokens``."""
+    started: list[Any] = []
+    unsubscribe = manager.events.subscribe(
+        lambda e: started.append(e.data["generation"]) if e.model == model else None,
+        kinds={"generation_start"})
+
+    def wait_then_act() -> None:
+        try:
+            if _wait_for(lambda: bool(started) and started[0].progress()[1] >= tokens, 60):
+                act()
+        finally:
+            unsubscribe()
+
+    thread = threading.Thread(target=wait_then_act, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_stop_in_the_models_table_stops_a_cell_and_keeps_its_text(long_model, capsys):
+    """The Stop that "Model 'x' is generating. Stop that generation first" points at."""
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "llm_magic")
+    manager = lm.get_manager()
+    manager.load(str(long_model), name="stoppable")
+    view = ModelsView(manager=manager)
+    try:
+        clicker = _when_streaming(manager, "stoppable",
+                                  lambda: _click(view, action="stop", name="stoppable"))
+        result = ip.run_cell("%%llm stoppable -n 4000 --no-chat\nHello")
+        clicker.join(10)
+        assert result.error_in_exec is None  # the cell ends as a stopped generation ends
+        gen = ip.user_ns["_llm"]
+        assert gen.interrupted and 0 < gen.stats.new_tokens < 4000 and len(gen.text) > 20
+        assert gen is manager.last_generation
+        assert gen.text in capsys.readouterr().out  # the cell showed the text it kept
+        assert view.notice == "Stopped the generation on 'stoppable'; its text so far is kept."
+        assert not stop_running(manager.events, "stoppable")  # nothing left registered
+        ip.run_cell("%%llm stoppable -n 3 --no-chat\nHello")
+        assert ip.user_ns["_llm"].stats.new_tokens == 3  # the model stays usable
+    finally:
+        view.close()
+        manager.unload("stoppable")
+
+
+def test_stop_in_the_models_table_stops_the_generation_that_holds_the_model(manager,
+                                                                           long_model):
+    """The playground's generation stops; one waiting for the model's lock is left alone."""
+    manager.load(str(long_model), name="long")
+    view = ModelsView(manager=manager)
+    one, two = Playground(manager=manager), Playground(manager=manager)
+    try:
+        one.prompt.value, one.max_new_tokens.value = "Hello", 4000
+        two.prompt.value, two.max_new_tokens.value = "Hello", 40
+        clicker = _when_streaming(manager, "long", lambda: (
+            two.generate(), _click(view, action="stop", name="long")))
+        one.generate(wait=True)
+        clicker.join(10)
+        two._thread.join()  # type: ignore[union-attr]
+        assert one.output.state == "stopped" and one.last is not None
+        assert 0 < one.last.stats.new_tokens < 4000 and one.output.text == one.last.text
+        assert two.output.state == "done" and two.last is not None
+        assert two.last.stats.new_tokens == 40  # it waited, then ran to its end
+    finally:
+        view.close()
+        one.close()
+        two.close()
+
+
+def test_stop_on_a_model_with_nothing_stoppable_says_why_in_one_line(manager, long_model):
+    manager.load(str(long_model), name="long")
+    view = ModelsView(manager=manager)
+    try:
+        _click(view, action="stop", name="long")
+        assert view.error == "Nothing runs on 'long' now: its generation has ended."
+        done: list[Any] = []
+        clicker = _when_streaming(manager, "long",
+                                  lambda: _click(view, action="stop", name="long"))
+        done.append(lm.generate("Hello", model="long", max_new_tokens=200, manager=manager))
+        clicker.join(10)
+        assert done[0].stats.new_tokens == 200  # plain code passed no stop_event: not stopped
+        assert view.error.startswith("Model 'long' is busy with work this panel cannot stop")
+        assert "interrupt the kernel" in view.error and "\n" not in view.error
+    finally:
+        view.close()
+
+
+# --------------------------------------------------------------------------- static snapshots
+
+
+def test_panel_snapshot_shows_the_table_the_load_form_and_the_playground(manager, sampler,
+                                                                         tiny_gpt2):
+    manager.load(str(tiny_gpt2), name="tiny")
+    panel = Panel(manager=manager, sampler=sampler)
+    try:
+        data = _bundle(panel)
+        html, plain = data["text/html"], data["text/plain"]
+        for label in ("<b>Models</b>", "<b>Playground</b>", ">estimated<", ">measured<",
+                      ">last used<", ">tiny<", "source ", "demo, a model folder or a hub id",
+                      "dtype ", "device ", ">Load<", "prompt ", "Write a prompt…",
+                      "temperature ", "top-p ", "max tokens ", "seed ", ">Generate<", ">Stop<"):
+            assert label in html, label
+        assert html.index("<b>Models</b>") < html.index(">Load<") < html.index(
+            "<b>Playground</b>") < html.index(">Generate<")
+        assert "dashed" in html.split(">Generate<")[1].split(">Stop<")[0]  # Stop is disabled
+        assert plain.splitlines() == [
+            "Models", panel.models.view.lines()[0],
+            "load a model: source: (demo, a model folder or a hub id), dtype: auto, "
+            "device: auto [Load]",
+            "Playground", "prompt: (empty)",
+            "model: tiny, seed: (none), temperature: 0.00, top-p: 1.00, max tokens: 128",
+            "[Generate] [Stop (disabled)]"]
+    finally:
+        panel.close()

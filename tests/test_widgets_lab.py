@@ -58,7 +58,7 @@ def test_monitor_renders_and_moves_while_another_cell_generates(open_notebook, l
     assert first[0].endswith(" %") and " / " in first[1] and first[2].endswith("B")
     gpus = view.locator(".lm-gpu").count()
     note = _field(view, "gpu-note")
-    assert gpus > 0 or note.startswith("No NVIDIA GPU is visible: "), (gpus, note)
+    assert gpus > 0 or note == "CPU only", (gpus, note)
     assert _field(view, "state") == "live"
     assert view.locator("canvas").count() >= 1
     nb.run(2)  # busy from here on
@@ -210,11 +210,105 @@ def test_the_monitor_renders_in_notebook_7(open_notebook):
     view.locator("[data-field='cpu']").filter(has_text="%").wait_for()
     first = _monitor_state(nb, 0)
     assert " / " in first[1]
-    assert view.locator(".lm-gpu").count() > 0 or _field(view, "gpu-note").startswith(
-        "No NVIDIA GPU is visible")
+    assert view.locator(".lm-gpu").count() > 0 or _field(view, "gpu-note") == "CPU only"
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and _monitor_state(nb, 0) == first:
         nb.page.wait_for_timeout(300)
     assert _monitor_state(nb, 0) != first, "the gauges did not update in Notebook 7"
     nb.screenshot("monitor-notebook7")
+    assert nb.outside_requests() == []
+
+
+# The computed look of an element: what a user sees of it, as the page styles it.
+_LOOK_JS = """e => { const s = getComputedStyle(e); return {background: s.backgroundColor,
+  color: s.color, border: s.borderTopStyle, cursor: s.cursor, opacity: s.opacity,
+  fontSize: s.fontSize}; }"""
+
+
+def test_disabled_buttons_look_disabled(open_notebook, long_model):
+    nb = open_notebook([
+        f"%load_ext llm_magic\n%llm load {long_model} --as long",
+        "import llm_magic as lm\np = lm.panel()\np.playground.max_new_tokens.value = 6000\np",
+        "m = lm.monitor()\nm",
+        "m.stop()",
+    ])
+    nb.run_and_wait(0, timeout=180)
+    nb.run_and_wait(1)
+    playground = nb.cell(1).locator(".llm-magic-playground")
+    generate = playground.locator("button", has_text="Generate")
+    stop = playground.locator("button", has_text="Stop")
+    assert stop.is_disabled() and generate.is_enabled()
+    idle_stop, idle_generate = stop.evaluate(_LOOK_JS), generate.evaluate(_LOOK_JS)
+    playground.locator("textarea").fill("Hello")
+    generate.click()
+    playground.locator("[data-field='state']").filter(has_text="generating").wait_for()
+    assert stop.is_enabled() and generate.is_disabled()
+    busy_stop, busy_generate = stop.evaluate(_LOOK_JS), generate.evaluate(_LOOK_JS)
+    playground.scroll_into_view_if_needed()
+    nb.screenshot("playground-buttons-while-generating")
+    stop.click()
+    playground.locator("[data-field='state']").filter(has_text="stopped").wait_for()
+    # Each button looks different disabled than enabled, and every disabled one alike: grey,
+    # a dashed edge, no pointer (not the button's colour faded, which read as active).
+    for disabled, enabled in ((idle_stop, busy_stop), (busy_generate, idle_generate)):
+        assert disabled["background"] != enabled["background"], (disabled, enabled)
+        assert (disabled["border"], disabled["cursor"]) == ("dashed", "not-allowed"), disabled
+        assert enabled["border"] != "dashed" and enabled["cursor"] != "not-allowed", enabled
+    assert idle_stop == busy_generate  # one disabled look, whatever the button's style
+    nb.run_and_wait(2)
+    close = nb.cell(2).locator(f"{MONITOR} .lm-close")
+    live = close.evaluate(_LOOK_JS)
+    nb.run_and_wait(3)
+    nb.cell(2).locator(f"{MONITOR} [data-field='state']").filter(has_text="stopped").wait_for()
+    assert close.is_disabled()
+    stopped = close.evaluate(_LOOK_JS)
+    assert (stopped["border"], stopped["cursor"]) == ("dashed", "not-allowed"), stopped
+    assert stopped["background"] != live["background"]
+    assert nb.outside_requests() == []
+
+
+def test_monitor_first_line_is_neutral_and_the_sparkline_has_axes(open_notebook):
+    nb = open_notebook(["import llm_magic as lm\nlm.monitor()"])
+    nb.run_and_wait(0)
+    view = nb.cell(0).locator(MONITOR)
+    view.locator("[data-field='cpu']").filter(has_text="%").wait_for()
+    if view.locator(".lm-gpu").count() == 0:  # a CPU machine: every machine here
+        note = view.locator("[data-field='gpu-note']")
+        reason = view.locator("[data-field='gpu-reason']")
+        assert note.inner_text() == "CPU only"
+        assert reason.inner_text().startswith("no NVIDIA GPU is visible: ")
+        assert view.locator(".lm-note").get_attribute("title") == reason.inner_text()
+        # The first line reads as a fact: the colour of the title, not a warning's or an
+        # error's; the reason is smaller and grey.
+        title = view.locator(".lm-title").evaluate(_LOOK_JS)
+        look, why = note.evaluate(_LOOK_JS), reason.evaluate(_LOOK_JS)
+        assert look["color"] == title["color"], (look, title)
+        assert float(why["fontSize"][:-2]) < float(look["fontSize"][:-2])
+        assert why["color"] != look["color"]
+    spark = view.locator("[data-field='host-sparkline']")
+    axes = view.locator(".lm-host .lm-spark-box")
+    assert axes.locator(".lm-y-axis").inner_text().split() == ["100", "%", "50", "%", "0", "%"]
+    assert axes.locator(".lm-x-axis").inner_text().split()[-1] == "now"
+    # The RAM line's key has the colour of the RAM bar's used part.
+    key = view.locator(".lm-host .lm-legend .lm-key", has_text="RAM").evaluate(
+        "e => getComputedStyle(e).borderLeftColor")
+    used = view.locator(".lm-host .lm-fill-other").first.evaluate(
+        "e => getComputedStyle(e).backgroundColor")
+    assert key == used, (key, used)
+    nb.page.wait_for_timeout(14_000)
+    since = view.locator("[data-field='host-sparkline-from']").inner_text()
+    assert re.fullmatch(r"\d+ s ago", since) and 12 <= int(since.split()[0]) <= 30, since
+    # The time axis is the samples so far: the lines start at its left end, not at 90 %.
+    columns = spark.evaluate("""c => {
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      const drawn = new Set();
+      for (let i = 0; i < d.length; i += 4) {
+        if (d[i + 3] > 0 && Math.max(d[i], d[i + 1], d[i + 2]) - Math.min(d[i], d[i + 1],
+            d[i + 2]) > 60) drawn.add(((i / 4) % c.width) / c.width);
+      }
+      return [Math.min(...drawn), Math.max(...drawn)];
+    }""")
+    assert columns[0] < 0.05 and columns[1] > 0.95, columns
+    view.scroll_into_view_if_needed()
+    nb.screenshot("monitor-axes")
     assert nb.outside_requests() == []

@@ -64,8 +64,9 @@ def _monitor(nb: Notebook, view: Any) -> None:
 
 
 def _hover_token(nb: Notebook, view: Any) -> None:
-    view.locator(".llm-tokens-text .llm-tokens-token").nth(5).hover()
+    view.locator(".llm-tokens-text .llm-tokens-token").nth(5).click()  # pins it
     view.locator(".llm-tokens-panel tr.llm-tokens-alt").first.wait_for()
+    nb.page.mouse.move(1, 1)
 
 
 def _hover_heatmap(nb: Notebook, view: Any) -> None:
@@ -93,8 +94,7 @@ VIEWS = [
          ".llm-lens", "canvas.llm-lens-grid"),
     View("compare", "llm_magic.widgets.compare",
          [LOAD, "lm.compare('The import statement', model='demo', max_new_tokens=30, settings=["
-                "{'temperature': 0}, {'temperature': 0.8, 'seed': 1}, "
-                "{'temperature': 1.5, 'seed': 1}])"],
+                "{'temperature': 0}, {'temperature': 0.7, 'seed': 1}])"],
          ".llm-cmp", ".llm-cmp-piece"),
 ]
 

@@ -15,6 +15,15 @@ Columns may have any lengths.
 With one model and several settings there is no other model: a token's Δ is
 its log-probability minus that of the model's greedy choice at that step.
 
+A model on a server (``transformers serve``, vLLM, …) cannot teacher-force a
+given text, and ``transformers serve`` sends no log-probabilities at all, so
+served columns are generated without asking for any. A served column's text
+is scored by each model of the comparison that runs in this kernel: its Δ is
+that model's log-probability of each piece minus that of its likeliest token
+at that step (where the served model's choices leave the local model's). A
+column whose only reference is served is not shaded. Either way
+:attr:`Comparison.column_notes` says which column could not be scored, and why.
+
 The first position where the greedy choices diverge (the two models' likeliest
 next tokens differ, or a sampled token is not the greedy one) is marked.
 
@@ -29,19 +38,21 @@ Examples
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..backends.base import Backend
 from ..common import views as _views
+from ..common.text import check_text
 from ..errors import InvalidOptionError, LLMMagicError
 from ..generation import generate
 from ..manager import ModelManager, get_manager
 from ._align import Piece, boundaries, by_characters, by_tokens, compatible
 
 if TYPE_CHECKING:
-    from ..backends.base import Backend
     from ..generation import Generation
 
 __all__ = ["Comparison", "CrossScore", "Piece", "compare"]
@@ -73,6 +84,12 @@ class CrossScore:
     divergence : int or None
         Index into ``pieces`` of the first position where the greedy choices
         diverge; None when they never do.
+    scored_by : str
+        Who read the text: "both" (the column's model and the reference),
+        "own" (the column's model alone, against its greedy choice: the
+        reference is "greedy") or "reference" (the reference alone: the
+        column's model is served and cannot score a text, so ``own`` is NaN
+        and the pieces are the reference's tokens of the column's output).
     """
 
     column: int
@@ -81,16 +98,22 @@ class CrossScore:
     by: str
     pieces: tuple[Piece, ...]
     divergence: int | None
+    scored_by: str = "both"
 
     @property
     def deltas(self) -> list[float]:
-        """Per piece: the reference model's log-probability minus the column model's.
+        """Per piece, in nats: the reference model's log-probability minus the column model's.
 
-        Against "greedy": the piece's log-probability minus the greedy choice's
-        (0 where the greedy choice was taken, negative where it was not).
+        Scored by its own model alone (reference "greedy"): the piece's
+        log-probability minus the greedy choice's (0 where the greedy choice
+        was taken, negative where it was not). Scored by the reference alone:
+        the reference's log-probability of the piece minus that of its own
+        likeliest token there (0 where the reference would have chosen it).
         """
-        if self.reference == "greedy":
+        if self.reference == "greedy" or self.scored_by == "own":
             return [p.own - p.other for p in self.pieces]
+        if self.scored_by == "reference":
+            return [p.other - p.other_top[2] for p in self.pieces]
         return [p.other - p.own for p in self.pieces]
 
 
@@ -99,8 +122,9 @@ class Comparison(list):  # type: ignore[type-arg]
 
     A list of :class:`~llm_magic.Generation` (so ``_llm[0].text`` works after
     ``%%llm a b --compare``) that also holds ``labels`` (one per column),
-    ``cross`` (the :class:`CrossScore` of every column against every reference)
-    and ``notes`` (what could not be scored, and why).
+    ``cross`` (the :class:`CrossScore` of every column against every reference),
+    ``column_notes`` (per column: what could not be scored there and why, or
+    "") and ``notes`` (every note, each naming its column).
 
     Examples
     --------
@@ -110,11 +134,14 @@ class Comparison(list):  # type: ignore[type-arg]
 
     def __init__(self, generations: Sequence[Generation], labels: Sequence[str],
                  cross: Sequence[CrossScore] = (), notes: Sequence[str] = (),
-                 prompt: str = "") -> None:
+                 prompt: str = "", column_notes: Sequence[str] = ()) -> None:
         super().__init__(generations)
         self.labels = tuple(labels)
         self.cross = tuple(cross)
-        self.notes = tuple(notes)
+        self.column_notes = tuple(column_notes) or ("",) * len(self)
+        self.notes = tuple(notes) or tuple(
+            f"{label}: {note}" for label, note in zip(self.labels, self.column_notes,
+                                                      strict=False) if note)
         self.prompt = prompt
         #: The live view that showed this comparison as it streamed (None if none did).
         self.live: Any = None
@@ -179,6 +206,9 @@ def compare(prompt: str, models: Sequence[str] | None = None,
     Returns
     -------
     Comparison
+        Every column is generated even where it cannot be scored: a served
+        model (no log-probabilities) is read by the comparison's models in this
+        kernel, and ``column_notes`` says which column was not scored and why.
 
     Examples
     --------
@@ -187,6 +217,7 @@ def compare(prompt: str, models: Sequence[str] | None = None,
     >>> c.divergence(1)                                                  # doctest: +SKIP
     """
     manager = manager or get_manager()
+    check_text(prompt, "The prompt")
     columns = _columns(manager, models, settings, model, options)
     labels = _labels(columns, settings is not None)
     live = _live(labels, prompt) if stream is True else None
@@ -205,7 +236,7 @@ def compare(prompt: str, models: Sequence[str] | None = None,
             live.failed(str(exc) or type(exc).__name__)
         raise
     cross, notes = _cross_scores(manager, generations, single=len({n for n, _ in columns}) == 1)
-    result = Comparison(generations, labels, cross, notes, prompt)
+    result = Comparison(generations, labels, cross, prompt=prompt, column_notes=notes)
     if live is not None:
         live.show(result)
         result.live = live
@@ -220,15 +251,14 @@ def _columns(manager: ModelManager, models: Sequence[str] | None,
              options: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     if isinstance(models, str):
         models = [models]
-    # The token ids of each column are what cross-scoring reads: one record per token.
-    options = {**options, "logprobs": options.get("logprobs") or 1}
     if settings is None:
         if model is not None:
             models = [model, *(models or [])]
         if not models or len(models) < 2:
             raise InvalidOptionError("compare needs two models or more (models=['a', 'b']), or "
                                      "one model with several settings (settings=[{...}, {...}]).")
-        return [(_loaded(manager, m), dict(options)) for m in models]
+        names = [_loaded(manager, m) for m in models]
+        return [(n, _with_records(manager, n, options)) for n in names]
     if models and len(models) > 1:
         raise InvalidOptionError("Compare several models or several settings, not both: give "
                                  "one model with settings=[...].")
@@ -245,8 +275,20 @@ def _columns(manager: ModelManager, models: Sequence[str] | None,
         if unknown:
             raise InvalidOptionError(f"{unknown[0]!r} is not a generation setting; use one of "
                                      f"{', '.join(SETTINGS)}.")
-        columns.append((name, {**options, **each}))
+        columns.append((name, {**_with_records(manager, name, options), **each}))
     return columns
+
+
+def _with_records(manager: ModelManager, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options of a column, asking for token records where the model can score here.
+
+    The token ids of each column are what cross-scoring reads: one record per
+    token. A served model cannot score (and ``transformers serve`` sends no
+    log-probabilities at all), so it is asked for none unless the user did.
+    """
+    if options.get("logprobs") or not _scores(manager.backend(name)):
+        return dict(options)
+    return {**options, "logprobs": 1}
 
 
 def _loaded(manager: ModelManager, name: str) -> str:
@@ -291,25 +333,92 @@ def _sink(column: int, stream: Any, live: Any, labels: list[str]) -> Callable[[s
 
 def _cross_scores(manager: ModelManager, generations: Sequence[Generation], *,
                   single: bool) -> tuple[list[CrossScore], list[str]]:
+    """Every cross-score that can be computed here, and per column a note of what could not."""
     cross: list[CrossScore] = []
     notes: list[str] = []
     names = list(dict.fromkeys(g.model for g in generations))
+    local = [n for n in names if _scores(manager.backend(n))]
     for i, gen in enumerate(generations):
-        ids = _sequence(gen)
-        if ids is None:
-            notes.append(f"Column {i + 1} ({gen.model}) has no token ids to score.")
-            continue
         try:
-            own = _score(manager, gen.model, ids)
-            if single:
-                cross.append(_against_greedy(i, gen, own))
-                continue
-            for other in names:
-                if other != gen.model:
-                    cross.append(_against(manager, i, gen, ids, own, other))
+            if gen.model in local:
+                scores, note = _scored_column(manager, i, gen, names, local, single)
+            else:
+                scores, note = _served_column(manager, i, gen, generations, local, single)
         except LLMMagicError as exc:
-            notes.append(f"Column {i + 1} ({gen.model}) was not cross-scored: {exc}")
+            scores, note = [], f"Not cross-scored: {exc}"
+        cross += scores
+        notes.append(note)
     return cross, notes
+
+
+def _scores(backend: Backend) -> bool:
+    """Whether the backend can teacher-force a given text (it runs in this kernel)."""
+    return type(backend).score is not Backend.score and (
+        getattr(backend, "tokenizer", None) is not None)
+
+
+def _served(names: Sequence[str]) -> str:
+    who = " and ".join(repr(n) for n in names)
+    verb = "runs" if len(names) == 1 else "run"
+    return f"{who} {verb} on a server, and llm_magic cannot ask a server to score a given text"
+
+
+def _scored_column(manager: ModelManager, column: int, gen: Generation, names: list[str],
+                   local: list[str], single: bool) -> tuple[list[CrossScore], str]:
+    """A column of a model in this kernel: against every other model that can score too."""
+    ids = _sequence(gen)
+    if ids is None:
+        return [], "Not cross-scored: it has no token ids to score."
+    own = _score(manager, gen.model, ids)
+    if single:
+        return [_against_greedy(column, gen, own)], ""
+    others = [o for o in names if o != gen.model]
+    scores = [_against(manager, column, gen, ids, own, o) for o in others if o in local]
+    served = [o for o in others if o not in local]
+    if not served:
+        return scores, ""
+    if scores:
+        return scores, f"Not scored against {_served(served)}."
+    return scores, f"Not shaded: its only reference, {_served(served)}."
+
+
+def _served_column(manager: ModelManager, column: int, gen: Generation,
+                   generations: Sequence[Generation], local: list[str],
+                   single: bool) -> tuple[list[CrossScore], str]:
+    """A served column: its text read by each model of the comparison that runs here."""
+    if single or not local:
+        return [], (f"Not shaded: {_served([gen.model])}, and no model of this comparison "
+                    "runs in this kernel to read its text.")
+    scores = [_read_by(manager, column, gen, reader, generations) for reader in local]
+    return scores, (f"Scored by {' and '.join(repr(r) for r in local)} alone: "
+                    f"{_served([gen.model])}, so its own log-probabilities are unknown.")
+
+
+def _read_by(manager: ModelManager, column: int, gen: Generation, reader: str,
+             generations: Sequence[Generation]) -> CrossScore:
+    """``gen``'s output teacher-forced through ``reader`` after the prompt as ``reader`` read it.
+
+    Each piece is one of ``reader``'s tokens of the output; its Δ is ``reader``'s
+    log-probability of it minus that of ``reader``'s likeliest token there.
+    """
+    backend = manager.backend(reader)
+    context = next((list(g.prompt_ids) for g in generations
+                    if g.model == reader and g.prompt_ids), None) or _encode(backend, gen.prompt)
+    output = _tokenizer(backend)(gen.text, add_special_tokens=False, verbose=False)["input_ids"]
+    ids = [*context, *(int(i) for i in output)]
+    n = len(context)
+    scored = _score(manager, reader, ids)
+    unknown = (None, "", math.nan)
+    pieces = [Piece(scored.texts[k], k, k + 1, math.nan, r.logprob, unknown, r.top[0])
+              for k, r in enumerate(scored.records[n - 1:], start=n) if n >= 1]
+    # The reader cuts the text its own way ("\n\n" where it would generate "\n", "\n"): the
+    # choices differ where its likeliest token is not how the text goes on, not where ids do.
+    rest = [""] * (len(pieces) + 1)
+    for j in range(len(pieces) - 1, -1, -1):
+        rest[j] = pieces[j].text + rest[j + 1]
+    first = next((j for j, p in enumerate(pieces) if ids[p.start] != p.other_top[0]
+                  and not compatible(rest[j], p.other_top[1])), None)
+    return CrossScore(column, gen.model, reader, "tokens", tuple(pieces), first, "reference")
 
 
 def _sequence(gen: Generation) -> list[int] | None:
@@ -330,7 +439,7 @@ def _against_greedy(column: int, gen: Generation, own: Any) -> CrossScore:
               for k, r in enumerate(own.records[n - 1:], start=n) if n >= 1]
     first = next((j for j, p in enumerate(pieces)
                   if pieces and own.ids[p.start] != p.own_top[0]), None)
-    return CrossScore(column, gen.model, "greedy", "tokens", tuple(pieces), first)
+    return CrossScore(column, gen.model, "greedy", "tokens", tuple(pieces), first, "own")
 
 
 def _against(manager: ModelManager, column: int, gen: Generation, ids: list[int], own: Any,

@@ -1,11 +1,12 @@
 """The logit lens: what the model would predict if each layer were its last.
 
-:func:`logit_lens` runs one forward pass with hidden states over a text or a
-generation's final sequence. Each row is one layer: the embeddings, then the
-output of every block, through the model's own final norm and output
-embedding; the last row is the model's real output distribution. The backend
-checks the lens against the model's logits on every call and refuses a model
-where they differ, so the grid is exact or not drawn at all.
+:func:`logit_lens` runs one forward pass over a text or a generation's final
+sequence. Each row is one layer: the embeddings, then the output of every
+block (each read where the next block takes it in), through the model's own
+final norm and output embedding; the last row is the model's real output
+distribution. The backend checks on every call that each block ran once, in
+order, and that the lens reproduces the model's logits, and refuses a model
+where it does not, so the grid is exact or not drawn at all.
 
 A :class:`LensMap` keeps only what the view shows: the top-k of every row and
 position, and four numbers per cell (the final prediction's probability and
@@ -30,9 +31,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..common import views as _views
+from ..common.text import check_text, shown
 from ..errors import InvalidOptionError
 from ..manager import ModelManager, get_manager
 from . import _lens_pictures
+from ._resolve import resolve
 
 if TYPE_CHECKING:
     import numpy as np
@@ -179,24 +182,30 @@ class LensMap:
     def shade(self, metric: str = "probability") -> np.ndarray:
         """Each cell's shade from 0 (light) to 1 (dark) for ``metric``, ``[row, position]``.
 
-        probability: the final prediction's probability. rank: 1 at rank 1,
-        falling with log(rank) to 0 at the last rank. entropy: over the largest
-        possible entropy, log(vocabulary). kl: over the grid's largest KL.
+        The scale of :meth:`scale` (the one the view, the PNG and the snapshot
+        draw and caption): probability from 0 to 1; rank on a log scale from 1
+        to the blocks' 99th percentile; entropy and KL in nats from 0 to a 95th
+        percentile, larger values clipped.
         """
-        import numpy as np
-
         check_metric(metric)
-        if metric == "probability":
-            values = self.final_prob
-        elif metric == "rank":
-            top = math.log(max(self.vocab_size, 2))
-            values = 1 - np.log(np.maximum(self.final_rank, 1).astype(np.float32)) / top
-        elif metric == "entropy":
-            values = self.entropy / math.log(max(self.vocab_size, 2))
-        else:
-            top = float(self.kl.max()) if self.kl.size else 0.0
-            values = self.kl / top if top > 0 else np.zeros_like(self.kl)
-        return np.clip(np.asarray(values, dtype=np.float32), 0, 1)  # type: ignore[no-any-return]
+        values = {"probability": self.final_prob, "rank": self.final_rank,
+                  "entropy": self.entropy, "kl": self.kl}[metric]
+        return self.scale(metric).shade(values)
+
+    @property
+    def row_names(self) -> list[str]:
+        """The rows as the views label them: ``layers``, the last one named the output too."""
+        return _lens_pictures.row_names(self)
+
+    def scale(self, metric: str = "probability") -> _lens_pictures.Scale:
+        """The colour scale of ``metric``: its ends, ticks and caption (unit, range, clipping).
+
+        Examples
+        --------
+        >>> lens.scale("kl").caption  # doctest: +SKIP
+        'KL to the final layer, nats: 0 = white, 1.3 or more = darkest (...)'
+        """
+        return _lens_pictures.scale(self, check_metric(metric))
 
     def rows_shown(self, stride: int = 1) -> list[int]:
         """The rows a view with this layer stride shows: every ``stride``-th, and the last."""
@@ -222,7 +231,7 @@ class LensMap:
         return png
 
     def to_html(self, *, metric: str = "probability", stride: int = 1) -> str:
-        """An escaped HTML snapshot: the PNG, and a table of the first positions' top tokens."""
+        """An escaped HTML snapshot as the view first looks: legend, colour bar, labelled grid."""
         return _lens_pictures.snapshot_html(self, metric=metric, stride=stride)
 
     def widget(self, metric: str = "probability", stride: int | None = None) -> Any:
@@ -268,7 +277,7 @@ def _check_top(top: Any) -> int:
     if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= MAX_TOP:
         raise InvalidOptionError(
             f"top is how many tokens each cell keeps: an integer from 1 to {MAX_TOP}, "
-            f"not {top!r}."
+            f"not {shown(top)}."
         )
     return top
 
@@ -342,13 +351,13 @@ def logit_lens(text_or_generation: Any, model: str | None = None, top: int = 5,
     limit = LENS_MAX_TOKENS if max_tokens is None else max_tokens
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise InvalidOptionError(f"max_tokens must be a positive integer, not {limit!r}.")
-    if isinstance(text_or_generation, str) and not text_or_generation.strip():
-        raise InvalidOptionError("The text is empty: write some text to look at.")
-    if model is None and not isinstance(text_or_generation, str):
-        model = getattr(text_or_generation, "model", None)
-    if model is not None and not manager.is_loaded(model):
-        model = manager.load(model).name
-    name = manager.resolve(model)
+    if isinstance(text_or_generation, str):
+        check_text(text_or_generation, "The text", hint="write some text to look at")
+    elif not isinstance(getattr(text_or_generation, "prompt", None), str):  # before any load
+        raise InvalidOptionError("logit_lens reads a text or a Generation, not "
+                                 f"{type(text_or_generation).__name__}.")
+    name = resolve(manager, model,
+                   of=None if isinstance(text_or_generation, str) else text_or_generation)
     source, prompt_tokens = _sequence(text_or_generation, name)
     with manager.checkout(name) as backend:
         captured = backend.logit_lens(source, top=top, max_tokens=limit)

@@ -24,9 +24,12 @@ from typing import Any
 
 from ..backends.base import TokenRecord, check_logprobs
 from ..common import views as _views
+from ..common.heatmap import ink
+from ..common.text import check_text
 from ..common.visible import visible
 from ..errors import InvalidOptionError
 from ..manager import ModelManager, get_manager
+from ._resolve import resolve
 
 __all__ = ["METRICS", "Scores", "TokenRecord", "legend", "score", "shade", "shaded_html", "view"]
 
@@ -123,15 +126,12 @@ def score(text: str, model: str | None = None, *, logprobs: int = 5,
     True
     """
     manager = manager or get_manager()
-    if not isinstance(text, str) or not text.strip():
-        raise InvalidOptionError("The text is empty: write some text to score.")
+    check_text(text, "The text", hint="write some text to score")
     check_logprobs(logprobs)
     limit = SCORE_MAX_TOKENS if max_tokens is None else max_tokens
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 2:
         raise InvalidOptionError(f"max_tokens must be an integer of at least 2, not {limit!r}.")
-    if model is not None and not manager.is_loaded(model):
-        model = manager.load(model).name
-    name = manager.resolve(model)
+    name = resolve(manager, model)
     with manager.checkout(name) as backend:
         captured = backend.score(text, logprobs=logprobs, max_tokens=limit)
     return Scores(text=text, model=name, ids=captured.ids, first=captured.texts[0],
@@ -149,14 +149,15 @@ def view(result: Any) -> Any:
 def shade(records: Sequence[TokenRecord], metric: str = "probability") -> list[float]:
     """Each token's shade from 0 (light) to 1 (dark) for ``metric``.
 
-    probability: 1 - p, so the tokens the model doubted stand out; surprisal:
-    bits over the text's largest; entropy: nats over the text's largest.
+    probability: 1 - p, so the tokens the model doubted stand out; surprisal
+    (-ln p) and entropy, both in nats: each over the text's largest.
     """
     if metric not in METRICS:
         raise InvalidOptionError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}.")
     if metric == "probability":
         return [1.0 - r.prob for r in records]
-    values = [r.surprisal if metric == "surprisal" else (r.entropy or 0.0) for r in records]
+    values = [-r.logprob if metric == "surprisal" else (r.entropy or 0.0) for r in records]
+    values = [v if math.isfinite(v) else 0.0 for v in values]
     top = max(values, default=0.0)
     return [v / top if top > 0 else 0.0 for v in values]
 
@@ -165,23 +166,36 @@ def legend(metric: str, mode: str) -> str:
     """The one line that says what the shading means and which distribution it shows."""
     what = {
         "probability": "darker = less likely (1 - p)",
-        "entropy": "darker = more uncertain step (entropy, scaled to this text's largest)",
-        "surprisal": "darker = more surprising (-log2 p, scaled to this text's largest)",
+        "entropy": "darker = more uncertain step (entropy in nats, scaled to this text's "
+                   "largest)",
+        "surprisal": "darker = more surprising (surprisal -ln p in nats, scaled to this "
+                     "text's largest)",
     }[metric]
     source = ("the model's raw distribution" if mode == "raw"
               else "the distribution sampled from (after temperature, top-k, top-p)")
     return f"Shading: {what}; probabilities of {source}."
 
 
-def _colour(x: float) -> str:
+def _colour(x: float) -> tuple[int, int, int]:
+    """The shade ``x`` (0 to 1) as [r, g, b], as ``shadeColour()`` in widgets/static/tokens.js."""
     x = min(1.0, max(0.0, x))
-    r, g, b = (round(a + (c - a) * x) for a, c in zip(_LIGHT, _DARK, strict=True))
-    return f"#{r:02x}{g:02x}{b:02x}"
+    # Halves round up, as Math.round does (Python's round() would round them to even).
+    r, g, b = (math.floor(a + (c - a) * x + 0.5) for a, c in zip(_LIGHT, _DARK, strict=True))
+    return r, g, b
+
+
+#: One token of the snapshot: isolated, so no text inside it reorders its neighbours.
+_TOKEN_STYLE = ("display:inline-block;white-space:pre;unicode-bidi:isolate;border-radius:2px;"
+                "border:1px solid rgba(0,0,0,.12);padding:0 1px;margin:0 1px 1px 0")
+_SMALL = "font-size:smaller;opacity:.75"
 
 
 def shaded_html(records: Sequence[TokenRecord], *, lead: str = "", mode: str = "raw",
                 metric: str = "probability", title: str = "") -> str:
     """Escaped HTML of the tokens shaded by ``metric``, each with its alternatives as a tooltip.
+
+    The view as it first looks: what the shading shows, the title, the text
+    (left-aligned, each token isolated and inked for WCAG AA contrast), the legend.
 
     Examples
     --------
@@ -191,17 +205,22 @@ def shaded_html(records: Sequence[TokenRecord], *, lead: str = "", mode: str = "
     """
     spans = []
     for record, x in zip(records, shade(records, metric), strict=True):
-        tip = "; ".join(f"{i}. {t!r} {math.exp(lp) * 100:.1f}%"
+        tip = "; ".join(f"{i}. \u201c{visible(t)}\u201d {math.exp(lp) * 100:.1f} %"
                         for i, (_, t, lp) in enumerate(record.top, start=1))
-        flag = "" if record.in_top else " outline:1px dashed #b00;"
-        dark = x > 0.6
+        flag = "" if record.in_top else "outline:1px dashed #b00;"
+        rgb = _colour(x)
         spans.append(
-            f"<span title='{escape(f'p={record.prob:.3f}; {tip}')}' style='background:"
-            f"{_colour(x)};{' color:#fff;' if dark else ''}{flag} white-space:pre-wrap; "
-            f"border-radius:2px'>{escape(visible(record.text, breaks=True))}</span>"
+            f"<span title='{escape(f'p {record.prob * 100:.1f} %; alternatives: {tip}')}' "
+            f"style='background:#{rgb[0]:02x}{rgb[1]:02x}{rgb[2]:02x};color:{ink(rgb)};"
+            f"{flag}{_TOKEN_STYLE}'>{escape(visible(record.text))}</span>"
+            + "<br>" * record.text.count("\n")  # as the live view: the box, then the break
         )
-    head = f"<div style='opacity:.7;font-size:smaller'>{escape(title)}</div>" if title else ""
-    lead_html = f"<span style='opacity:.6'>{escape(lead)}</span>" if lead else ""
-    return (f"<div class='llm-magic-tokens'>{head}<div style='font-family:monospace;"
-            f"line-height:1.7'>{lead_html}{''.join(spans)}</div><div style='opacity:.7;"
-            f"font-size:smaller'>{escape(legend(metric, mode))}</div></div>")
+    head = f"<div style='font-weight:600'>{escape(title)}</div>" if title else ""
+    what = (f"<div style='{_SMALL}'>Token probabilities, shaded by {escape(metric)}; "
+            f"point at a token for its alternatives.</div>")
+    lead_html = (f"<span style='opacity:.7;white-space:pre-wrap;unicode-bidi:isolate'>"
+                 f"{escape(visible(lead, breaks=True))}</span>") if lead else ""
+    return (f"<div class='llm-magic-tokens' dir='ltr' style='text-align:left'>{what}{head}"
+            f"<div style='font-family:monospace;line-height:1.9;margin:4px 0'>{lead_html}"
+            f"{''.join(spans)}</div><div style='{_SMALL}'>{escape(legend(metric, mode))}</div>"
+            f"</div>")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidOptionError
+from . import _attention_snapshot as _snapshot
 from . import heatmap as _heatmap
 from . import views as _views
 from .sizes import format_size
@@ -205,6 +206,30 @@ class AttentionMap:
         if path is not None:
             Path(path).write_bytes(png)
         return png
+
+    def to_html(self, layer: int = 0, head: int | None = 0) -> str:
+        """An escaped HTML snapshot of the view as it first looks: one head, labelled.
+
+        The head (or, with ``head=None``, the mean of the layer's heads) as a
+        heatmap with the tokens along both axes, its colour bar, and the
+        labelled grid of every head with the shown one outlined. Notebooks show
+        it where the live view cannot run (nbconvert, GitHub, a closed kernel).
+
+        Examples
+        --------
+        >>> html = amap.to_html(layer=1, head=2)  # doctest: +SKIP
+        """
+        self._check(layer, head)
+        values = self.head(layer, head) if head is not None else self.mean(layer)
+        layers, heads, t, _ = self.shape
+        kind = "causal" if self.causal else "encoder"
+        which = f"head {head}" if head is not None else "mean of heads"
+        title = f"{self.model} ({kind}), {t} tokens: layer {layer}, {which}"
+        top = float(values.max()) if values.size else 0.0
+        return _snapshot.page(title, _snapshot.head_plot(values, self.labels, self.prompt_tokens),
+                              _snapshot.scale(top, mean=head is None),
+                              _snapshot.token_list(self.labels),
+                              _snapshot.thumbnails(self.thumbnails(), layer, head))
 
     def widget(self, layer: int = 0, head: int = 0) -> Any:
         """The interactive view (an anywidget), opened on ``layer`` and ``head``.

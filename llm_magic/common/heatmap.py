@@ -10,14 +10,19 @@ the interactive view.
 
 from __future__ import annotations
 
+import base64
+import functools
 import struct
 import zlib
+from collections.abc import Sequence
+from html import escape
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["RAMP", "block_mean", "encode_png", "grid_pixels", "levels", "palette"]
+__all__ = ["RAMP", "block_mean", "colour", "colour_bar_html", "encode_png", "grid_pixels",
+           "hex_colour", "ink", "levels", "luminance", "palette", "png_src"]
 
 #: Anchors of the colour ramp, from weight 0 (white) to the head's largest weight (dark blue).
 RAMP = ((255, 255, 255), (198, 219, 239), (107, 174, 214), (33, 113, 181), (8, 48, 107))
@@ -25,6 +30,7 @@ RAMP = ((255, 255, 255), (198, 219, 239), (107, 174, 214), (33, 113, 181), (8, 4
 GAP = 255
 
 
+@functools.cache
 def palette() -> bytes:
     """255 ramp colours (indices 0 to 254) and the gap colour (index 255), as PLTE bytes."""
     out = bytearray()
@@ -107,3 +113,92 @@ def encode_png(pixels: np.ndarray) -> bytes:
         _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)),
         _chunk(b"IEND", b""),
     ))
+
+
+# -- colours and the colour bar of the static snapshots ---------------------------------
+
+
+def colour(level: int) -> tuple[int, int, int]:
+    """The ramp's colour at palette ``level`` (0 = white to 254 = dark blue), as (r, g, b)."""
+    table = palette()
+    i = 3 * max(0, min(254, int(level)))
+    return table[i], table[i + 1], table[i + 2]
+
+
+def hex_colour(rgb: Sequence[int]) -> str:
+    """``#rrggbb`` of an (r, g, b) colour."""
+    return "#{:02x}{:02x}{:02x}".format(*rgb[:3])
+
+
+def luminance(rgb: Sequence[int]) -> float:
+    """WCAG 2 relative luminance of an (r, g, b) colour (0 to 255 each)."""
+    def lin(v: int) -> float:
+        s = v / 255
+        return s / 12.92 if s <= 0.03928 else ((s + 0.055) / 1.055) ** 2.4
+    return 0.2126 * lin(rgb[0]) + 0.7152 * lin(rgb[1]) + 0.0722 * lin(rgb[2])
+
+
+def ink(rgb: Sequence[int]) -> str:
+    """The text colour, ``"#fff"`` or ``"#000"``, of higher WCAG contrast on ``rgb``.
+
+    The rule of ``inkOn`` in ``widgets/static/_shared.js``: a snapshot reads like the view.
+    Black or white reaches at least 4.58:1 (the square root of 21) on any colour, so every
+    shade keeps WCAG AA's 4.5:1; a softer dark ink (#111) fell to 4.35:1 on mid blues.
+
+    Examples
+    --------
+    >>> ink((255, 255, 255)), ink((8, 48, 107))
+    ('#000', '#fff')
+    """
+    lum = luminance(rgb)
+    return "#fff" if 1.05 / (lum + 0.05) >= (lum + 0.05) / 0.05 else "#000"
+
+
+def contrast(a: Sequence[int], b: Sequence[int]) -> float:
+    """The WCAG contrast ratio of two colours, 1 to 21."""
+    la, lb = sorted((luminance(a), luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def png_src(png: bytes) -> str:
+    """A ``data:`` URL of PNG bytes, for an ``<img>`` of a snapshot."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+#: Pixels of the colour bar on the page (the view's colourBar in _shared.js draws the same).
+BAR_WIDTH = 160
+
+
+def colour_bar_html(caption: str, ticks: Sequence[tuple[float, str]]) -> str:
+    """The ramp as an escaped HTML colour bar: ticks under it, a caption beside it.
+
+    ``ticks`` are (fraction along the bar from white to dark, text) pairs; the
+    caption says what the shade is, in which unit and over which range. It is
+    ``colourBar`` of ``widgets/static/_shared.js`` for the static snapshots.
+
+    Examples
+    --------
+    >>> "attention weight" in colour_bar_html("attention weight", [(0, "0"), (1, "1")])
+    True
+    """
+    import numpy as np
+
+    ramp = encode_png(np.arange(255, dtype=np.uint8)[None, :])
+    marks = []
+    for at, text in ticks:
+        f = max(0.0, min(1.0, float(at)))
+        where = ("left:0" if f <= 0 else "right:0" if f >= 1
+                 else f"left:{100 * f:.1f}%;transform:translateX(-50%)")
+        marks.append(f"<span style='position:absolute;top:0;white-space:nowrap;{where}'>"
+                     f"{escape(text)}</span>")
+    return (
+        "<div class='llm-magic-colourbar' style='display:flex;flex-wrap:wrap;"
+        "align-items:flex-start;gap:2px 10px;font-size:11px;margin:4px 0;text-align:left'>"
+        f"<div style='flex:none;width:{BAR_WIDTH}px'>"
+        f"<img alt='colour scale' src='{png_src(ramp)}' width='{BAR_WIDTH}' height='10' "
+        "style='display:block;width:160px;height:10px;max-width:none;border:1px solid #bbb;"
+        "box-sizing:border-box;image-rendering:pixelated;margin:0'>"
+        f"<div style='position:relative;height:1.3em;width:{BAR_WIDTH}px'>{''.join(marks)}"
+        "</div></div>"
+        f"<span style='flex:1 1 220px;min-width:0;opacity:.8'>{escape(caption)}</span></div>"
+    )

@@ -116,6 +116,9 @@ class Command:
           help="a served model's id on the server at SOURCE (one of its /v1/models)")
 @argument("--api-key-env", type=text, metavar="VAR",
           help="the environment variable that holds the server's API key (never the key)")
+@argument("--quantize", type=text, metavar="SCHEME",
+          help="int8 or int4: quantize the linear layers' weights as the model loads (torchao; "
+               "the default name becomes SOURCE-SCHEME)")
 def _load(magics: Host, args: Namespace) -> None:
     """Load a model (or find it resident) and show its summary."""
     started = time.time()
@@ -123,7 +126,7 @@ def _load(magics: Host, args: Namespace) -> None:
         info = load(args.source, name=args.name, revision=args.revision, dtype=args.dtype,
                     device=args.device, trust_remote_code=args.trust_remote_code,
                     reload=args.reload, pin=args.pin, model=args.model,
-                    api_key_env=args.api_key_env).info
+                    api_key_env=args.api_key_env, quantize=args.quantize).info
     display(ModelSummary(info, resident=info.loaded_at < started))
 
 

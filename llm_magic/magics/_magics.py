@@ -8,6 +8,7 @@ settings are traitlets, so ``%config LLMMagics.x = ...`` and
 from __future__ import annotations
 
 import dataclasses
+import threading
 from argparse import Namespace
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode, observe, v
 
 from .. import load
 from ..backends.base import DEFAULT_MAX_NEW_TOKENS, check_logprobs
+from ..common.text import check_text
 from ..history import configure as configure_history
 from . import _commands
 from ._output import FORMATS, CellOutput, in_notebook, open_output
@@ -113,8 +115,12 @@ class CellJob:
     #: Show the logit lens of the final sequence below the result (``--lens``).
     lens: bool = False
 
-    def run(self, model: str, output: CellOutput) -> Generation | list[Generation] | Scores:
-        """Generate with ``model``, streaming into ``output`` unless told not to."""
+    def run(self, model: str, output: CellOutput, stop_event: threading.Event | None = None
+            ) -> Generation | list[Generation] | Scores:
+        """Generate with ``model``, streaming into ``output`` unless told not to.
+
+        Setting ``stop_event`` stops the generation and keeps its text so far (a panel's Stop).
+        """
         from ..generation import generate, generate_batch
 
         if self.score is not None:
@@ -123,9 +129,10 @@ class CellJob:
             return score(self.prompts[0], model=model, logprobs=self.score)
         if self.batch:
             return generate_batch(self.prompts, model=model, attention=self.attention,
-                                  **self.options)
+                                  stop_event=stop_event, **self.options)
         return generate(self.prompts[0], model=model, attention=self.attention,
-                        stream=output if self.stream else None, **self.options)
+                        stream=output if self.stream else None, stop_event=stop_event,
+                        **self.options)
 
 
 @magics_class
@@ -286,6 +293,9 @@ class LLMMagics(Magics):
         prompts = split_batch(body) if args.batch else [body]
         if self.interpolate if args.interpolate is None else args.interpolate:
             prompts = [interpolate(p, self._shell.user_ns) for p in prompts]
+        with _commands.usage_errors():  # before any model loads: one line, not a traceback
+            for number, prompt in enumerate(prompts, 1):
+                check_text(prompt, f"Prompt {number} of the batch" if args.batch else "The prompt")
         if args.compare:
             _check_compare(args)
         if args.lens and args.batch:
@@ -353,12 +363,14 @@ class LLMMagics(Magics):
                   output: CellOutput) -> Generation | list[Generation] | Scores:
         """Run ``job``; on an interrupt keep and show the partial result, then re-raise."""
         from ..manager import get_manager
+        from ..widgets._common import stoppable
 
         manager = get_manager()
         before = manager.last_generation
+        stop_event = threading.Event()  # the models panel's Stop on this model sets it
         try:
-            with _commands.usage_errors():
-                return job.run(model, output)
+            with _commands.usage_errors(), stoppable(manager.events, stop_event):
+                return job.run(model, output, stop_event)
         except KeyboardInterrupt:
             partial = manager.last_generation
             if partial is not None and partial is not before and partial.interrupted:

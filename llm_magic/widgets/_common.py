@@ -12,8 +12,9 @@ from typing import Any
 
 from ..common.sizes import format_size
 
-__all__ = ["NA", "Updates", "css", "esm", "html_lines", "one_line", "percent", "size",
-           "stop_with_comm", "with_fallback"]
+__all__ = ["NA", "Updates", "button_html", "control_html", "css", "esm", "html_lines",
+           "one_line", "percent", "size", "stop_running", "stop_with_comm", "stoppable",
+           "with_fallback"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 NA = "n/a"  # what a field shows when NVML reports it unsupported or it cannot be read
@@ -60,6 +61,26 @@ def html_lines(cls: str, lines: list[str]) -> str:
     """An escaped HTML snapshot: one ``div`` per line of text."""
     body = "".join(f"<div>{escape(line)}</div>" for line in lines)
     return f"<div class='{escape(cls)}' style='font-family:monospace'>{body}</div>"
+
+
+def control_html(label: str, value: str, hint: str = "") -> str:
+    """A form's control in a static snapshot: its label, then its value in a box (or its hint).
+
+    Examples
+    --------
+    >>> "seed" in control_html("seed", "", "none") and "<b>" not in control_html("x", "<b>")
+    True
+    """
+    shown = escape(value) if value else f"<span style='color:#767676'>{escape(hint)}</span>"
+    return (f"<span style='margin-right:12px'>{escape(label)} "
+            f"<span style='border:1px solid #bbb;padding:0 4px'>{shown}</span></span>")
+
+
+def button_html(label: str, disabled: bool = False) -> str:
+    """A button in a static snapshot; a disabled one is grey with a dashed edge, as live."""
+    look = ("background:#eee;color:#767676;border:1px dashed #bbb" if disabled
+            else "background:#f0f0f0;color:#111;border:1px solid #999")
+    return f"<span style='{look};padding:1px 10px;margin-right:6px'>{escape(label)}</span>"
 
 
 def stop_with_comm(widget: Any, stop: Any) -> None:
@@ -112,3 +133,55 @@ class Updates:
                 self._shown = ticket
             with widget.hold_sync():
                 yield True
+
+
+# -- the Stop of a generation that another cell (or the playground) runs
+
+# (a manager's event bus, a model's name) -> the stop event of the generation running there
+_stops: dict[tuple[Any, str], threading.Event] = {}
+_stops_lock = threading.Lock()
+
+
+@contextmanager
+def stoppable(events: Any, stop_event: threading.Event) -> Iterator[None]:
+    """Let a panel's Stop set ``stop_event`` while a generation this thread runs is going.
+
+    ``events`` is the manager's event bus. Inside the block, a generation that
+    this thread starts (its ``generation_start`` is emitted on the thread that
+    runs it) is registered under its model until its ``generation_end``, so
+    :func:`stop_running` finds exactly the generation that holds the model, not
+    one still waiting for it.
+    """
+    me = threading.get_ident()
+    mine: list[tuple[Any, str]] = []
+
+    def follow(event: Any) -> None:
+        if threading.get_ident() != me or event.model is None:
+            return
+        key = (events, event.model)
+        with _stops_lock:
+            if event.kind == "generation_start":
+                _stops[key] = stop_event
+                mine.append(key)
+            elif _stops.get(key) is stop_event:
+                del _stops[key]
+
+    unsubscribe = events.subscribe(follow, kinds=("generation_start", "generation_end"))
+    try:
+        yield
+    finally:
+        unsubscribe()
+        with _stops_lock:
+            for key in mine:
+                if _stops.get(key) is stop_event:
+                    del _stops[key]
+
+
+def stop_running(events: Any, model: str) -> bool:
+    """Set the stop event of the generation running on ``model``; False when none is known."""
+    with _stops_lock:
+        stop_event = _stops.get((events, model))
+    if stop_event is None:
+        return False
+    stop_event.set()
+    return True

@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import base64
 import threading
+from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anywidget
+import ipywidgets
 import traitlets
 
-from ._common import esm
+from ._common import esm, with_fallback
 from ._subshell import route
 
 if TYPE_CHECKING:
     from ..analysis.attention import AttentionMap
 
-__all__ = ["AttentionWidget"]
+__all__ = ["AttentionWidget", "SideBySide", "side_by_side"]
 
 _STATIC = Path(__file__).parent / "static"
 #: Thumbnails are at most this many pixels a side; the grid of a 24 x 16 model is 384 KB.
@@ -123,16 +125,81 @@ class AttentionWidget(anywidget.AnyWidget):
                 self.data_key = key
 
     def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """The live view, with a text line and a PNG grid of every head as the fallback.
+        """The live view, with a text line, an HTML snapshot and a PNG of the head shown.
 
         Front ends without the widget manager (nbconvert, GitHub, a closed
-        kernel) show the PNG; JupyterLab shows the view.
+        kernel) show the snapshot: the head the view was opened on (or shows
+        now), labelled with its layer and head, the tokens on both axes, its
+        colour bar and the labelled grid of every head. JupyterLab shows the view.
         """
         shown = super()._repr_mimebundle_(**kwargs)
         if shown is None:  # pragma: no cover - a widget without a view
             return None
-        data, metadata = shown if isinstance(shown, tuple) else (shown, {})
-        data = dict(data)
-        data["text/plain"] = repr(self._map)
-        data["image/png"] = base64.b64encode(self._map.to_png()).decode("ascii")
-        return data, dict(metadata)
+        head = None if self.mean else self.head
+        html = self._map.to_html(layer=self.layer, head=head)
+        data, metadata = with_fallback(shown, html, repr(self._map))
+        data["image/png"] = base64.b64encode(
+            self._map.to_png(layer=self.layer, head=head)).decode("ascii")
+        return data, metadata
+
+
+class SideBySide(ipywidgets.HBox):
+    """Views in a row that wraps where the output area is narrow, with a static fallback.
+
+    Live, each view takes an equal share of the row and at least ``min_width``
+    pixels; a narrower output area puts the next view under the first instead
+    of off the page. Without the widget manager (nbconvert, GitHub) the cell
+    shows each view's own snapshot, side by side where they fit.
+
+    Examples
+    --------
+    >>> from llm_magic.widgets.attention import side_by_side
+    >>> side_by_side(amap.widget(), encoder.widget())  # doctest: +SKIP
+    """
+
+    def __init__(self, views: list[Any], min_width: int = 360, **kwargs: Any) -> None:
+        for view in views:
+            view.layout.flex = f"1 1 {min_width}px"
+            view.layout.min_width = f"{min(min_width, 300)}px"
+        layout = ipywidgets.Layout(flex_flow="row wrap", align_items="flex-start",
+                                   width="100%")
+        super().__init__(children=list(views), layout=layout, **kwargs)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        shown = super()._repr_mimebundle_(**kwargs)
+        if shown is None:  # pragma: no cover - a widget without a view
+            return None
+        parts, texts = [], []
+        for view in self.children:
+            bundle = view._repr_mimebundle_() if hasattr(view, "_repr_mimebundle_") else None
+            data = (bundle[0] if isinstance(bundle, tuple) else bundle) or {}
+            text = str(data.get("text/plain", repr(view)))
+            texts.append(text)
+            if "text/html" in data:
+                part = str(data["text/html"])
+            elif "image/png" in data:
+                part = f"<img alt='{escape(text)}' src='data:image/png;base64,{data['image/png']}'>"
+            else:
+                part = f"<pre>{escape(text)}</pre>"
+            parts.append(f"<div style='flex:0 1 auto;min-width:0;max-width:100%'>{part}</div>")
+        html = ("<div class='llm-magic-side-by-side' style='display:flex;flex-wrap:wrap;"
+                f"gap:16px 32px;align-items:flex-start;text-align:left'>{''.join(parts)}</div>")
+        return with_fallback(shown, html, "\n".join(texts))
+
+
+def side_by_side(*views: Any, min_width: int = 360) -> SideBySide:
+    """Put views (attention views, any widgets) side by side, readable without a kernel too.
+
+    Parameters
+    ----------
+    *views : widgets
+        The views, left to right.
+    min_width : int
+        Pixels under which a view moves to the next line instead of shrinking.
+
+    Examples
+    --------
+    >>> from llm_magic.widgets.attention import side_by_side
+    >>> side_by_side(amap.widget(layer=3, head=0), encoder.widget())  # doctest: +SKIP
+    """
+    return SideBySide(list(views), min_width=min_width)

@@ -38,7 +38,8 @@ class LensWidget(anywidget.AnyWidget):
 
     Hovering or focusing a cell shows its top-k; the arrow keys move the focus.
     The actual next token runs along the top, starred where the final
-    prediction got it right; the input tokens run along the bottom.
+    prediction got it right; the input tokens run along the bottom. A colour
+    bar and its caption say what the shade shows, in which unit, over which range.
 
     Examples
     --------
@@ -52,7 +53,11 @@ class LensWidget(anywidget.AnyWidget):
 
     model_name = traitlets.Unicode("").tag(sync=True)
     tokens = traitlets.List(traitlets.Unicode(), default_value=[]).tag(sync=True)
+    #: The rows' names as shown: "embeddings", "block 1", ..., "block N (output)".
     layers = traitlets.List(traitlets.Unicode(), default_value=[]).tag(sync=True)
+    #: Per metric, how values become shades and what the legend and colour bar say
+    #: (``LensMap.scale``): light, dark, log, caption, legend, ticks.
+    scales = traitlets.Dict().tag(sync=True)
     size = traitlets.Int(0).tag(sync=True)
     top_k = traitlets.Int(1).tag(sync=True)
     vocab_size = traitlets.Int(0).tag(sync=True)
@@ -80,7 +85,9 @@ class LensWidget(anywidget.AnyWidget):
         rows, t, k = lens.shape
         known = sorted(lens.vocab)
         super().__init__(
-            model_name=lens.model, tokens=list(lens.tokens), layers=list(lens.layers), size=t,
+            model_name=lens.model, tokens=list(lens.tokens),
+            layers=lens.row_names, scales={m: lens.scale(m).as_dict() for m in METRICS},
+            size=t,
             top_k=k, vocab_size=lens.vocab_size,
             prompt_tokens=-1 if lens.prompt_tokens is None else lens.prompt_tokens,
             metric=metric, stride=default_stride(rows) if stride is None else stride,

@@ -35,7 +35,18 @@ from ..errors import LLMMagicError
 from ..events import Event
 from ..manager import ModelInfo, ModelManager, get_manager
 from ..resources.sampler import Sample, Sampler, get_sampler
-from ._common import Updates, css, esm, one_line, size, stop_with_comm, with_fallback
+from ._common import (
+    Updates,
+    button_html,
+    control_html,
+    css,
+    esm,
+    one_line,
+    size,
+    stop_running,
+    stop_with_comm,
+    with_fallback,
+)
 from ._subshell import route
 
 __all__ = ["DTYPES", "ModelManagerPanel", "ModelsView"]
@@ -56,6 +67,21 @@ def _row(info: ModelInfo, default: str | None) -> dict[str, Any]:
         "memory": size(info.memory), "last_used": info.last_used or info.loaded_at,
         "pinned": info.pinned, "generating": info.generating, "default": info.name == default,
     }
+
+
+# The live table's columns (models.js), as the static snapshot shows them.
+_COLUMNS = (("name", "name"), ("source", "source"), ("revision", "revision"),
+            ("device", "device"), ("dtype", "dtype"), ("estimate", "estimated"),
+            ("memory", "measured"), ("last_used", "last used"))
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    if key == "name" and row.get("pinned"):
+        return f"{row['name']} (pinned)"
+    if key == "last_used":
+        used = row.get("last_used")
+        return time.strftime("%H:%M:%S", time.localtime(used)) if used else "never"
+    return str(row.get(key, ""))
 
 
 class ModelsView(anywidget.AnyWidget):  # type: ignore[misc]
@@ -168,8 +194,31 @@ class ModelsView(anywidget.AnyWidget):  # type: ignore[misc]
             elif action == "pin":
                 self._manager.pin(name, bool(content.get("pinned", True)))
                 self.refresh()
+            elif action == "stop":
+                self.stop_generation(name)
         except Exception as exc:
             self.show_error(exc)
+
+    def stop_generation(self, name: str) -> bool:
+        """Stop the generation running on ``name`` (a ``%%llm`` cell's or the playground's).
+
+        It ends as a stopped generation ends: the text so far is kept (the cell
+        shows it and keeps it in ``_llm``, ``lm.last()`` returns it) and the model
+        stays usable. Returns False, with one line in the panel saying why, when
+        nothing that this panel can stop runs there.
+        """
+        if stop_running(self._manager.events, name):
+            self.show(f"Stopped the generation on {name!r}; its text so far is kept.")
+            return True
+        try:
+            busy = self._manager.info(name).generating
+        except LLMMagicError:  # not loaded (any more)
+            busy = False
+        self.show_error(
+            f"Model {name!r} is busy with work this panel cannot stop (a Python call without a "
+            "stop_event, a --compare cell or an analysis): interrupt the kernel to stop it."
+            if busy else f"Nothing runs on {name!r} now: its generation has ended.")
+        return False
 
     def _unload(self, name: str) -> None:
         """Unload ``name``; its row goes as soon as the manager has let the model go.
@@ -229,14 +278,21 @@ class ModelsView(anywidget.AnyWidget):  # type: ignore[misc]
         return out
 
     def html(self) -> str:
-        """The table as escaped HTML (the static fallback)."""
-        head = "".join(f"<th>{c}</th>" for c in ("name", "source", "device", "dtype", "memory",
-                                                 "estimate"))
-        body = "".join("<tr>" + "".join(f"<td>{escape(str(m[k]))}</td>" for k in (
-            "name", "source", "device", "dtype", "memory", "estimate")) + "</tr>"
-            for m in self.models)
-        extra = "".join(f"<div>{escape(x)}</div>" for x in (self.notice, self.error) if x)
-        return f"<table class='llm-magic-models'><tr>{head}</tr>{body}</table>{extra}"
+        """The table as escaped HTML (the static fallback), with the live table's columns."""
+        if not self.models:
+            table = "<div>No models loaded.</div>"
+        else:
+            head = "".join(f"<th style='text-align:left;padding:2px 8px'>{label}</th>"
+                           for _, label in _COLUMNS)
+            body = "".join("<tr>" + "".join(
+                f"<td style='text-align:left;padding:2px 8px'>{escape(_cell(m, key))}</td>"
+                for key, _ in _COLUMNS)
+                + "</tr>" for m in self.models)
+            table = (f"<table class='llm-magic-models' style='border-collapse:collapse'>"
+                     f"<tr>{head}</tr>{body}</table>")
+        # lines() after the models (or after "No models loaded."): loading, notice, error
+        extra = "".join(f"<div>{escape(x)}</div>" for x in self.lines()[max(1, len(self.models)):])
+        return table + extra
 
     def __repr__(self) -> str:
         return "\n".join(self.lines())
@@ -261,14 +317,16 @@ class ModelManagerPanel(w.VBox):  # type: ignore[misc]
         self.manager = manager or get_manager()
         self.view = ModelsView(manager=self.manager, sampler=sampler)
         self.source = w.Text(placeholder="demo, a model folder or a hub id",
-                             description="source", continuous_update=False)
+                             description="source", continuous_update=False,
+                             layout=w.Layout(width="360px"))  # the whole hint shows
         self.dtype = w.Dropdown(options=DTYPES, value="auto", description="dtype")
         self.device = w.Combobox(value="auto", options=["auto", "cpu", "cuda", "mps"],
                                  description="device", ensure_option=False)
         self.load_button = w.Button(description="Load", button_style="primary",
                                     tooltip="Load the model in this kernel")
         self.estimate = w.Label(value="")
-        form = w.HBox([self.source, self.dtype, self.device, self.load_button])
+        form = w.HBox([self.source, self.dtype, self.device, self.load_button],
+                      layout=w.Layout(flex_flow="row wrap"))  # a narrow output area: wrap
         super().__init__([self.view, form, self.estimate])
         self.add_class("llm-magic-manager")
         self._busy = threading.Lock()
@@ -351,6 +409,29 @@ class ModelManagerPanel(w.VBox):  # type: ignore[misc]
             self.view.close()
         super().close()
 
+    # -- static fallback
+
+    def form(self) -> list[tuple[str, str, str]]:
+        """The load form as the snapshot shows it: (label, value, hint when empty)."""
+        return [("source", self.source.value.strip(), self.source.placeholder),
+                ("dtype", str(self.dtype.value), ""), ("device", str(self.device.value), "")]
+
+    def lines(self) -> list[str]:
+        """The table, then the load form and its estimate, as lines of text."""
+        form = ", ".join(f"{label}: {value or f'({hint})'}" for label, value, hint in self.form())
+        load = "Load (disabled)" if self.load_button.disabled else "Load"
+        return [*self.view.lines(), f"load a model: {form} [{load}]",
+                *([self.estimate.value] if self.estimate.value else [])]
+
+    def html(self) -> str:
+        """The table, the load form and its estimate as escaped HTML, labelled as live."""
+        controls = "".join(control_html(*field) for field in self.form())
+        estimate = f"<div>{escape(self.estimate.value)}</div>" if self.estimate.value else ""
+        return (f"{self.view.html()}<div style='margin:6px 0'>{controls}"
+                f"{button_html('Load', self.load_button.disabled)}</div>{estimate}")
+
+    def __repr__(self) -> str:
+        return "\n".join(self.lines())
+
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return with_fallback(super()._repr_mimebundle_(**kwargs), self.view.html(),
-                             repr(self.view))
+        return with_fallback(super()._repr_mimebundle_(**kwargs), self.html(), repr(self))

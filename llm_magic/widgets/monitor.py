@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from array import array
 from collections import deque
@@ -43,25 +44,39 @@ from ._common import (
 )
 from ._subshell import route
 
-__all__ = ["Monitor", "gpu_note", "monitor"]
+__all__ = ["Monitor", "gpu_note", "gpu_reason", "monitor"]
 
 log = logging.getLogger("llm_magic.widgets")
 
 SPAN = 120.0  # seconds of history in the sparklines
 
 
-def gpu_note(error: str | None) -> str:
-    """The one line shown when there are no GPU figures, saying why.
+CPU_ONLY = "CPU only"
+
+
+def gpu_note(gpus: int) -> str:
+    """The monitor's first line on a machine without GPU figures: a fact, not an error.
 
     Examples
     --------
-    >>> gpu_note("NVML library not found")
-    'No NVIDIA GPU is visible: NVML library not found.'
+    >>> gpu_note(0)
+    'CPU only'
+    >>> gpu_note(1)
+    ''
     """
-    if error is None:
-        return ""
-    reason = _REASONS.get(error) or one_line(error).rstrip(".")
-    return f"No NVIDIA GPU is visible: {reason}."
+    return "" if gpus else CPU_ONLY
+
+
+def gpu_reason(error: str | None) -> str:
+    """Why there are no GPU figures, in a line (shown small beside "CPU only", and on hover).
+
+    Examples
+    --------
+    >>> gpu_reason("NVML library not found")
+    'no NVIDIA GPU is visible: NVML library not found'
+    """
+    reason = _REASONS.get(error or "") or one_line(error or "").rstrip(".") or "none was found"
+    return f"no NVIDIA GPU is visible: {reason}"
 
 
 _REASONS = {"no NVIDIA GPU": "NVML found no device"}
@@ -173,10 +188,14 @@ class Monitor(anywidget.AnyWidget):  # type: ignore[misc]
 
     host = t.Dict().tag(sync=True)
     gpus = t.List(t.Dict()).tag(sync=True)
+    #: "CPU only" when there are no GPU figures (else empty); ``gpu_reason`` says why.
     gpu_note = t.Unicode("").tag(sync=True)
+    gpu_reason = t.Unicode("").tag(sync=True)
     series_names = t.List(t.Unicode()).tag(sync=True)
     # one row of len(series_names) bytes per sample: half-percents 0..200, 255 unknown
     series = t.Bytes(b"").tag(sync=True)
+    # each row's age in seconds before the newest sample: little-endian float32, oldest first
+    series_ages = t.Bytes(b"").tag(sync=True)
     updated = t.Float(0.0).tag(sync=True)
     running = t.Bool(False).tag(sync=True)
 
@@ -254,11 +273,16 @@ class Monitor(anywidget.AnyWidget):  # type: ignore[misc]
                 return
             names = self._remember(sample)
             flat = array("B", [_byte(v) for row in self._ring for v in row[1:]])
+            ages = array("f", [sample.time - row[0] for row in self._ring])
+            if sys.byteorder == "big":
+                ages.byteswap()
             self.series_names = names
             self.series = flat.tobytes()
+            self.series_ages = ages.tobytes()
             self.host = host
             self.gpus = gpus
-            self.gpu_note = gpu_note(sample.gpu_error) if not sample.gpus else ""
+            self.gpu_note = gpu_note(len(sample.gpus))
+            self.gpu_reason = "" if sample.gpus else gpu_reason(sample.gpu_error)
             self.updated = sample.time
 
     # -- static fallback
@@ -276,7 +300,8 @@ class Monitor(anywidget.AnyWidget):  # type: ignore[misc]
             out.append(f"{g['label']}: utilization {g['util_text']}, memory {g['mem_text']} "
                        f"({share}), {g['temp_text']}, {g['power_text']}")
         if self.gpu_note:
-            out.append(self.gpu_note)
+            out.append(f"{self.gpu_note} ({self.gpu_reason})" if self.gpu_reason
+                       else self.gpu_note)
         if h:
             rss = f"this process {h['rss_text']}"
             if h["models_text"]:

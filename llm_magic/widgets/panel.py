@@ -59,9 +59,13 @@ class Panel(w.VBox):  # type: ignore[misc]
         super().close()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        view, output = self.models.view, self.playground.output
-        html = f"<div><b>Models</b>{view.html()}<b>Playground</b>{output.html()}</div>"
-        plain = f"Models\n{view!r}\nPlayground\n{output!r}"
+        """The live panel; the static snapshot shows what it first shows, labelled as live:
+        the models table, the load form, and the playground's prompt, settings and buttons."""
+        html = (f"<div class='llm-magic-panel-static' style='font-family:sans-serif;"
+                f"font-size:13px'><div><b>Models</b></div>{self.models.html()}"
+                f"<div style='margin-top:10px'><b>Playground</b></div>{self.playground.html()}"
+                "</div>")
+        plain = f"Models\n{self.models!r}\nPlayground\n{self.playground!r}"
         return with_fallback(super()._repr_mimebundle_(**kwargs), html, plain)
 
 

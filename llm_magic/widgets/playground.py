@@ -36,7 +36,7 @@ from ..errors import InvalidOptionError, LLMMagicError
 from ..events import Event
 from ..generation import Generation, generate
 from ..manager import ModelManager, get_manager
-from ._common import css, esm, one_line, with_fallback
+from ._common import button_html, control_html, css, esm, one_line, stoppable, with_fallback
 from ._subshell import route
 
 __all__ = ["Playground", "StreamView"]
@@ -77,7 +77,8 @@ class StreamView(anywidget.AnyWidget):  # type: ignore[misc]
 
     def html(self) -> str:
         """The prompt, text, stats and error as escaped HTML (the static fallback)."""
-        return (f"<pre style='white-space:pre-wrap'><span style='opacity:.6'>"
+        return (f"<pre style='white-space:pre-wrap;min-height:3em;padding:4px;margin:4px 0;"
+                f"border:1px solid #ddd'><span style='opacity:.6'>"
                 f"{escape(self.prompt)}</span>{escape(self.text)}</pre>"
                 f"<small>{escape(self.stats)}</small><div>{escape(self.error)}</div>")
 
@@ -123,9 +124,10 @@ class Playground(w.VBox):  # type: ignore[misc]
         #: One line when clicks wait for the running cell (no kernel subshell).
         self.wait_note = w.Label(value="", layout=w.Layout(display="none"))
         self.wait_note.add_class("llm-magic-wait-note")
-        settings = w.HBox([self.model, self.seed])
-        sliders = w.HBox([self.temperature, self.top_p, self.max_new_tokens])
-        buttons = w.HBox([self.generate_button, self.stop_button])
+        wrap = {"layout": w.Layout(flex_flow="row wrap")}  # a narrow output area: next line
+        settings = w.HBox([self.model, self.seed], **wrap)
+        sliders = w.HBox([self.temperature, self.top_p, self.max_new_tokens], **wrap)
+        buttons = w.HBox([self.generate_button, self.stop_button], **wrap)
         super().__init__([self.prompt, settings, sliders, buttons, self.output, self.wait_note])
         self.add_class("llm-magic-playground")
         self._lock = threading.Lock()  # the playground's state: running, stop event, thread, last
@@ -235,8 +237,9 @@ class Playground(w.VBox):  # type: ignore[misc]
                     out.state, out.text = "generating", "".join(pieces)
 
         try:
-            gen = generate(prompt, stream=stream, stop_event=stop_event, manager=self.manager,
-                           **kwargs)
+            with stoppable(self.manager.events, stop_event):  # the models table's Stop too
+                gen = generate(prompt, stream=stream, stop_event=stop_event,
+                               manager=self.manager, **kwargs)
         except Exception as exc:
             if not isinstance(exc, LLMMagicError):
                 log.debug("playground generation failed", exc_info=True)
@@ -274,6 +277,39 @@ class Playground(w.VBox):  # type: ignore[misc]
             self.output.close()
         super().close()
 
+    # -- static fallback
+
+    def controls(self) -> list[tuple[str, str, str]]:
+        """The settings as the snapshot shows them: (label, value, hint when empty)."""
+        return [("model", self.model.value or "", "none loaded"),
+                ("seed", self.seed.value.strip(), self.seed.placeholder),
+                ("temperature", f"{self.temperature.value:.2f}", ""),
+                ("top-p", f"{self.top_p.value:.2f}", ""),
+                ("max tokens", str(self.max_new_tokens.value), "")]
+
+    def lines(self) -> list[str]:
+        """The playground as lines of text: prompt, settings, buttons, output."""
+        settings = ", ".join(f"{label}: {value or f'({hint})'}"
+                             for label, value, hint in self.controls())
+        stop = "Stop" if not self.stop_button.disabled else "Stop (disabled)"
+        generate = "Generate" if not self.generate_button.disabled else "Generate (disabled)"
+        return [f"prompt: {self.prompt.value or '(empty)'}", settings, f"[{generate}] [{stop}]",
+                *self.output.lines()]
+
+    def html(self) -> str:
+        """Prompt, settings, buttons and output as escaped HTML, labelled as live."""
+        hint = f"<span style='color:#767676'>{escape(self.prompt.placeholder)}</span>"
+        prompt = (f"<div style='margin:2px 0'>prompt <span style='white-space:pre-wrap;"
+                  f"border:1px solid #bbb;padding:0 4px;display:inline-block;min-width:50%'>"
+                  f"{escape(self.prompt.value) or hint}</span></div>")
+        settings = "".join(control_html(*control) for control in self.controls())
+        buttons = (button_html("Generate", self.generate_button.disabled)
+                   + button_html("Stop", self.stop_button.disabled))
+        return (f"{prompt}<div style='margin:4px 0'>{settings}</div>"
+                f"<div style='margin:6px 0'>{buttons}</div>{self.output.html()}")
+
+    def __repr__(self) -> str:
+        return "\n".join(self.lines())
+
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return with_fallback(super()._repr_mimebundle_(**kwargs), self.output.html(),
-                             repr(self.output) or f"prompt: {self.prompt.value}")
+        return with_fallback(super()._repr_mimebundle_(**kwargs), self.html(), repr(self))

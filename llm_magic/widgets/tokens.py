@@ -7,7 +7,10 @@ used, so a token costs 42 bytes at K=5 plus its strings. Every number comes
 from the records of a :class:`~llm_magic.Generation` (``logprobs=K``) or of
 :class:`~llm_magic.analysis.tokens.Scores`.
 
-Clicking an alternative sends ``{"action": "branch", "position", "choice"}``;
+A click on a token pins the side panel to it (a pointer resting on a token
+only previews it, and never while one is pinned), so the alternative clicked
+is one of the token meant. Clicking an alternative sends
+``{"action": "branch", "position", "choice"}``;
 the kernel runs :meth:`Generation.branch` on a worker thread with a stop
 event, streams the branch's text into ``stream`` and shows the new branch when
 it ends. Breadcrumbs (``crumbs``, ``current``) switch between the branches of
@@ -46,7 +49,7 @@ from ..manager import ModelManager
 from ._common import STATIC, esm, one_line, stop_with_comm, with_fallback
 from ._subshell import route
 
-__all__ = ["Payload", "TokensWidget", "encode"]
+__all__ = ["Payload", "TokensWidget", "encode", "stopped"]
 
 log = logging.getLogger("llm_magic.widgets")
 
@@ -54,6 +57,9 @@ _THROTTLE = 0.1  # seconds between streamed updates of a branch's text
 SERVED_NOTE = ("Served model: a branch sends the text before the chosen token to the server, "
                "which tokenises it again (its ids may differ from these).")
 SCORES_NOTE = "A scored text: the alternatives are shown; only a generation branches."
+_STOPPED = {"length": "reached the token limit", "eos": "the model ended the text",
+            "stop": "reached a stop sequence", "interrupted": "interrupted",
+            "error": "an error"}
 
 
 @dataclass(frozen=True)
@@ -135,13 +141,37 @@ def encode(records: tuple[TokenRecord, ...] | list[TokenRecord], k: int | None =
     )
 
 
+def stopped(reason: str) -> str:
+    """Why a generation ended, in words.
+
+    Examples
+    --------
+    >>> stopped("length")
+    'stopped: reached the token limit'
+    """
+    return f"stopped: {_STOPPED.get(reason, reason)}"
+
+
+def _branch_words(index: int, made: Generation) -> str:
+    """``branch 1: token 6 replaced by “ clause”``."""
+    at = made.branch_at if made.branch_at is not None else -1
+    records = made.tokens or ()
+    if not 0 <= at < len(records):
+        return f"branch {index}: token {at}"
+    return f"branch {index}: token {at} replaced by \u201c{visible(records[at].text)}\u201d"
+
+
+def _made_from(index: int) -> str:
+    return "the original" if index == 0 else f"branch {index}"
+
+
 def _served(result: Any) -> bool:
     return isinstance(result, Generation) and (
         result.prompt_ids is None or any(r.id is None for r in result.tokens or ()))
 
 
 class TokensWidget(anywidget.AnyWidget):  # type: ignore[misc]
-    """Shaded tokens, their alternatives on hover or focus, breadcrumbs of branches.
+    """Shaded tokens, the alternatives of the token clicked (pinned), breadcrumbs of branches.
 
     Parameters
     ----------
@@ -221,8 +251,8 @@ class TokensWidget(anywidget.AnyWidget):  # type: ignore[misc]
         super().__init__(
             lead=lead, first_index=first, mode=mode, metric=metric, branchable=branchable,
             note=note, legends={m: legend(m, mode) for m in METRICS},
-            crumbs=[{"label": "root", "title": "the original", "state": "done", "parent": -1,
-                     "position": -1}], **kwargs)
+            crumbs=[{"label": "original", "title": "the generation as it was made",
+                     "state": "done", "parent": -1, "position": -1}], **kwargs)
         self._show(0)
         self.on_msg(self._on_message)
         stop_with_comm(self, self.stop)
@@ -281,7 +311,7 @@ class TokensWidget(anywidget.AnyWidget):  # type: ignore[misc]
         with self._lock:
             if index >= len(self._results):
                 return
-            p, title = self._payload(index), self._title(self._results[index])
+            p, title = self._payload(index), self._title(index)
             with self.hold_sync():
                 self.k, self.ids, self.top_ids, self.logprobs = p.k, p.ids, p.top_ids, p.logprobs
                 self.ranks, self.entropy = p.ranks, p.entropy
@@ -289,14 +319,16 @@ class TokensWidget(anywidget.AnyWidget):  # type: ignore[misc]
                 self.title = title
                 self.revision += 1
 
-    @staticmethod
-    def _title(result: Generation | Scores) -> str:
+    def _title(self, index: int) -> str:
+        """The line over branch ``index``: its model, what it is, its length, why it stopped."""
+        result = self._results[index]
         if isinstance(result, Scores):
-            return (f"{result.model}: {len(result.ids)} tokens scored, log-probability "
-                    f"{result.logprob:.3f}, perplexity {result.perplexity:.2f}")
-        n = len(result.tokens or ())
-        where = "" if result.branch_at is None else f", branched at {result.branch_at}"
-        return f"{result.model}: {n} tokens{where} ({result.stats.stop_reason})"
+            return (f"{result.model}: {len(result.ids)} tokens, {len(result.tokens)} scored; "
+                    f"log-probability "
+                    f"{result.logprob:.3f} nats, perplexity {result.perplexity:.2f}")
+        what = "the original" if index == 0 else _branch_words(index, result)
+        return (f"{result.model}, {what}; {len(result.tokens or ())} tokens, "
+                f"{stopped(result.stats.stop_reason)}")
 
     # -- branching
 
@@ -359,8 +391,8 @@ class TokensWidget(anywidget.AnyWidget):  # type: ignore[misc]
             with self.hold_sync():
                 self.error, self.stream, self.state = "", "", "running"
                 self.crumbs = [*self.crumbs, {
-                    "label": f"#{number} …", "title": f"branch of "
-                    f"{'the root' if from_index == 0 else f'#{from_index}'} at {position}",
+                    "label": f"branch {number}: token {position}, generating\u2026",
+                    "title": f"made from {_made_from(from_index)}",
                     "state": "running", "parent": from_index, "position": position}]
                 self.current = number
         thread.start()
@@ -400,10 +432,11 @@ class TokensWidget(anywidget.AnyWidget):  # type: ignore[misc]
             index = len(self._results)
             self._results.append(made)
             self._made = made
-            chosen = (made.tokens or ())[position].text if made.tokens else str(token)
             crumbs = [dict(c) for c in self.crumbs]
-            crumbs[index].update(label=f"#{index} @{position} \u201c{visible(chosen)}\u201d",
-                                 state="done" if not made.interrupted else "stopped")
+            crumbs[index].update(
+                label=_branch_words(index, made), state="stopped" if made.interrupted else "done",
+                title=f"made from {_made_from(crumbs[index]['parent'])}; "
+                      f"{stopped(made.stats.stop_reason)}")
             self.crumbs = crumbs
             self.stream, self.state = made.text, "idle"
             self._stop = self._thread = None

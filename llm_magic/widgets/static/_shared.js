@@ -82,16 +82,21 @@ function float32s(value) {
 
 // -- text and numbers as the views show them
 
-// A token's text as every view shows it (llm_magic/common/visible.py): whitespace and
-// control characters made visible.
+// A token's text as every view shows it (llm_magic/common/visible.py, the same rule):
+// whitespace and control characters made visible, bidirectional controls (U+202A to U+202E,
+// U+2066 to U+2069, U+200E, U+200F, U+061C) written out as \u202e so none reorders the
+// text after it. `breaks` keeps the line break after the arrow, for running text.
 const SHOWN = { "\n": "\u21b5", "\t": "\u21e5", "\r": "\u240d" };
-function visible(text) {
+function visible(text, breaks = false) {
   let out = "";
   for (const ch of text) {
     const code = ch.codePointAt(0);
-    if (SHOWN[ch]) out += SHOWN[ch];
+    if (SHOWN[ch]) out += SHOWN[ch] + (breaks && ch === "\n" ? "\n" : "");
     else if (code < 32 || code === 127) out += `\\x${code.toString(16).padStart(2, "0")}`;
-    else out += ch;
+    else if ((code >= 0x202a && code <= 0x202e) || (code >= 0x2066 && code <= 0x2069)
+      || code === 0x200e || code === 0x200f || code === 0x61c) {
+      out += `\\u${code.toString(16).padStart(4, "0")}`;
+    } else out += ch;
   }
   return out;
 }
@@ -157,4 +162,58 @@ function cellUnder(canvas, event, cols, rows) {
   const y = Math.floor(((event.clientY - rect.top) / rect.height) * rows);
   if (x < 0 || y < 0 || x >= cols || y >= rows) return null;
   return { x, y };
+}
+
+// WCAG 2 relative luminance of an [r, g, b] colour (0..255 each).
+function luminance(c) {
+  const lin = (v) => {
+    const s = v / 255;
+    return s <= 0.03928 ? s / 12.92 : ((s + 0.055) / 1.055) ** 2.4;
+  };
+  return 0.2126 * lin(c[0]) + 0.7152 * lin(c[1]) + 0.0722 * lin(c[2]);
+}
+
+// The text colour (black or white) with the higher contrast on background `c`: one of the
+// two always reaches 4.58:1, so every shade keeps WCAG AA's 4.5:1 (common/heatmap.py: ink).
+function inkOn(c) {
+  const l = luminance(c);
+  return 1.05 / (l + 0.05) >= (l + 0.05) / 0.05 ? "#fff" : "#000";
+}
+
+// A colour bar of the ramp (PALETTE, white to dark blue) for a view's legend: `ticks` are
+// [fraction along the bar, text] pairs shown under it, `caption` says what the shade is, in
+// which unit and over which range. common/heatmap.py colour_bar_html draws the same bar in
+// the static snapshots.
+function colourBar(caption, ticks) {
+  const box = node("div", "llm-colourbar");
+  box.style.cssText = "display:flex;flex-wrap:wrap;align-items:flex-start;gap:2px 10px;" +
+    "font-size:11px;margin:4px 0";
+  const bar = node("div", "llm-colourbar-scale");
+  bar.style.cssText = "flex:none;width:160px";
+  const ramp = node("canvas", "llm-colourbar-ramp");
+  ramp.width = 255;
+  ramp.height = 1;
+  ramp.style.cssText = "display:block;width:160px;height:10px;border:1px solid #bbb;" +
+    "box-sizing:border-box;image-rendering:pixelated";
+  const ctx = ramp.getContext("2d");
+  if (ctx) {
+    for (let l = 0; l < 255; l++) {
+      ctx.fillStyle = rgb(paletteColour(l));
+      ctx.fillRect(l, 0, 1, 1);
+    }
+  }
+  const marks = node("div", "llm-colourbar-ticks");
+  marks.style.cssText = "position:relative;height:1.3em;width:160px";
+  for (const [at, text] of ticks) {
+    const tick = node("span", "llm-colourbar-tick", text);
+    const f = Math.max(0, Math.min(1, at));
+    tick.style.cssText = "position:absolute;top:0;white-space:nowrap;" +
+      (f <= 0 ? "left:0" : f >= 1 ? "right:0" : `left:${(100 * f).toFixed(1)}%;transform:translateX(-50%)`);
+    marks.append(tick);
+  }
+  bar.append(ramp, marks);
+  const text = node("span", "llm-colourbar-caption", caption);
+  text.style.cssText = "flex:1 1 220px;min-width:0;opacity:0.8";
+  box.append(bar, text);
+  return box;
 }

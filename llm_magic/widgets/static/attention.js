@@ -2,13 +2,28 @@
 // of every head, and the tokens as text. Weights arrive as float16 bytes, one head
 // at a time, when the selection changes. Every token is set with textContent.
 
-// The colours are the ramp of llm_magic/common/heatmap.py (_shared.js: PALETTE).
-const MAX_SIDE = 480; // pixels of the heatmap on screen
-const THUMB_SIDE = 40; // pixels of a thumbnail on screen (at least)
+// The colours are the ramp of llm_magic/common/heatmap.py (_shared.js: PALETTE); the colour
+// bar under the map says what they span. The map and the thumbnails shrink to the width of
+// the output area (down to MIN_SIDE; below that the plot scrolls inside the view).
+const MAX_SIDE = 480; // pixels of the heatmap on screen, at most
+const MIN_SIDE = 160; // ... and at least
+const ROW_LABELS = 120; // pixels the row labels beside the map take at most
 const LABELLED = 10; // rows and columns get token labels when a cell is this many pixels
+const GAP = 2; // pixels between thumbnails
 
-function cellPixels(size) {
-  return Math.max(1, Math.min(24, Math.floor(MAX_SIDE / size)));
+function cellPixels(size, side) {
+  return Math.max(1, Math.min(24, Math.floor(side / size)));
+}
+
+// What the colour bar says of a map whose largest weight is `top` (attention_map.py's
+// to_html says the same).
+function weightScale(top, mean) {
+  const what = mean ? "the mean's largest" : "this head's largest";
+  return {
+    caption: `attention weight (each query row sums to 1): white = 0, darkest = ` +
+      `${top.toFixed(3)}, ${what}`,
+    ticks: [[0, "0"], [0.5, (top / 2).toFixed(2)], [1, top.toFixed(2)]],
+  };
 }
 
 function render({ model, el: root }) {
@@ -24,17 +39,26 @@ function render({ model, el: root }) {
   bar.append(title, layerLabel, headLabel);
 
   const main = node("div", "llm-attn-main");
+  const plotBox = node("div", "llm-attn-plotbox");
   const plot = node("div", "llm-attn-plot");
   const canvas = node("canvas", "llm-attn-heatmap");
   const rowLabels = node("div", "llm-attn-rows");
   const colLabels = node("div", "llm-attn-cols");
   const axes = node("div", "llm-attn-axes", "rows: query token, columns: key token");
   plot.append(node("div"), colLabels, rowLabels, canvas, node("div"), axes);
+  const scale = node("div", "llm-attn-scale");
+  plotBox.append(plot, scale);
   const gridBox = node("div", "llm-attn-grid");
-  const gridTitle = node("div", "llm-attn-grid-title", "Every head (rows: layers, columns: heads)");
+  const gridTitle = node("div", "llm-attn-grid-title",
+    "Every head: rows = layers (L), columns = heads (H), each scaled to its own largest " +
+    "weight; click one to open it");
+  const thumbGrid = node("div", "llm-attn-thumbgrid");
+  const thumbCols = node("div", "llm-attn-thumbcols");
+  const thumbRows = node("div", "llm-attn-thumbrows");
   const thumbs = node("canvas", "llm-attn-thumbs");
-  gridBox.append(gridTitle, thumbs);
-  main.append(plot, gridBox);
+  thumbGrid.append(node("div"), thumbCols, thumbRows, thumbs);
+  gridBox.append(gridTitle, thumbGrid);
+  main.append(plotBox, gridBox);
 
   const hover = node("div", "llm-attn-hover", "Hover over the map to read a weight; click a token below.");
   const strip = node("div", "llm-attn-tokens");
@@ -44,7 +68,26 @@ function render({ model, el: root }) {
   let weights = new Float32Array(0);
   let size = 0;
   let spans = [];
+  let width = 0; // pixels of the view's width (0 until it is on the page)
+  let labelRoom = ROW_LABELS; // pixels of the row labels at 11 px
+  let side = MAX_SIDE; // pixels the map may take: what the width leaves beside the labels
+  let hovered = null; // { row, col } under the pointer
   const offscreen = document.createElement("canvas");
+
+  function sideNow() {
+    if (!(width > 0)) return MAX_SIDE;
+    return Math.max(MIN_SIDE, Math.min(MAX_SIDE, Math.floor(width - labelRoom - 12)));
+  }
+
+  // How wide the longest token is as a row label (11 px monospace, at most ROW_LABELS).
+  function measureLabels(tokens) {
+    const ctx = offscreen.getContext("2d");
+    if (!ctx || !tokens.length) return ROW_LABELS;
+    ctx.font = "11px ui-monospace, monospace";
+    let most = 0;
+    for (const token of tokens) most = Math.max(most, ctx.measureText(token).width);
+    return Math.min(ROW_LABELS, Math.ceil(most) + 6);
+  }
 
   function fillSelects() {
     const nl = model.get("n_layers");
@@ -81,30 +124,34 @@ function render({ model, el: root }) {
     const t = model.get("model_name");
     const kind = model.get("causal") ? "causal" : "encoder";
     title.textContent = `${t} (${kind}), ${tokens.length} tokens `;
+    labelRoom = measureLabels(tokens);
+    side = sideNow();
     fillAxes(tokens);
   }
 
   function fillAxes(tokens) {
     const n = tokens.length;
-    const cell = cellPixels(n);
+    const cell = cellPixels(n, side);
     rowLabels.replaceChildren();
     colLabels.replaceChildren();
     const labelled = n > 0 && cell >= LABELLED;
     plot.classList.toggle("llm-attn-labelled", labelled);
     if (!labelled) return;
     const font = `${Math.min(11, cell - 2)}px`;
-    for (const token of tokens) {
+    tokens.forEach((token, i) => {
       const row = node("div", "llm-attn-label", token);
       row.style.height = `${cell}px`;
       row.style.lineHeight = `${cell}px`;
       row.style.fontSize = font;
+      row.title = `query ${i}`;
       rowLabels.append(row);
       const col = node("div", "llm-attn-label", token);
       col.style.width = `${cell}px`;
       col.style.lineHeight = `${cell}px`;
       col.style.fontSize = font;
+      col.title = `key ${i}`;
       colLabels.append(col);
-    }
+    });
   }
 
   function drawHeatmap() {
@@ -113,41 +160,62 @@ function render({ model, el: root }) {
     if (!size || weights.length !== size * size) return;
     let top = 0;
     for (let i = 0; i < weights.length; i++) if (weights[i] > top) top = weights[i];
-    const scale = top > 0 ? 254 / top : 0;
+    const scaleBy = top > 0 ? 254 / top : 0;
     offscreen.width = size;
     offscreen.height = size;
     const octx = offscreen.getContext("2d");
     const image = octx.createImageData(size, size);
     const px = image.data;
     for (let i = 0; i < weights.length; i++) {
-      px.set(paletteColour(Math.max(0, Math.min(254, Math.round(weights[i] * scale)))), 4 * i);
+      px.set(paletteColour(Math.max(0, Math.min(254, Math.round(weights[i] * scaleBy)))), 4 * i);
       px[4 * i + 3] = 255;
     }
     octx.putImageData(image, 0, 0);
-    const cell = cellPixels(size);
-    const side = Math.min(size * cell, Math.max(MAX_SIDE, size));
-    canvas.width = side;
-    canvas.height = side;
-    canvas.style.width = `${Math.min(side, MAX_SIDE)}px`;
-    canvas.style.height = `${Math.min(side, MAX_SIDE)}px`;
+    // One canvas pixel per token where tokens outnumber the pixels; whole pixels per cell else.
+    const cell = cellPixels(size, side);
+    const shown = Math.min(size * cell, side);
+    const ratio = Math.max(1, Math.round(window.devicePixelRatio || 1));
+    const drawn = size * cell <= side ? shown * ratio : size;
+    canvas.width = drawn;
+    canvas.height = drawn;
+    canvas.style.width = `${shown}px`;
+    canvas.style.height = `${shown}px`;
     paintHeatmap();
     canvas.dataset.drawn = model.get("data_key");
     canvas.dataset.max = top.toFixed(4);
+    const { caption, ticks } = weightScale(top, model.get("mean"));
+    scale.replaceChildren(colourBar(caption, ticks));
     shadeTokens();
   }
 
   function paintHeatmap() {
     const ctx = canvas.getContext("2d");
+    if (!ctx) return;
     ctx.imageSmoothingEnabled = false;
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     ctx.drawImage(offscreen, 0, 0, canvas.width, canvas.height);
+    if (!size) return;
+    const unit = canvas.width / size;
+    const css = canvas.width / Math.max(1, parseFloat(canvas.style.width) || canvas.width);
     const sel = model.get("selected");
-    if (sel >= 0 && size) {
-      const h = canvas.height / size;
+    if (sel >= 0) {
       ctx.strokeStyle = "#e6550d";
-      ctx.lineWidth = Math.max(1, Math.min(2, h / 2));
-      ctx.strokeRect(0, sel * h, canvas.width, h);
+      ctx.lineWidth = Math.max(1, Math.min(2 * css, unit / 2));
+      ctx.strokeRect(0, sel * unit, canvas.width, unit);
     }
+    if (hovered) {
+      // A dark ring inside a white one: seen on the palest and on the darkest shade.
+      const x = hovered.col * unit;
+      const y = hovered.row * unit;
+      const w = Math.max(unit, 4 * css);
+      ctx.lineWidth = 3 * css;
+      ctx.strokeStyle = "#fff";
+      ctx.strokeRect(x - css, y - css, w + 2 * css, w + 2 * css);
+      ctx.lineWidth = 1.5 * css;
+      ctx.strokeStyle = "#111";
+      ctx.strokeRect(x, y, w, w);
+    }
+    canvas.dataset.hover = hovered ? `${hovered.row}:${hovered.col}` : "";
   }
 
   function shadeTokens() {
@@ -160,14 +228,24 @@ function render({ model, el: root }) {
       span.classList.toggle("llm-attn-selected", j === sel);
       if (sel >= 0 && sel < size && top > 0) {
         const w = weights[sel * size + j];
-        span.style.backgroundColor = `rgba(33, 113, 181, ${(0.85 * w) / top})`;
+        const shade = paletteColour(Math.max(0, Math.min(254, Math.round((w / top) * 254))));
+        span.style.backgroundColor = rgb(shade);
+        span.style.color = inkOn(shade);
         span.dataset.weight = w.toFixed(4);
       } else {
         span.style.backgroundColor = "";
+        span.style.color = "";
         delete span.dataset.weight;
       }
     });
     paintHeatmap();
+  }
+
+  function markLabels(at) {
+    for (const [labels, i] of [[rowLabels, at && at.row], [colLabels, at && at.col]]) {
+      for (const label of labels.querySelectorAll(".llm-attn-hovered")) label.classList.remove("llm-attn-hovered");
+      if (at && labels.children[i]) labels.children[i].classList.add("llm-attn-hovered");
+    }
   }
 
   function cellAt(event) {
@@ -178,6 +256,11 @@ function render({ model, el: root }) {
   canvas.addEventListener("mousemove", (event) => {
     const at = cellAt(event);
     if (!at) return;
+    if (!hovered || hovered.row !== at.row || hovered.col !== at.col) {
+      hovered = at;
+      markLabels(at);
+      paintHeatmap();
+    }
     const tokens = model.get("tokens");
     const w = weights[at.row * size + at.col];
     hover.textContent =
@@ -187,6 +270,9 @@ function render({ model, el: root }) {
   canvas.addEventListener("mouseleave", () => {
     hover.textContent = "Hover over the map to read a weight; click a token below.";
     delete hover.dataset.value;
+    hovered = null;
+    markLabels(null);
+    paintHeatmap();
   });
   canvas.addEventListener("click", (event) => {
     const at = cellAt(event);
@@ -195,9 +281,10 @@ function render({ model, el: root }) {
     model.save_changes();
   });
 
-  const thumbOff = document.createElement("canvas");
-  let thumbScale = 1;
-  const GAP = 2;
+  // Every head: an atlas of the thumbnails (thumb_size pixels each), drawn tile by tile at
+  // `tile` pixels with GAP between them, rows and columns labelled in the DOM.
+  const atlas = document.createElement("canvas");
+  let tile = 40;
 
   function drawThumbs() {
     const nl = model.get("n_layers");
@@ -205,55 +292,88 @@ function render({ model, el: root }) {
     const s = model.get("thumb_size");
     const levels = bytesOf(model.get("thumbs"));
     if (!s || levels.length !== nl * nh * s * s) return;
-    thumbScale = Math.max(1, Math.ceil(THUMB_SIDE / s));
-    const w = nh * (s + GAP) - GAP;
-    const h = nl * (s + GAP) - GAP;
-    thumbOff.width = w;
-    thumbOff.height = h;
-    const octx = thumbOff.getContext("2d");
-    const image = octx.createImageData(w, h);
+    atlas.width = nh * s;
+    atlas.height = nl * s;
+    const octx = atlas.getContext("2d");
+    const image = octx.createImageData(nh * s, nl * s);
     const px = image.data;
-    for (let i = 0; i < px.length; i += 4) {
-      px[i] = px[i + 1] = px[i + 2] = 224;
-      px[i + 3] = 255;
-    }
     for (let l = 0; l < nl; l++) {
       for (let hd = 0; hd < nh; hd++) {
         const base = (l * nh + hd) * s * s;
         for (let y = 0; y < s; y++) {
           for (let x = 0; x < s; x++) {
-            const o = 4 * ((l * (s + GAP) + y) * w + hd * (s + GAP) + x);
+            const o = 4 * ((l * s + y) * nh * s + hd * s + x);
             px.set(paletteColour(levels[base + y * s + x]), o);
+            px[o + 3] = 255;
           }
         }
       }
     }
     octx.putImageData(image, 0, 0);
-    thumbs.width = w * thumbScale;
-    thumbs.height = h * thumbScale;
+    layoutThumbs();
+  }
+
+  function layoutThumbs() {
+    const nl = model.get("n_layers");
+    const nh = model.get("n_heads");
+    const room = Math.min(width > 0 ? width - 32 : MAX_SIDE, MAX_SIDE);
+    tile = Math.max(12, Math.min(40, Math.floor(room / nh) - GAP));
+    const unit = tile + GAP;
+    const short = tile < 22; // numbers only where "L12" or "H12" would not fit
+    thumbCols.replaceChildren();
+    for (let hd = 0; hd < nh; hd++) {
+      const label = node("div", "llm-attn-thumblabel", short ? String(hd) : `H${hd}`);
+      label.style.width = `${hd === nh - 1 ? tile : unit}px`;
+      label.title = `head ${hd}`;
+      thumbCols.append(label);
+    }
+    thumbRows.replaceChildren();
+    for (let l = 0; l < nl; l++) {
+      const label = node("div", "llm-attn-thumblabel", short ? String(l) : `L${l}`);
+      label.style.height = `${l === nl - 1 ? tile : unit}px`;
+      label.style.lineHeight = `${tile}px`;
+      label.title = `layer ${l}`;
+      thumbRows.append(label);
+    }
+    const ratio = Math.max(1, Math.round(window.devicePixelRatio || 1));
+    thumbs.width = (nh * unit - GAP) * ratio;
+    thumbs.height = (nl * unit - GAP) * ratio;
+    thumbs.style.width = `${nh * unit - GAP}px`;
+    thumbs.style.height = `${nl * unit - GAP}px`;
     paintThumbs();
   }
 
   function paintThumbs() {
-    const ctx = thumbs.getContext("2d");
-    ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(thumbOff, 0, 0, thumbs.width, thumbs.height);
+    const nl = model.get("n_layers");
+    const nh = model.get("n_heads");
     const s = model.get("thumb_size");
-    const unit = (s + GAP) * thumbScale;
+    if (!s || !atlas.width) return;
+    const ctx = thumbs.getContext("2d");
+    if (!ctx) return;
+    const ratio = thumbs.width / Math.max(1, parseFloat(thumbs.style.width) || thumbs.width);
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.imageSmoothingEnabled = false;
+    ctx.fillStyle = "#e0e0e0";
+    ctx.fillRect(0, 0, thumbs.width, thumbs.height);
+    const unit = tile + GAP;
+    for (let l = 0; l < nl; l++) {
+      for (let hd = 0; hd < nh; hd++) {
+        ctx.drawImage(atlas, hd * s, l * s, s, s, hd * unit, l * unit, tile, tile);
+      }
+    }
     ctx.strokeStyle = "#e6550d";
     ctx.lineWidth = 2;
     const l = model.get("layer");
     if (model.get("mean")) {
-      ctx.strokeRect(1, l * unit + 1, thumbs.width - 2, s * thumbScale - 2);
+      ctx.strokeRect(1, l * unit + 1, nh * unit - GAP - 2, tile - 2);
     } else {
-      ctx.strokeRect(model.get("head") * unit + 1, l * unit + 1, s * thumbScale - 2, s * thumbScale - 2);
+      ctx.strokeRect(model.get("head") * unit + 1, l * unit + 1, tile - 2, tile - 2);
     }
   }
 
   thumbs.addEventListener("click", (event) => {
     const rect = thumbs.getBoundingClientRect();
-    const s = model.get("thumb_size");
-    const unit = (s + GAP) * thumbScale * (rect.width / thumbs.width);
+    const unit = (tile + GAP) * (rect.width / (parseFloat(thumbs.style.width) || rect.width));
     const hd = Math.floor((event.clientX - rect.left) / unit);
     const l = Math.floor((event.clientY - rect.top) / unit);
     if (l < 0 || hd < 0 || l >= model.get("n_layers") || hd >= model.get("n_heads")) return;
@@ -277,6 +397,23 @@ function render({ model, el: root }) {
     model.save_changes();
   });
 
+  // The output area's width sets the map's size: a narrower page gets a smaller map (its
+  // labels follow), not a view that runs off the page.
+  function resize() {
+    if (box.clientWidth === width) return;
+    width = box.clientWidth;
+    const next = sideNow();
+    if (next !== side) {
+      side = next;
+      fillAxes(model.get("tokens") || []);
+      drawHeatmap();
+    }
+    layoutThumbs();
+  }
+  const observer = typeof ResizeObserver === "function"
+    ? new ResizeObserver(() => window.requestAnimationFrame(resize)) : null;
+  if (observer) observer.observe(box);
+
   const onChoice = () => {
     syncSelects();
     paintThumbs();
@@ -292,12 +429,16 @@ function render({ model, el: root }) {
   ];
   const unlisten = listen(model, listeners);
 
+  width = box.clientWidth;
   fillSelects();
   fillTokens();
   drawHeatmap();
   drawThumbs();
 
-  return unlisten;
+  return () => {
+    unlisten();
+    if (observer) observer.disconnect();
+  };
 }
 
 export default { render };

@@ -4,24 +4,22 @@
 // bottom. Hover or focus a cell to read its top-k. The lens arrives once, as binary
 // buffers; every token is set with textContent (or drawn as canvas text), never as markup.
 
-// The cells are shaded with the ramp of llm_magic/common/heatmap.py (_shared.js: PALETTE).
+// The cells are shaded with the ramp of llm_magic/common/heatmap.py (_shared.js: PALETTE), on
+// the metric's scale that the kernel chose (the `scales` trait, LensMap.scale): the colour bar
+// under the legend says what the shade shows, in which unit, over which range.
 const METRICS = [
   ["probability", "probability of the final prediction"],
   ["rank", "rank of the final prediction (log)"],
-  ["entropy", "entropy"],
-  ["kl", "KL to the final layer"],
+  ["entropy", "entropy (nats)"],
+  ["kl", "KL to the final layer (nats)"],
 ];
-const LEGENDS = {
-  probability: "darker = the final prediction is likelier at this layer",
-  rank: "darker = the final prediction ranks higher at this layer (log scale)",
-  entropy: "darker = a more uncertain layer (entropy over its largest, log vocabulary)",
-  kl: "darker = further from the final distribution (KL, over the grid's largest)",
-};
 const CELL_H = 22; // pixels of a row
-const WIDE = 60; // pixels of a column while the grid fits in MAX_WIDTH
+const WIDE = 60; // pixels of a column at least, while the grid fits in MAX_WIDTH
+const WIDEST = 140; // ... and at most: wide enough for a long token on two lines
 const MAX_WIDTH = 16000; // pixels of the whole grid at most (the page scrolls it)
 const TEXT_MIN = 24; // columns this wide get their top token drawn in the cell
 const LABEL_MIN = 10; // columns this wide get DOM labels along the top and bottom
+const FONT = "ui-monospace, monospace";
 
 function render({ model, el: root }) {
   const box = node("div", "llm-lens");
@@ -36,6 +34,7 @@ function render({ model, el: root }) {
   strideLabel.append(strideSelect);
   bar.append(title, metricLabel, strideLabel);
   const legend = node("div", "llm-lens-legend");
+  const scaleBox = node("div", "llm-lens-scale");
 
   const scroll = node("div", "llm-lens-scroll");
   const plot = node("div", "llm-lens-plot");
@@ -52,7 +51,7 @@ function render({ model, el: root }) {
     node("div", "llm-lens-corner", "input \u2192"), inputLabels);
   scroll.append(plot);
   const hover = node("div", "llm-lens-hover");
-  box.append(bar, legend, scroll, hover);
+  box.append(bar, legend, scaleBox, scroll, hover);
   root.append(box);
 
   // Decoded once per change of the lens buffers.
@@ -79,9 +78,6 @@ function render({ model, el: root }) {
       kl: halves(model.get("kl")),
       correct: bytesOf(model.get("correct")),
     };
-    let top = 0;
-    for (let i = 0; i < lens.kl.length; i++) if (lens.kl[i] > top) top = lens.kl[i];
-    lens.klMax = top;
     fillStrides();
   }
 
@@ -90,14 +86,59 @@ function render({ model, el: root }) {
     return word === undefined ? `<${id}>` : word;
   }
 
+  // A token in a cell `width` pixels wide, whole: at 11 px on one line, else at 9 px on one
+  // line, else at 9 px on two (cut with an ellipsis only past two lines of the widest cell).
+  function fitWord(ctx, word, width) {
+    ctx.font = `11px ${FONT}`;
+    if (ctx.measureText(word).width <= width) return { size: 11, lines: [word] };
+    ctx.font = `9px ${FONT}`;
+    if (ctx.measureText(word).width <= width) return { size: 9, lines: [word] };
+    const chars = [...word];
+    let cut = 1;
+    while (cut < chars.length && ctx.measureText(chars.slice(0, cut + 1).join("")).width <= width) cut++;
+    let rest = chars.slice(cut);
+    if (ctx.measureText(rest.join("")).width > width) {
+      while (rest.length > 1 && ctx.measureText(`${rest.join("")}\u2026`).width > width) rest = rest.slice(0, -1);
+      rest = [...rest, "\u2026"];
+    }
+    return { size: 9, lines: [chars.slice(0, cut).join(""), rest.join("")] };
+  }
+
+  // The column width that shows every top token and axis token whole on one line at 10 px
+  // (within WIDEST; a longer token goes on two lines, or more along the axes).
+  function columnWidth(tokens) {
+    const size = lens.size;
+    if (size * WIDE > MAX_WIDTH) return Math.max(2, Math.floor(MAX_WIDTH / size));
+    const ctx = canvas.getContext("2d");
+    if (!ctx) return WIDE;
+    const words = new Set(tokens.map((w) => visible(w)));
+    for (let i = 0; i < lens.rows * size; i++) words.add(visible(text(lens.ids[i * lens.k])));
+    ctx.font = `10px ${FONT}`;
+    let need = 0;
+    for (const word of words) need = Math.max(need, ctx.measureText(word).width + 8);
+    const best = Math.max(WIDE, Math.min(WIDEST, Math.ceil(need)));
+    return size * best <= MAX_WIDTH ? best : WIDE;
+  }
+
+  function scaleOf(metric) {
+    const scales = model.get("scales") || {};
+    return scales[metric] || { light: 0, dark: 1, log: false, caption: "", legend: "", ticks: [] };
+  }
+
+  // The shade (0 white to 1 darkest) of cell i: the kernel's scale, as LensMap.shade.
   function shadeOf(metric, i) {
-    const logV = Math.log(Math.max(model.get("vocab_size"), 2));
+    const s = scaleOf(metric);
     let v;
     if (metric === "probability") v = lens.prob[i];
-    else if (metric === "rank") v = 1 - Math.log(Math.max(lens.rank[i], 1)) / logV;
-    else if (metric === "entropy") v = lens.entropy[i] / logV;
-    else v = lens.klMax > 0 ? lens.kl[i] / lens.klMax : 0;
-    return Math.max(0, Math.min(1, Number.isFinite(v) ? v : 0));
+    else if (metric === "rank") v = lens.rank[i];
+    else if (metric === "entropy") v = lens.entropy[i];
+    else v = lens.kl[i];
+    const f = s.log ? (x) => Math.log(Math.max(x, 1e-12)) : (x) => x;
+    const lo = f(s.light);
+    const hi = f(s.dark);
+    if (hi === lo) return 0;
+    const x = (f(v) - lo) / (hi - lo);
+    return Math.max(0, Math.min(1, Number.isFinite(x) ? x : 0));
   }
 
   function fillStrides() {
@@ -116,7 +157,10 @@ function render({ model, el: root }) {
       strideSelect.append(new Option(stride, stride));
     }
     strideSelect.value = stride;
-    legend.textContent = `${LEGENDS[model.get("metric")] || ""}; \u2605 = the final prediction is the next token.`;
+    const s = scaleOf(model.get("metric"));
+    legend.textContent = `${s.legend}; \u2605 = the final prediction is the next token; ` +
+      "rows: layers, the output on top; columns: positions.";
+    scaleBox.replaceChildren(colourBar(s.caption, s.ticks));
   }
 
   function rowsShown() {
@@ -131,13 +175,14 @@ function render({ model, el: root }) {
     const tokens = model.get("tokens") || [];
     const prompt = model.get("prompt_tokens");
     const size = lens.size;
-    cellW = size * WIDE <= MAX_WIDTH ? WIDE : Math.max(2, Math.floor(MAX_WIDTH / size));
+    cellW = columnWidth(tokens);
     title.textContent = `${model.get("model_name")}: ${lens.rows} rows (embeddings + ` +
       `${lens.rows - 1} blocks) \u00d7 ${size} positions, top ${lens.k} `;
     nextLabels.replaceChildren();
     inputLabels.replaceChildren();
     const labelled = cellW >= LABEL_MIN;
     box.classList.toggle("llm-lens-labelled", labelled);
+    box.classList.toggle("llm-lens-narrow", cellW < WIDE);
     if (!labelled) return;
     for (let t = 0; t < size; t++) {
       const next = node("div", "llm-lens-label");
@@ -180,20 +225,23 @@ function render({ model, el: root }) {
     canvas.style.height = `${h}px`;
     const ctx = canvasContext(canvas, w, h, ratio);
     if (!ctx) return;
-    ctx.font = "11px ui-monospace, monospace";
     ctx.textBaseline = "middle";
-    const chars = Math.max(1, Math.floor((cellW - 6) / 6.7));
+    let cut = 0; // tokens too long for two lines of the widest column
     shown.forEach((r, y) => {
       for (let t = 0; t < lens.size; t++) {
         const i = r * lens.size + t;
-        const level = Math.round(shadeOf(metric, i) * 254);
-        ctx.fillStyle = rgb(paletteColour(level));
+        const shade = paletteColour(Math.round(shadeOf(metric, i) * 254));
+        ctx.fillStyle = rgb(shade);
         ctx.fillRect(t * cellW, y * CELL_H, cellW, CELL_H);
         if (cellW >= TEXT_MIN) {
-          let word = visible(text(lens.ids[i * lens.k]));
-          if ([...word].length > chars) word = `${[...word].slice(0, chars - 1).join("")}\u2026`;
-          ctx.fillStyle = level > 150 ? "#fff" : "#222";
-          ctx.fillText(word, t * cellW + 3, y * CELL_H + CELL_H / 2);
+          const word = visible(text(lens.ids[i * lens.k]));
+          const fit = fitWord(ctx, word, cellW - 6);
+          if (fit.lines.join("") !== word) cut++;
+          ctx.font = `${fit.size}px ${FONT}`;
+          ctx.fillStyle = inkOn(shade);
+          const middle = y * CELL_H + CELL_H / 2;
+          if (fit.lines.length === 1) ctx.fillText(fit.lines[0], t * cellW + 3, middle);
+          else fit.lines.forEach((line, j) => ctx.fillText(line, t * cellW + 3, middle + (j - 0.5) * 10));
         }
       }
     });
@@ -210,6 +258,8 @@ function render({ model, el: root }) {
     if (current) outline(ctx, current);
     canvas.dataset.drawn = `${metric}:${model.get("stride")}`;
     canvas.dataset.rows = shown.join(",");
+    canvas.dataset.cut = String(cellW >= TEXT_MIN ? cut : -1);
+    canvas.dataset.cellWidth = String(cellW);
   }
 
   function outline(ctx, at) {

@@ -69,10 +69,14 @@ function render({ model, el }) {
       model.send({ action: "pin", name, pinned: !(m && m.pinned) });
     });
     pin.dataset.action = "pin";
-    const busy = node("span", "lm-generating", " generating");
+    // Shown while the model generates: stops a %%llm cell's or the playground's generation,
+    // keeping its text so far (a generation from plain Python code is refused in one line).
+    const stop = button("Stop", `Stop the generation on ${name}; its text so far is kept`,
+      () => model.send({ action: "stop", name }));
+    stop.dataset.action = "stop";
     actions.append(unload, pin);
     tr.append(used, actions);
-    return { tr, cells, used, pin, busy, actions };
+    return { tr, cells, used, pin, stop, actions };
   }
 
   function rows() {
@@ -93,12 +97,18 @@ function render({ model, el }) {
       }
       COLUMNS.forEach(([key]) => setText(row.cells[key],
         key === "name" && m.pinned ? `${m.name} (pinned)` : String(m[key] ?? "")));
-      setText(row.used, ago(m.last_used));
-      ages.push([row.used, m.last_used]);
+      // While it generates, "last used" says so (in italics), and a Stop button shows.
+      row.used.classList.toggle("lm-generating", !!m.generating);
+      if (m.generating) {
+        setText(row.used, "generating");
+      } else {
+        setText(row.used, ago(m.last_used));
+        ages.push([row.used, m.last_used]);
+      }
       setText(row.pin, m.pinned ? "Unpin" : "Pin");
       row.pin.title = m.pinned ? "Let loads evict it again" : "Never evict it to make room";
-      if (m.generating && !row.busy.isConnected) row.actions.append(row.busy);
-      if (!m.generating) row.busy.remove();
+      if (m.generating && !row.stop.isConnected) row.actions.append(row.stop);
+      if (!m.generating) row.stop.remove();
       if (body.children[i] !== row.tr) body.insertBefore(row.tr, body.children[i] || null);
     });
     table.hidden = models.length === 0;

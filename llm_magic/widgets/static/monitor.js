@@ -1,6 +1,7 @@
 // Live resource gauges of llm_magic (anywidget ES module, no dependencies).
 // Every figure is text in the DOM (textContent, never innerHTML); bars are divs
-// and the last two minutes are drawn on one canvas per section.
+// and the samples so far (up to two minutes) are drawn on one canvas per section,
+// between a value axis (0 to 100 %) and a time axis (how long ago, to now) in the DOM.
 
 function width(part, whole) {
   if (part === null || part === undefined || !whole) return "0%";
@@ -12,16 +13,36 @@ function percents(value) {
   return Array.from(bytesOf(value), (b) => (b === 255 ? NaN : b / 2));
 }
 
-const SLOTS = 120; // two minutes of samples at one a second
-const COLOURS = ["#2f7ed8", "#8bbc21", "#e4572e", "#7b4fa0"];
+const SPAN = 120; // seconds: the time axis grows with the samples up to two minutes
+const MIN_SPAN = 10; // seconds: the shortest time axis, so the first samples are not stretched
+// A section's two lines: CPU or utilization (the colour of its bar), RAM or memory (the
+// colour of its memory bar's used part, .lm-fill-other in widgets.css).
+const COLOURS = ["#2f7ed8", "#6a9f1a"];
 
-function drawSparkline(canvas, names, data, columns) {
+// The time axis of samples whose oldest is `oldest` seconds old.
+function spanOf(oldest) {
+  return Math.min(SPAN, Math.max(MIN_SPAN, oldest || 0));
+}
+
+function ago(seconds) {
+  const s = Math.round(seconds);
+  if (s < 60) return `${s} s ago`;
+  const rest = s % 60;
+  return rest ? `${Math.floor(s / 60)} min ${rest} s ago` : `${s / 60} min ago`;
+}
+
+function drawSparkline(canvas, names, data, ages, columns, span) {
   const w = canvas.clientWidth || 240;
   const h = canvas.clientHeight || 36;
   const ctx = canvasContext(canvas, w, h, window.devicePixelRatio || 1);
   if (!ctx) return;
-  const n = names.length ? Math.floor(data.length / names.length) : 0;
-  const step = w / Math.max(1, SLOTS - 1);
+  ctx.strokeStyle = "rgba(128, 128, 128, 0.35)"; // the 50 % line of the value axis
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  ctx.moveTo(0, Math.round(h / 2) + 0.5);
+  ctx.lineTo(w, Math.round(h / 2) + 0.5);
+  ctx.stroke();
+  const n = names.length ? Math.min(Math.floor(data.length / names.length), ages.length) : 0;
   columns.forEach((col, k) => {
     ctx.strokeStyle = COLOURS[k % COLOURS.length];
     ctx.lineWidth = 1.5;
@@ -29,8 +50,8 @@ function drawSparkline(canvas, names, data, columns) {
     let pen = false;
     for (let i = 0; i < n; i++) {
       const v = data[i * names.length + col];
-      if (Number.isNaN(v)) { pen = false; continue; }
-      const x = w - (n - 1 - i) * step; // newest at the right edge
+      if (Number.isNaN(v) || ages[i] > span) { pen = false; continue; }
+      const x = w - 1 - (ages[i] / span) * (w - 2); // the newest sample at the right edge
       const y = h - 1 - (Math.max(0, Math.min(100, v)) / 100) * (h - 2);
       if (pen) ctx.lineTo(x, y); else ctx.moveTo(x, y);
       pen = true;
@@ -65,9 +86,11 @@ function memoryBar(parent, label, field) {
   return g;
 }
 
-function detail(parent, label, field) {
+function detail(parent, label, field, key) {
   const row = node("div", "lm-row lm-detail");
-  row.append(node("span", "lm-label", label));
+  const name = node("span", "lm-label", label);
+  if (key) name.classList.add("lm-key", key); // the colour of its part of the memory bar
+  row.append(name);
   const value = node("span", "lm-value");
   value.dataset.field = field;
   row.append(value);
@@ -76,17 +99,26 @@ function detail(parent, label, field) {
 }
 
 function sparkline(parent, labels, field) {
+  const box = node("div", "lm-spark-box");
+  const values = node("div", "lm-y-axis");
+  values.append(node("span", "", "100 %"), node("span", "", "50 %"), node("span", "", "0 %"));
+  const plot = node("div", "lm-plot");
   const canvas = node("canvas", "lm-spark");
   canvas.dataset.field = field;
+  const times = node("div", "lm-x-axis");
+  const from = node("span", "lm-x-from");
+  from.dataset.field = `${field}-from`;
+  times.append(from, node("span", "", "now"));
+  plot.append(canvas, times);
+  box.append(values, plot);
   const legend = node("div", "lm-legend");
-  legend.append(node("span", "", "last 2 min:"));
   labels.forEach((label, k) => {
     const key = node("span", "lm-key", label);
     key.style.borderColor = COLOURS[k % COLOURS.length];
     legend.append(key);
   });
-  parent.append(canvas, legend);
-  return canvas;
+  parent.append(box, legend);
+  return { canvas, from };
 }
 
 function render({ model, el }) {
@@ -105,8 +137,13 @@ function render({ model, el }) {
   root.append(head);
 
   const gpuBox = node("div", "lm-section lm-gpus");
+  // "CPU only", and why in small grey text (and on hover): a fact about the machine.
   const note = node("div", "lm-note");
-  note.dataset.field = "gpu-note";
+  const noteText = node("span", "lm-note-text");
+  noteText.dataset.field = "gpu-note";
+  const reason = node("span", "lm-note-reason");
+  reason.dataset.field = "gpu-reason";
+  note.append(noteText, reason);
   const hostBox = node("div", "lm-section lm-host");
   root.append(gpuBox, note, hostBox);
 
@@ -114,9 +151,9 @@ function render({ model, el }) {
   hostBox.append(node("div", "lm-section-title", "Host"));
   const cpu = gauge(hostBox, "CPU", "cpu");
   const ram = memoryBar(hostBox, "RAM", "ram");
-  const rss = detail(hostBox, "this process", "rss");
+  const rss = detail(hostBox, "this process", "rss", "lm-key-mine");
   const procCpu = detail(hostBox, "process CPU", "process-cpu");
-  const hostModels = detail(hostBox, "models", "host-models");
+  const hostModels = detail(hostBox, "models", "host-models", "lm-key-models");
   const hostSpark = sparkline(hostBox, ["CPU", "RAM"], "host-sparkline");
 
   let gpuViews = [];
@@ -133,8 +170,8 @@ function render({ model, el }) {
         box, title,
         util: gauge(box, "utilization", "gpu-util"),
         mem: memoryBar(box, "memory", "gpu-memory"),
-        process: detail(box, "this process", "gpu-process"),
-        models: detail(box, "models", "gpu-models"),
+        process: detail(box, "this process", "gpu-process", "lm-key-mine"),
+        models: detail(box, "models", "gpu-models", "lm-key-models"),
         temp: detail(box, "temperature", "gpu-temperature"),
         power: detail(box, "power", "gpu-power"),
       };
@@ -170,9 +207,12 @@ function render({ model, el }) {
       setText(v.temp, g.temp_text);
       setText(v.power, g.power_text);
     });
-    const noteText = model.get("gpu_note") || "";
-    setText(note, noteText);
-    note.hidden = !noteText;
+    const cpuOnly = model.get("gpu_note") || "";
+    const why = model.get("gpu_reason") || "";
+    setText(noteText, cpuOnly);
+    setText(reason, why);
+    note.title = why;
+    note.hidden = !cpuOnly;
 
     const h = model.get("host") || {};
     setText(cpu.value, h.cpu_text || "");
@@ -190,11 +230,17 @@ function render({ model, el }) {
   function draw() {
     const names = model.get("series_names") || [];
     const data = percents(model.get("series"));
-    drawSparkline(hostSpark, names, data, [0, 1]);
-    gpuViews.forEach((v, i) => drawSparkline(v.spark, names, data, [2 + 2 * i, 3 + 2 * i]));
+    const ages = float32s(model.get("series_ages"));
+    const span = spanOf(ages.length ? ages[0] : 0);
+    const sparks = [[hostSpark, [0, 1]], ...gpuViews.map((v, i) => [v.spark, [2 + 2 * i, 3 + 2 * i]])];
+    sparks.forEach(([spark, columns]) => {
+      setText(spark.from, ago(span));
+      drawSparkline(spark.canvas, names, data, ages, columns, span);
+    });
   }
 
-  const events = ["change:host", "change:gpus", "change:gpu_note", "change:running", "change:series"];
+  const events = ["change:host", "change:gpus", "change:gpu_note", "change:gpu_reason",
+    "change:running", "change:series"];
   const unlisten = listen(model, events.map((e) => [e, update]));
   update();
   return unlisten;

@@ -1,14 +1,21 @@
 // The token probability view of llm_magic (anywidget ES module): the text, each token
-// shaded by probability, entropy or surprisal; a side panel of the alternatives of the
-// token under the pointer or the keyboard focus; clicking an alternative asks the
-// kernel for a branch; breadcrumbs switch branches. Numbers arrive as binary buffers
-// (int32 ids and ranks, float16 log-probabilities and entropies) and a string table.
-// Every text is set with textContent.
+// shaded by probability, entropy or surprisal; a side panel of the alternatives of one
+// token; clicking an alternative asks the kernel for a branch; breadcrumbs switch branches.
+// The panel follows a click (the token is pinned, and marked) or the keyboard focus; a
+// pointer resting on a token previews it after PREVIEW_MS, never while a token is pinned,
+// so a pointer travelling to the panel over other tokens leaves it alone. Numbers arrive
+// as binary buffers (int32 ids and ranks, float16 log-probabilities and entropies) and a
+// string table. Every text is set with textContent; the panel and the breadcrumbs are
+// updated in place, so a click landing as they change still reaches its button.
 
 const METRICS = ["probability", "entropy", "surprisal"];
 const LIGHT = [255, 255, 255]; // a certain token (analysis/tokens.py: _LIGHT, _DARK)
 const DARK = [230, 85, 13];
 const STATES = { idle: "", running: "generating the branch\u2026", error: "" };
+const PREVIEW_MS = 300; // how long the pointer rests on a token before the panel previews it
+const HELP_BRANCH = "Click a token to pin it, then click an alternative to branch from there.";
+const HELP_SCORE = "Click a token to pin it and see its alternatives.";
+const EMPTY = "Click a token, or focus it with Tab, to see its alternatives here.";
 
 // Keys pressed on a focused part of the view (arrows, Enter, Tab) are the view's: Lumino
 // matches the notebook's shortcuts from the focused element up to the first element that
@@ -24,8 +31,9 @@ function button(className, text) {
   return b;
 }
 
-function colour(x) {
-  return rgb(mix(LIGHT, DARK, Math.min(1, Math.max(0, x))));
+// The shade x (0 to 1) as [r, g, b], as analysis/tokens.py's _colour().
+function shadeColour(x) {
+  return mix(LIGHT, DARK, Math.min(1, Math.max(0, x)));
 }
 
 // One branch's records, decoded from the buffers.
@@ -59,7 +67,8 @@ function decode(model) {
   return data;
 }
 
-// Each token's shade from 0 to 1, as analysis/tokens.py's shade() computes it.
+// Each token's shade from 0 to 1, as analysis/tokens.py's shade() computes it: 1 - p, or
+// surprisal (-ln p) or entropy, both in nats, over the text's largest.
 function shades(data, metric) {
   const out = new Float32Array(data.n);
   if (metric === "probability") {
@@ -68,12 +77,16 @@ function shades(data, metric) {
   }
   let top = 0;
   for (let i = 0; i < data.n; i++) {
-    const v = metric === "surprisal" ? -data.logprob(i) / Math.LN2 : data.entropy[i];
+    const v = metric === "surprisal" ? -data.logprob(i) : data.entropy[i];
     out[i] = Number.isFinite(v) ? v : 0;
     top = Math.max(top, out[i]);
   }
   for (let i = 0; i < data.n; i++) out[i] = top > 0 ? out[i] / top : 0;
   return out;
+}
+
+function nats(v) {
+  return Number.isFinite(v) ? `${v.toFixed(2)} nats` : "n/a";
 }
 
 function tokenBox(text, className) {
@@ -82,8 +95,11 @@ function tokenBox(text, className) {
 
 function render({ model, el: host }) {
   const root = own(node("div", "llm-tokens"));
+  root.dir = "ltr";
+  // The controls first, then the breadcrumbs, then the title of the branch on screen: a
+  // title that grows when a branch ends moves nothing a press may be resting on.
   const head = node("div", "llm-tokens-head");
-  const title = node("span", "llm-tokens-title");
+  const title = node("div", "llm-tokens-title");
   const metrics = node("div", "llm-tokens-metrics");
   metrics.setAttribute("role", "group");
   metrics.setAttribute("aria-label", "shade by");
@@ -98,23 +114,48 @@ function render({ model, el: host }) {
     metrics.append(b);
     return b;
   });
-  head.append(title, metrics);
+  const help = node("span", "llm-tokens-help");
+  head.append(metrics, help);
 
   const crumbs = node("nav", "llm-tokens-crumbs");
   crumbs.setAttribute("aria-label", "branches");
+  crumbs.append(node("span", "llm-tokens-dim", "branches: "));
   const main = node("div", "llm-tokens-main");
   const box = node("div", "llm-tokens-text");
   const stream = node("pre", "llm-tokens-stream");
   const streamLead = node("span", "llm-tokens-lead");
   const streamText = node("span", "llm-tokens-streamed");
   stream.append(streamLead, streamText);
+
+  // The side panel: every part is made once and then updated in place.
   const panel = node("aside", "llm-tokens-panel");
   panel.setAttribute("aria-live", "polite");
-  const panelHead = node("div", "llm-tokens-panel-head",
-    "Point at a token, or focus it with Tab, to see its alternatives.");
+  const panelHead = node("div", "llm-tokens-panel-head");
+  const empty = node("div", "llm-tokens-empty", EMPTY);
+  const about = node("div", "llm-tokens-about");
+  const pos = node("span", "llm-tokens-pos");
+  const headBox = tokenBox("", "llm-tokens-head-token");
+  about.append(pos, headBox, node("span", "llm-tokens-pos", " \u2014 alternatives"));
+  const facts = node("div", "llm-tokens-facts");
+  const factParts = [0, 1, 2, 3].map(() => node("span", "llm-tokens-fact"));
+  factParts.forEach((part, j) => facts.append(...(j ? [" \u00b7 "] : []), part));
+  const flag = node("div", "llm-tokens-flag");
+  const pinLine = node("div", "llm-tokens-pinline");
+  const pinState = node("span", "llm-tokens-pinstate");
+  const unpin = button("llm-tokens-unpin", "Unpin");
+  unpin.title = "Unpin this token (Escape): resting the pointer on a token previews it again";
+  pinLine.append(pinState, unpin);
+  panelHead.append(empty, about, facts, flag, pinLine);
   const table = node("table", "llm-tokens-alts");
+  const headRow = node("tr");
+  ["rank", "probability", "token", ""].forEach((h) => headRow.append(node("th", "", h)));
+  const thead = node("thead");
+  thead.append(headRow);
+  const body = node("tbody");
+  table.append(thead, body);
   panel.append(panelHead, table);
   main.append(box, stream, panel);
+
   const legend = node("div", "llm-tokens-legend");
   const status = node("div", "llm-tokens-status");
   const state = node("span", "llm-tokens-state");
@@ -125,24 +166,27 @@ function render({ model, el: host }) {
   const waits = node("div", "llm-tokens-wait");
   const error = node("div", "llm-tokens-error");
   error.setAttribute("role", "alert");
-  root.append(head, crumbs, main, legend, status, note, waits, error);
+  root.append(head, crumbs, title, main, legend, status, note, waits, error);
   host.append(root);
 
   let data = decode(model);
   let spans = [];
-  let focused = -1; // the token the panel shows
-  let pinned = -1; // the token last clicked or focused: the panel returns to it
+  let shown = -1; // the token the panel shows
+  let pinned = -1; // the token clicked or focused: the panel stays on it
+  let timer = 0; // a pending preview
 
   function drawTokens() {
     data = decode(model);
+    cancelPreview();
     box.replaceChildren();
     const lead = model.get("lead") || "";
-    if (lead) box.append(node("span", "llm-tokens-lead", lead));
+    if (lead) box.append(node("span", "llm-tokens-lead", visible(lead, true)));
     spans = [];
     for (let i = 0; i < data.n; i++) {
       const text = data.text(i);
       const span = own(tokenBox(text, "llm-tokens-token"));
       span.tabIndex = 0;
+      span.setAttribute("role", "button");
       span.dataset.index = String(i);
       if (!data.inTop(i)) span.classList.add("llm-tokens-outside");
       box.append(span);
@@ -150,17 +194,19 @@ function render({ model, el: host }) {
       spans.push(span);
     }
     root.dataset.revision = String(model.get("revision"));
-    shade();
+    // A pin outlives a switch of branch: the tokens before a branch point are the same.
     if (pinned >= data.n) pinned = -1;
-    show(focused < data.n ? focused : pinned);
+    shade();
+    show(pinned >= 0 ? pinned : shown);
   }
 
   function shade() {
     const metric = model.get("metric");
     const x = shades(data, metric);
     spans.forEach((span, i) => {
-      span.style.backgroundColor = colour(x[i]);
-      span.style.color = x[i] > 0.6 ? "#fff" : "#222";
+      const c = shadeColour(x[i]);
+      span.style.backgroundColor = rgb(c);
+      span.style.color = inkOn(c);
       span.dataset.shade = x[i].toFixed(3);
     });
     metricButtons.forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.metric === metric)));
@@ -168,107 +214,153 @@ function render({ model, el: host }) {
     legend.textContent = (model.get("legends") || {})[metric] || "";
   }
 
-  function cell(tr, text, className) {
-    const td = node("td", className, text);
-    tr.append(td);
-    return td;
+  // -- the alternatives: one kept row per place in the table
+
+  const slots = [];
+  function slot(j) {
+    if (slots[j]) return slots[j];
+    const s = { tr: node("tr"), position: -1, choice: -1, id: -1 };
+    s.rank = node("td", "llm-tokens-rank");
+    s.prob = node("td", "llm-tokens-prob");
+    s.where = node("td", "llm-tokens-alt-token");
+    s.mark = node("td", "llm-tokens-mark");
+    s.branch = button("llm-tokens-branch");
+    s.inButton = tokenBox("");
+    s.branch.append(s.inButton);
+    s.plain = tokenBox("");
+    s.tr.append(s.rank, s.prob, s.where, s.mark);
+    // The row's token and alternative as they are now, read when the click lands.
+    s.branch.addEventListener("click", () => {
+      if (s.position >= 0 && s.choice >= 0) {
+        model.send({ action: "branch", position: s.position, choice: s.choice, id: s.id });
+      }
+    });
+    slots[j] = s;
+    return s;
   }
 
-  function row(alt, i, chosen) {
-    const tr = node("tr", "llm-tokens-alt");
-    tr.dataset.rank = String(alt.choice + 1);
-    tr.dataset.id = String(alt.id);
+  function fill(s, alt, i, { rank, chosen, outside, branchable }) {
+    Object.assign(s, { position: i, choice: alt.choice, id: alt.id });
+    s.tr.className = "llm-tokens-alt" + (chosen ? " llm-tokens-chosen" : "")
+      + (outside ? " llm-tokens-outside" : "");
+    s.tr.dataset.rank = String(rank);
+    s.tr.dataset.id = String(alt.id);
     const p = Math.exp(alt.logprob);
-    cell(tr, String(alt.choice + 1), "llm-tokens-rank");
-    cell(tr, percent(p), "llm-tokens-prob").dataset.value = String(p);
-    const where = cell(tr, "", "llm-tokens-alt-token");
-    if (model.get("branchable") && !chosen) {
-      const b = button("llm-tokens-branch");
-      b.title = "branch here with this token";
-      b.append(tokenBox(alt.text));
-      b.addEventListener("click", () => {
-        model.send({ action: "branch", position: i, choice: alt.choice, id: alt.id });
-      });
-      where.append(b);
-    } else {
-      where.append(tokenBox(alt.text));
-    }
-    cell(tr, chosen ? "\u25c0 chosen" : "", "llm-tokens-mark");
-    if (chosen) tr.classList.add("llm-tokens-chosen");
-    return tr;
+    setText(s.rank, rank > 0 ? String(rank) : "?");
+    setText(s.prob, percent(p));
+    s.prob.dataset.value = String(p);
+    const holder = branchable ? s.branch : s.plain;
+    setText(branchable ? s.inButton : s.plain, visible(alt.text));
+    if (s.where.firstChild !== holder) s.where.replaceChildren(holder);
+    s.branch.title = `branch from token ${i + (model.get("first_index") || 0)} with ` +
+      `\u201c${visible(alt.text)}\u201d`;
+    setText(s.mark, outside ? "\u25c0 chosen, outside" : chosen ? "\u25c0 chosen" : "");
   }
 
-  function show(i) {
-    focused = i;
-    spans.forEach((span, j) => span.classList.toggle("llm-tokens-focused", j === i));
-    table.replaceChildren();
-    if (i < 0 || i >= data.n) {
-      panelHead.textContent = "Point at a token, or focus it with Tab, to see its alternatives.";
+  const others = node("tr", "llm-tokens-others");
+  const othersProb = node("td", "llm-tokens-prob");
+  others.append(node("td", "llm-tokens-rank"), othersProb,
+    node("td", "llm-tokens-alt-token", "others"), node("td", "llm-tokens-mark"));
+
+  function show(index) {
+    const i = index >= 0 && index < data.n ? index : -1;
+    shown = i;
+    spans.forEach((span, j) => {
+      span.classList.toggle("llm-tokens-focused", j === i);
+      span.classList.toggle("llm-tokens-pinned", j === pinned);
+      span.setAttribute("aria-pressed", String(j === pinned));
+    });
+    root.dataset.pinned = String(pinned);
+    setText(empty, i < 0 ? EMPTY : "");
+    empty.hidden = i >= 0;
+    for (const e of [about, facts, pinLine, table]) e.hidden = i < 0;
+    if (i < 0) {
       delete panel.dataset.index;
+      delete panel.dataset.pinned;
+      setText(flag, "");
+      flag.hidden = true;
       return;
     }
     panel.dataset.index = String(i);
+    panel.dataset.pinned = String(i === pinned);
     const lp = data.logprob(i);
     const rank = data.ranks[i];
     const alts = data.alternatives(i);
     const inTop = data.inTop(i);
-    panelHead.replaceChildren();
-    const pos = node("span", "llm-tokens-pos", `token ${i + model.get("first_index")} `);
-    const ent = data.entropy[i];
-    const facts = node("span", "llm-tokens-facts",
-      ` p ${percent(Math.exp(lp))} \u00b7 rank ${rank > 0 ? rank : "?"} \u00b7 ` +
-      `${(-lp / Math.LN2).toFixed(2)} bits \u00b7 entropy ` +
-      `${Number.isFinite(ent) ? `${ent.toFixed(2)} nats` : "n/a"}`);
-    panelHead.append(pos, tokenBox(data.text(i)), facts);
-    if (!inTop) {
-      panelHead.append(node("div", "llm-tokens-flag", `chosen outside the top ${alts.length}`));
-    }
-    const headRow = node("tr");
-    ["rank", "probability", "token", ""].forEach((h) => headRow.append(node("th", "", h)));
-    const body = node("tbody");
+    setText(pos, `token ${i + (model.get("first_index") || 0)}: `);
+    setText(headBox, visible(data.text(i)));
+    [`p ${percent(Math.exp(lp))}`, `rank ${rank > 0 ? rank : "?"}`, `surprisal ${nats(-lp)}`,
+      `entropy ${nats(data.entropy[i])}`].forEach((text, j) => setText(factParts[j], text));
+    setText(flag, inTop ? "" : `chosen outside the top ${alts.length}`);
+    flag.hidden = inTop;
+    setText(pinState, i === pinned ? "pinned: other tokens leave this panel alone"
+      : "preview: click the token to pin it");
+    unpin.hidden = i !== pinned;
+
+    const branchable = !!model.get("branchable");
+    let n = 0;
     let sum = 0;
     for (const alt of alts) {
       sum += Math.exp(alt.logprob);
-      body.append(row(alt, i, alt.id === data.ids[i]));
+      const chosen = alt.id === data.ids[i];
+      fill(slot(n++), alt, i, { rank: alt.choice + 1, chosen, outside: false,
+        branchable: branchable && !chosen });
     }
     if (!inTop) {
-      const tr = row({ choice: -1, id: data.ids[i], text: data.text(i), logprob: lp }, i, true);
-      tr.classList.add("llm-tokens-outside");
-      tr.dataset.rank = String(rank);
-      tr.querySelector(".llm-tokens-rank").textContent = rank > 0 ? String(rank) : "?";
-      tr.querySelector(".llm-tokens-mark").textContent = "\u25c0 chosen, outside";
-      body.append(tr);
+      fill(slot(n++), { choice: -1, id: data.ids[i], text: data.text(i), logprob: lp }, i,
+        { rank, chosen: true, outside: true, branchable: false });
     }
-    const others = node("tr", "llm-tokens-others");
+    for (let j = 0; j < n; j++) {
+      if (body.children[j] !== slots[j].tr) body.insertBefore(slots[j].tr, body.children[j] || null);
+    }
+    for (let j = n; j < slots.length; j++) slots[j].tr.remove();
     const rest = Math.max(0, 1 - sum);
-    cell(others, "", "llm-tokens-rank");
-    cell(others, percent(rest), "llm-tokens-prob").dataset.value = String(rest);
-    cell(others, "others", "llm-tokens-alt-token");
-    cell(others, "", "llm-tokens-mark");
-    body.append(others);
-    const thead = node("thead");
-    thead.append(headRow);
-    table.append(thead, body);
+    setText(othersProb, percent(rest));
+    othersProb.dataset.value = String(rest);
+    if (body.lastChild !== others) body.append(others);
+  }
+
+  // -- pinning and previews
+
+  function cancelPreview() {
+    if (timer) clearTimeout(timer);
+    timer = 0;
+  }
+
+  function pin(i) {
+    cancelPreview();
+    pinned = i;
+    show(i);
+  }
+
+  function unpinNow() {
+    pinned = -1;
+    show(shown);
   }
 
   function tokenOf(event) {
     const span = event.target && event.target.closest && event.target.closest(".llm-tokens-token");
     return span && box.contains(span) ? Number(span.dataset.index) : -1;
   }
+  // A preview only after the pointer rests on one token: on its way to the panel it crosses
+  // others, each for less than PREVIEW_MS, and leaves the panel as it was.
   box.addEventListener("mouseover", (event) => {
+    cancelPreview();
     const i = tokenOf(event);
-    if (i >= 0 && i !== focused) show(i);
+    if (i < 0 || pinned >= 0 || i === shown) return;
+    timer = setTimeout(() => {
+      timer = 0;
+      if (pinned < 0) show(i);
+    }, PREVIEW_MS);
+  });
+  box.addEventListener("mouseleave", cancelPreview);
+  box.addEventListener("click", (event) => {
+    const i = tokenOf(event);
+    if (i >= 0) pin(i);
   });
   box.addEventListener("focusin", (event) => {
     const i = tokenOf(event);
-    if (i >= 0) {
-      pinned = i;
-      show(i);
-    }
-  });
-  // On the way from a token to the panel the pointer crosses others: back to the pinned one.
-  box.addEventListener("mouseleave", () => {
-    if (pinned >= 0 && pinned !== focused) show(pinned);
+    if (i >= 0 && i !== pinned) pin(i);
   });
   box.addEventListener("keydown", (event) => {
     const i = tokenOf(event);
@@ -281,29 +373,47 @@ function render({ model, el: host }) {
       const first = table.querySelector("button");
       if (first) first.focus();
       event.preventDefault();
+    } else if (event.key === "Escape" && pinned >= 0) {
+      unpinNow();
+      event.preventDefault();
     }
   });
+  unpin.addEventListener("click", unpinNow);
   panel.addEventListener("keydown", (event) => {
     if (event.key === "Escape" && spans[pinned]) spans[pinned].focus();
   });
 
+  // -- breadcrumbs: one kept button per branch
+
+  const parts = [];
   function drawCrumbs() {
     const list = model.get("crumbs") || [];
     const current = model.get("current");
-    crumbs.replaceChildren();
     list.forEach((c, i) => {
-      if (i > 0) crumbs.append(node("span", "llm-tokens-dim", " \u203a "));
-      const b = button("llm-tokens-crumb", c.label);
+      if (!parts[i]) {
+        const sep = i > 0 ? node("span", "llm-tokens-dim", " \u203a ") : null;
+        const b = button("llm-tokens-crumb");
+        b.dataset.index = String(i);
+        b.addEventListener("click", () => {
+          model.set("current", i);
+          model.save_changes();
+        });
+        parts[i] = { sep, b };
+        if (sep) crumbs.append(sep);
+        crumbs.append(b);
+      }
+      const b = parts[i].b;
+      setText(b, c.label || "");
       b.title = c.title || "";
-      b.dataset.index = String(i);
       b.dataset.state = c.state || "";
       if (i === current) b.setAttribute("aria-current", "true");
-      b.addEventListener("click", () => {
-        model.set("current", i);
-        model.save_changes();
-      });
-      crumbs.append(b);
+      else b.removeAttribute("aria-current");
     });
+    while (parts.length > list.length) {
+      const { sep, b } = parts.pop();
+      b.remove();
+      if (sep) sep.remove();
+    }
     crumbs.hidden = list.length < 2;
     const running = (list[current] || {}).state === "running";
     root.dataset.view = running ? "stream" : "tokens";
@@ -314,8 +424,8 @@ function render({ model, el: host }) {
   }
 
   function drawStream() {
-    streamLead.textContent = model.get("lead") || "";
-    setText(streamText, model.get("stream") || "");
+    setText(streamLead, visible(model.get("lead") || "", true));
+    setText(streamText, visible(model.get("stream") || "", true));
   }
 
   function drawStatus() {
@@ -327,6 +437,7 @@ function render({ model, el: host }) {
     error.textContent = model.get("error") || "";
     error.hidden = !error.textContent;
     title.textContent = model.get("title") || "";
+    help.textContent = model.get("branchable") ? HELP_BRANCH : HELP_SCORE;
     note.textContent = model.get("note") || "";
     note.hidden = !note.textContent;
     waits.textContent = model.get("wait_note") || "";
@@ -338,12 +449,16 @@ function render({ model, el: host }) {
     ["change:crumbs", drawCrumbs], ["change:current", drawCrumbs], ["change:stream", drawStream],
     ["change:state", drawStatus], ["change:error", drawStatus], ["change:title", drawStatus],
     ["change:note", drawStatus], ["change:wait_note", drawStatus], ["change:lead", drawTokens],
+    ["change:branchable", drawStatus],
   ];
   const unlisten = listen(model, listeners);
   drawStatus();
   drawTokens();
   drawCrumbs();
-  return unlisten;
+  return () => {
+    cancelPreview();
+    unlisten();
+  };
 }
 
 export default { render };
