@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .analysis.attention import AttentionMap, attention, attention_max_tokens
     from .analysis.compare import Comparison, compare
     from .analysis.lens import LensMap, logit_lens
+    from .analysis.quality import QualityReport, quality
     from .analysis.tokens import Scores, TokenRecord, score
     from .generation import Generation, GenerationStats, generate, generate_batch
     from .generation.handle import ModelHandle
@@ -52,6 +53,7 @@ _LAZY = {
     **dict.fromkeys(["AttentionMap", "attention", "attention_max_tokens"], "analysis.attention"),
     **dict.fromkeys(["Comparison", "compare"], "analysis.compare"),
     **dict.fromkeys(["LensMap", "logit_lens"], "analysis.lens"),
+    **dict.fromkeys(["QualityReport", "quality"], "analysis.quality"),
     **dict.fromkeys(["Scores", "TokenRecord", "score"], "analysis.tokens"),
     **dict.fromkeys(["Generation", "GenerationStats", "generate", "generate_batch"],
                     "generation"),
@@ -88,6 +90,7 @@ __all__ = [
     "ModelTable",
     "NotAvailableError",
     "PromptTooLongError",
+    "QualityReport",
     "RerunResult",
     "Scores",
     "ServerError",
@@ -111,6 +114,7 @@ __all__ = [
     "monitor",
     "panel",
     "pin",
+    "quality",
     "rerun",
     "score",
     "set_threads",
@@ -133,12 +137,15 @@ def load(
     pin: bool = False,
     model: str | None = None,
     api_key_env: str | None = None,
+    quantize: str | None = None,
 ) -> ModelHandle:
     """Load a model (or return the resident one); see :meth:`ModelManager.load`.
 
     ``source`` may be an OpenAI-compatible server's URL: then ``model`` is the
     served model's id and ``api_key_env`` names the environment variable that
-    holds its key (never the key itself).
+    holds its key (never the key itself). ``quantize="int8"`` or ``"int4"``
+    quantizes the linear layers' weights as the model loads (needs torchao:
+    ``pip install 'llm_magic[quant]'``); :func:`quality` measures what it cost.
 
     Examples
     --------
@@ -148,6 +155,8 @@ def load(
     >>> lm.load("http://127.0.0.1:8000/v1", name="big", model="Qwen/Qwen3-32B",
     ...         api_key_env="VLLM_API_KEY")  # doctest: +SKIP
     <model 'big': Qwen/Qwen3-32B served at http://127.0.0.1:8000/v1>
+    >>> lm.load("demo", quantize="int8")  # doctest: +SKIP
+    <model 'demo-int8': GPT2LMHeadModel, 1.2M params, cpu, int8 weights, float32, 4.6 MB ...>
     """
     from .generation.handle import ModelHandle
 
@@ -155,7 +164,7 @@ def load(
     info = manager.load(
         source, name=name, revision=revision, dtype=dtype, device=device,
         trust_remote_code=trust_remote_code, reload=reload, pin=pin, model=model,
-        api_key_env=api_key_env,
+        api_key_env=api_key_env, quantize=quantize,
     )
     return ModelHandle(info.name, manager)
 

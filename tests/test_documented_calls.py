@@ -71,6 +71,9 @@ NAMES: dict[str, str] = {
     "NotAvailableError": "assert issubclass(lm.NotAvailableError, lm.LLMMagicError)",
     "PromptTooLongError": "lm.load('demo')\n" + _raises(
         "lm.generate('word ' * 5000, max_new_tokens=2)", "PromptTooLongError", "tokens"),
+    "QualityReport": "lm.load('demo', quantize='int8')\n"
+                     f"r = lm.quality('demo-int8', against='demo', text={PROMPT!r})\n"
+                     "assert isinstance(r, lm.QualityReport)",
     "RerunResult": LOAD + f"g = lm.generate({PROMPT!r}, max_new_tokens=3)\n"
                    "assert isinstance(lm.rerun(g.id), lm.RerunResult)",
     "Scores": f"assert isinstance(lm.score({PROMPT!r}, model='demo'), lm.Scores)",
@@ -102,6 +105,9 @@ NAMES: dict[str, str] = {
     "monitor": "m = lm.monitor()\nm.close()",
     "panel": "p = lm.panel()\np.close()",
     "pin": "lm.load('demo')\nassert lm.pin('demo').pinned",
+    "quality": "lm.load('demo', quantize='int4')\n"
+               f"r = lm.quality('demo-int4', against='demo', text={PROMPT!r})\n"
+               "assert r.predicted > 0 and 0 <= r.agreement <= 1 and r.mean_kl >= 0",
     "rerun": LOAD + f"g = lm.generate({PROMPT!r}, max_new_tokens=3)\nassert lm.rerun(g.id).matches",
     "score": f"assert lm.score({PROMPT!r}, model='demo').perplexity > 1",
     "set_threads": "assert lm.set_threads(1) == 1 and lm.threads() == 1",
@@ -138,7 +144,9 @@ METHODS: dict[tuple[str, str], str] = {
     ("LensMap", "nbytes"): _LENS + "assert lens.nbytes > 0",
     ("LensMap", "next_ids"): _LENS + "assert len(lens.next_ids) == lens.shape[1]",
     ("LensMap", "predicted"): _LENS + "assert len(lens.predicted) == lens.shape[1]",
+    ("LensMap", "row_names"): _LENS + "assert lens.row_names[0] == 'embeddings'",
     ("LensMap", "rows_shown"): _LENS + "assert lens.rows_shown(1)",
+    ("LensMap", "scale"): _LENS + "assert 'nats' in lens.scale('kl').caption",
     ("LensMap", "shade"): _LENS + "assert lens.shade('probability').shape[:2] == lens.shape[:2]",
     ("LensMap", "shape"): _LENS + "assert len(lens.shape) == 3",
     ("LensMap", "summary"): _LENS + "assert 'demo' in lens.summary()",
@@ -161,6 +169,7 @@ METHODS: dict[tuple[str, str], str] = {
     ("AttentionMap", "shape"): _AMAP + "assert len(amap.shape) == 4",
     ("AttentionMap", "summary"): _AMAP + "assert 'demo' in amap.summary()",
     ("AttentionMap", "thumbnails"): _AMAP + "assert amap.thumbnails().ndim == 4",
+    ("AttentionMap", "to_html"): _AMAP + "assert 'layer 0, head 0' in amap.to_html(0, 0)",
     ("AttentionMap", "to_png"): _AMAP + "assert amap.to_png(layer=0, head=0)[:4] == b'\\x89PNG'",
     ("AttentionMap", "widget"): _AMAP + "w = amap.widget()\nw.close()",
 }

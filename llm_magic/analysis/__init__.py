@@ -6,7 +6,9 @@ One family of analyses, each a Python call with a notebook view:
 - :mod:`~llm_magic.analysis.tokens`: each token's probability and its likeliest
   alternatives, for a generation (``logprobs=K``) or a given text (:func:`score`);
 - :mod:`~llm_magic.analysis.lens`: the logit lens, what every layer would predict
-  if it were the last (:func:`logit_lens`), exact and self-checked.
+  if it were the last (:func:`logit_lens`), exact and self-checked;
+- :mod:`~llm_magic.analysis.quality`: a (quantized) model's predictions against a
+  reference's over a text (:func:`quality`): agreement, KL, perplexities.
 
 Examples
 --------
@@ -20,7 +22,9 @@ from __future__ import annotations
 from .attention import AttentionMap, attention, attention_max_tokens, last_attention
 from .compare import Comparison, compare
 from .lens import LensMap, logit_lens
+from .quality import QualityReport, quality
 from .tokens import Scores, TokenRecord, score
 
-__all__ = ["AttentionMap", "Comparison", "LensMap", "Scores", "TokenRecord", "attention",
-           "attention_max_tokens", "compare", "last_attention", "logit_lens", "score"]
+__all__ = ["AttentionMap", "Comparison", "LensMap", "QualityReport", "Scores", "TokenRecord",
+           "attention", "attention_max_tokens", "compare", "last_attention", "logit_lens",
+           "quality", "score"]

@@ -15,6 +15,8 @@ Examples
 
 from __future__ import annotations
 
+import logging
+
 from ..common.registry import LazyRegistry
 from .base import Backend, GenerationJob, GenerationRequest, LoadSpec
 
@@ -28,6 +30,26 @@ _BACKENDS = LazyRegistry("backend", {
     "hub": "llm_magic.backends.hf:HFBackend",
     "url": "llm_magic.backends.openai:OpenAIBackend",
 }, base=Backend)
+
+
+def _quiet_torchao() -> None:
+    """Keep torchao's import chatter off a cell's stderr.
+
+    Where torchao (the ``quant`` extra) is installed, transformers imports it at
+    every first load, quantized or not. On a CPU build of torch it then warns that
+    its CUDA extensions do not load, through no handler of its own (so Python's
+    last-resort handler prints it), and torch's pytree registry warns that torchao
+    registers enums the old way. Neither concerns a user: the first gets a
+    ``NullHandler`` (logging the user configures still receives it), the second is
+    filtered by its message.
+    """
+    logging.getLogger("torchao").addHandler(logging.NullHandler())
+    logging.getLogger("torch.utils._pytree").addFilter(
+        lambda record: "is an Enum subclass" not in record.getMessage()
+    )
+
+
+_quiet_torchao()
 
 
 def register(kind: str, target: str) -> None:

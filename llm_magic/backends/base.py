@@ -18,12 +18,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..common.text import shown
 from ..errors import InvalidOptionError, NotAvailableError
 
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["AttentionCapture", "Backend", "BatchResult", "GenerationJob", "GenerationRequest",
+__all__ = ["AttentionCapture", "Backend", "BatchResult", "DivergenceCapture", "GenerationJob",
+           "GenerationRequest",
            "LOGPROBS_MODES", "LensCapture", "MAX_LOGPROBS", "LoadSpec", "ScoreCapture",
            "DEFAULT_MAX_NEW_TOKENS", "TokenRecord", "check_logprobs"]
 
@@ -44,7 +46,7 @@ def check_logprobs(logprobs: int | None, mode: str = "raw") -> None:
         ):
             raise InvalidOptionError(
                 f"logprobs is how many alternatives each token keeps: an integer from 1 to "
-                f"{MAX_LOGPROBS}, not {logprobs!r}."
+                f"{MAX_LOGPROBS}, not {shown(logprobs)}."
             )
     if mode not in LOGPROBS_MODES:
         raise InvalidOptionError(
@@ -73,6 +75,8 @@ class LoadSpec:
     #: A served model: its id on the server, and the environment variable that holds the key.
     model: str | None = None
     api_key_env: str | None = None
+    #: Weight-only quantization of the linear layers: None, "int8" or "int4".
+    quantize: str | None = None
 
 
 @dataclass(frozen=True)
@@ -158,8 +162,11 @@ class TokenRecord:
 
     @property
     def surprisal(self) -> float:
-        """``-logprob`` in bits: how surprised the model was by this token."""
-        return -self.logprob / math.log(2)
+        """``-logprob`` in nats: how surprised the model was by this token.
+
+        Nats (natural logarithm) are llm_magic's one unit for surprisal, entropy and KL.
+        """
+        return -self.logprob
 
     @property
     def in_top(self) -> bool:
@@ -252,6 +259,35 @@ class LensCapture:
     check: float
 
 
+@dataclass(frozen=True, eq=False)
+class DivergenceCapture:
+    """Two models' next-token distributions over one text, compared at every position.
+
+    Position t compares the predictions of token t + 1, so each array has one
+    entry per token after the first.
+
+    Attributes
+    ----------
+    ids : tuple of int
+        The token ids of the text (both models' tokenizers agree on them).
+    texts : tuple of str
+        Each token's text on its own.
+    kl : numpy.ndarray
+        KL(reference || model) of the two distributions, in nats (float64).
+    agree : numpy.ndarray
+        Whether both models' likeliest token is the same (bool).
+    logprob, reference_logprob : numpy.ndarray
+        Each model's log-probability of the text's own next token (natural log).
+    """
+
+    ids: tuple[int, ...]
+    texts: tuple[str, ...]
+    kl: np.ndarray
+    agree: np.ndarray
+    logprob: np.ndarray
+    reference_logprob: np.ndarray
+
+
 class GenerationJob(abc.ABC):
     """One generation, prepared and ready to run.
 
@@ -336,6 +372,17 @@ class Backend(abc.ABC):
         return path, None
 
     @classmethod
+    def check_quantize(cls, spec: LoadSpec) -> None:
+        """Refuse, before anything is read or evicted, a ``spec.quantize`` this backend cannot do.
+
+        By default a backend cannot quantize.
+        """
+        raise NotAvailableError(
+            f"The {cls.kind!r} backend cannot quantize ({spec.source!r}); load it without "
+            "quantize=."
+        )
+
+    @classmethod
     @abc.abstractmethod
     def load(cls, spec: LoadSpec, placement: Any = None) -> Backend:
         """Load ``spec``; ``placement`` is the manager's plan (a ``Placement``), if any."""
@@ -418,6 +465,18 @@ class Backend(abc.ABC):
             f"The {self.kind!r} backend has no logit lens (it needs every layer's hidden "
             "state); load the model in this kernel (a local directory, a cached hub id or "
             "'demo')."
+        )
+
+    def divergence(self, reference: Backend, text: str, *, max_tokens: int) -> DivergenceCapture:
+        """Compare this model's next-token distributions over ``text`` with ``reference``'s.
+
+        Both read the same tokens in one forward pass each; raises
+        :class:`~llm_magic.errors.InvalidOptionError` when their tokenizers or
+        vocabularies differ, or past ``max_tokens``.
+        """
+        raise NotAvailableError(
+            f"The {self.kind!r} backend cannot compare full next-token distributions; load "
+            "both models in this kernel."
         )
 
     def token_id(self, text: str) -> int:

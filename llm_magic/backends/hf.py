@@ -234,6 +234,8 @@ class HFBackend(Backend):
     """A causal LM and its tokenizer, resident in this process."""
 
     kind = "hf"
+    #: What quantizing did (``backends/_quantize.Quantized``), or None.
+    quantized: Any = None
 
     @classmethod
     def warm_up_modules(cls) -> tuple[str, ...]:
@@ -297,6 +299,13 @@ class HFBackend(Backend):
     def release_memory(cls) -> None:
         release_memory()
 
+    @classmethod
+    def check_quantize(cls, spec: LoadSpec) -> None:
+        """torchao installed, a device it has kernels for, a checkpoint not yet quantized."""
+        from . import _quantize
+
+        _quantize.check(spec)
+
     # -- loading ---------------------------------------------------------
 
     @classmethod
@@ -348,7 +357,7 @@ class HFBackend(Backend):
         if placement is not None and placement.device_map is not None:
             where = {"device_map": placement.device_map,
                      "max_memory": placement.accelerate_max_memory()}
-        elif device != "cpu":
+        elif device != "cpu" and not spec.quantize:  # quantized: read here, moved layer by layer
             where["device_map"] = device
         oom = None
         in_ram = device == "cpu" or (spread and placement is not None and placement.offloaded)
@@ -410,7 +419,20 @@ class HFBackend(Backend):
             device = "+".join(_device_name(d) for d in used) or device
         log.debug("weights loaded and placed on %s in %.3fs", device, time.perf_counter() - t)
         model.eval()
-        return cls(spec, model, tokenizer, device, dtype, encoder=encoder)
+        quantized = None
+        if spec.quantize:  # in place, a layer at a time (backends/_quantize)
+            from . import _quantize
+
+            try:
+                quantized = _quantize.apply(model, spec.quantize, device)
+            except BaseException as exc:
+                _forget(exc)  # the half-quantized model must not live on in the traceback
+                del model
+                release_memory()
+                raise
+        backend = cls(spec, model, tokenizer, device, dtype, encoder=encoder)
+        backend.quantized = quantized
+        return backend
 
     # -- facts -------------------------------------------------------------
 
@@ -427,6 +449,7 @@ class HFBackend(Backend):
                              or [type(model).__name__])[0],
             "commit": self.commit,
             "placement": _bytes_per_device(model, self.device),
+            **(_quantized_facts(model, self.device, self.quantized) if self.quantized else {}),
         }
 
     def memory_owner(self) -> object | None:
@@ -485,7 +508,7 @@ class HFBackend(Backend):
                 return room
             warnings.warn(
                 f"Only {room} new tokens fit after a {prompt_tokens}-token prompt in "
-                f"{self.spec.name!r}'s {ctx}-token context; generating {room}.",
+                f"the {ctx}-token context of {self.spec.name!r}; generating {room}.",
                 LLMMagicWarning,
                 stacklevel=4,
             )
@@ -620,6 +643,13 @@ class HFBackend(Backend):
                                      f"{self.spec.name!r} (ids 0 to {vocab - 1}).")
         return ids
 
+    def divergence(self, reference: Backend, text: str, *, max_tokens: int) -> Any:
+        """Next-token distributions over ``text`` against ``reference``'s (``_quantize``)."""
+        from . import _quantize
+
+        with _out_of_memory_guard(repr(self.spec.name), self.device):
+            return _quantize.divergence(self, reference, text, max_tokens=max_tokens)
+
     def token_id(self, text: str) -> int:
         """The id of ``text`` when the tokenizer makes exactly one token of it."""
         ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
@@ -695,6 +725,12 @@ class HFBackend(Backend):
                                        records=kept,
                                        prompt_ids=tuple(prompt[width - int(prompt_len):])))
         return results
+
+
+def _quantized_facts(model: Any, device: str, quantized: Any) -> dict[str, Any]:
+    from . import _quantize
+
+    return _quantize.facts(model, device, quantized)
 
 
 def _row_length(row: list[int], eos: set[int]) -> int:

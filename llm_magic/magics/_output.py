@@ -227,6 +227,14 @@ def open_output(shell: Any, *, fmt: str, throttle: float) -> CellOutput:
     return _PlainOutput()
 
 
+def _quantized_rows(i: ModelInfo) -> list[tuple[str, str]]:
+    """A quantized model's scheme, what it saved, and the call that measures what it cost."""
+    if not i.quantization:
+        return []
+    return [("quantized", f"{i.quantization} weights, {format_size(i.saved)} saved"),
+            ("quality", f"lm.quality({i.name!r}, against={i.source!r}, text=...)")]
+
+
 @dataclass(frozen=True)
 class ModelSummary:
     """What ``%llm load`` shows: the facts of one loaded model.
@@ -261,6 +269,7 @@ class ModelSummary:
             ("estimate", format_size(i.estimate)),
             ("device", i.device),
             ("dtype", i.dtype),
+            *_quantized_rows(i),
             ("load time", f"{i.load_seconds:.2f} s"),
             ("revision", i.revision or "-"),
             ("commit", i.commit or "-"),

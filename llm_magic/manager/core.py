@@ -30,7 +30,7 @@ from ..errors import (
 )
 from ..events import EventBus
 from ..resources import rooms as _rooms
-from ..resources.estimate import estimate_path
+from ..resources.estimate import check_quantize, estimate_path
 from . import sources as _sources
 from .holders import find_holders
 from .info import ModelInfo, ModelTable, UnloadReport
@@ -114,8 +114,9 @@ class ModelRef:
         if i.endpoint:
             return f"<model {i.name!r}: {i.architecture} served at {i.endpoint}>"
         estimated = f" (estimated {_size(i.estimate)})" if i.estimate is not None else ""
+        weights = f"{i.quantization} weights, " if i.quantization else ""
         return (f"<model {i.name!r}: {i.architecture or i.backend}, {_count(i.parameters)} params, "
-                f"{i.device}, {i.dtype}, {_size(i.memory)}{estimated}>")
+                f"{i.device}, {weights}{i.dtype}, {_size(i.memory)}{estimated}>")
 
 
 class ModelManager:
@@ -137,20 +138,23 @@ class ModelManager:
         self.last_attention: Any = None
         #: Budget per device as ``lm.budget`` set it: bytes, or a fraction of the device.
         self.limits: dict[str, int | float] = {}
+        #: Names a load asked for that reach a model resident under another name (same
+        #: source and settings: one copy), alias -> name.
+        self._aliases: dict[str, str] = {}
         #: The facts of each model this manager unloaded or evicted, by name: how it was loaded.
         self.unloaded: dict[str, ModelInfo] = {}
 
     # -- queries -----------------------------------------------------------
 
     def is_loaded(self, name: str) -> bool:
-        return name in self._entries
+        return self._aliases.get(name, name) in self._entries
 
     def names(self) -> list[str]:
         with self._registry_lock:
             return list(self._entries)
 
     def _entry(self, name: str) -> _Entry:
-        entry = self._entries.get(name)
+        entry = self._entries.get(self._aliases.get(name, name))
         if entry is None:
             loaded = ", ".join(sorted(self._entries)) or "none"
             raise ModelNotLoadedError(
@@ -197,8 +201,7 @@ class ModelManager:
     def resolve(self, name: str | None) -> str:
         """The name of the model a call means: ``name``, or the default."""
         if name is not None:
-            self._entry(name)
-            return name
+            return self._entry(name).info.name
         default = self.default
         if default is None:
             raise ModelNotLoadedError(
@@ -221,6 +224,7 @@ class ModelManager:
         pin: bool = False,
         model: str | None = None,
         api_key_env: str | None = None,
+        quantize: str | None = None,
     ) -> ModelRef:
         """Load a model, or return the resident one loaded with the same settings.
 
@@ -248,6 +252,12 @@ class ModelManager:
         api_key_env : str, optional
             The environment variable that holds the server's API key. The key is
             read from there only, and never stored or shown.
+        quantize : {None, "int8", "int4"}
+            Quantize the weights of the linear layers as the model loads (torchao,
+            weight-only; the output head and embeddings stay as they are). The
+            estimate, the budget and eviction count the quantized size. The default
+            name gets the scheme appended (``"demo-int8"``), so the full-precision
+            model can stay loaded beside it; ``lm.quality`` measures the difference.
 
         Returns
         -------
@@ -263,21 +273,26 @@ class ModelManager:
         _sources.check_load_options(source, kind, revision=revision, model=model,
                                     api_key_env=api_key_env,
                                     trust_remote_code=trust_remote_code)
+        quantize = _check_quantize(quantize, source, kind)
         cls = backend_class(kind)
         name = _sources.check_name(name) if name is not None else _sources.default_name(
             source, kind, path
-        )
+        ) + (f"-{quantize}" if quantize else "")
         with self._load_lock:
             resolved_device = cls.resolve_device(device)
             resolved_dtype = cls.resolve_dtype(dtype, resolved_device)
             canonical = path if kind == "local" else source.strip()
-            key = (canonical, revision, resolved_dtype, resolved_device, model, api_key_env)
+            key = (canonical, revision, resolved_dtype, resolved_device, model, api_key_env,
+                   quantize)
             resident = self._resident(name, key, source, reload=reload, pin=pin)
             if resident is not None:
                 return resident
             t0 = time.perf_counter()
             spec, commit = self._spec(cls, source, name, kind, path, revision, resolved_dtype,
                                       resolved_device, trust_remote_code, model, api_key_env)
+            if quantize:  # refused here, before anything is evicted to make room
+                spec = replace(spec, quantize=quantize)
+                cls.check_quantize(spec)
             estimated, placement = self._plan(spec, device) if cls.resident else (None, None)
             if placement is not None and placement.device_map is None:
                 spec = replace(spec, device=placement.device)  # "auto" may pick another GPU
@@ -296,16 +311,19 @@ class ModelManager:
                 return self._touch(name, pin)
             if not reload:
                 was = existing.key
+                weights = f"{was[6]} weights, " if was[6] else ""
                 raise ModelConflictError(
                     f"{name!r} is already loaded from {was[0]!r} (revision {was[1]}, "
-                    f"{was[2]}, {was[3]}). Unload it first, pick another name, or reload "
-                    "explicitly (reload=True, `%llm load ... --reload`)."
+                    f"{weights}{was[2]}, {was[3]}). Unload it first, pick another name, or "
+                    "reload explicitly (reload=True, `%llm load ... --reload`)."
                 )
             self.unload(name)
         for other, entry in self._entries.items():
             if entry.key == key and not reload:
-                log.info("%s is already resident as %r; not loading a second copy",
-                         source, other)
+                log.info("%s is already resident as %r; not loading a second copy; %r names "
+                         "it too", source, other, name)
+                if name != other:  # the name asked for reaches the same model
+                    self._aliases[name] = other
                 return self._touch(other, pin)
         return None
 
@@ -353,9 +371,11 @@ class ModelManager:
             context_length=facts.get("context_length"), chat=facts.get("chat", False),
             architecture=facts.get("architecture", ""),
             placement=tuple(facts.get("placement", {}).items()),
-            endpoint=facts.get("endpoint"),
+            endpoint=facts.get("endpoint"), quantization=facts.get("quantization"),
+            saved=int(facts.get("saved", 0)),
         )
         with self._registry_lock:
+            self._aliases.pop(spec.name, None)
             self._entries[spec.name] = _Entry(spec, key, backend, info)
             self._default = spec.name
         log.debug("loaded %s as %r in %.3fs: %s", spec.source, spec.name, seconds, facts)
@@ -381,7 +401,8 @@ class ModelManager:
         assert spec.path is not None
         try:
             estimate = estimate_path(spec.path, source=spec.source, dtype=spec.dtype,
-                                     device=spec.device, trust_remote_code=spec.trust_remote_code)
+                                     device=spec.device, trust_remote_code=spec.trust_remote_code,
+                                     quantize=spec.quantize)
         except LLMMagicError as exc:
             log.warning("%s Loading without a budget check.", exc)
             return None, None
@@ -453,8 +474,7 @@ class ModelManager:
             elif name is None:
                 raise InvalidOptionError("Name the model to unload, or pass all=True.")
             else:
-                self._entry(name)
-                names = [name]
+                names = [self._entry(name).info.name]
             # Each model's lock is held while it is dropped: a generation starting meanwhile
             # (a cell, while a panel's click unloads) waits, then finds the model gone.
             taken: list[threading.Lock] = []
@@ -492,6 +512,8 @@ class ModelManager:
         """Remove the entry and close its backend; keep only a weak reference."""
         entry = self._entries.pop(name)
         self.unloaded[name] = entry.info
+        for alias in [a for a, target in self._aliases.items() if target == name]:
+            del self._aliases[alias]
         if self._default == name:
             self._default = None
         owner = entry.backend.memory_owner()
@@ -516,6 +538,17 @@ class ModelManager:
         finally:
             entry.info = replace(entry.info, last_used=time.time())
             entry.lock.release()
+
+
+def _check_quantize(quantize: Any, source: str, kind: str) -> str | None:
+    """``quantize=`` normalised; refused for a served model (its server chose the weights)."""
+    scheme = check_quantize(quantize)
+    if scheme and kind == "url":
+        raise InvalidOptionError(
+            f"quantize={scheme!r} applies to models loaded in this kernel; the server at "
+            f"{source.strip()!r} chose its own weights (quantize there: vLLM's --quantization)."
+        )
+    return scheme
 
 
 _manager: ModelManager | None = None

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..common.sizes import format_count, text_table
 
-__all__ = ["ModelInfo", "ModelTable", "UnloadReport", "ago", "count", "size"]
+__all__ = ["ModelInfo", "ModelTable", "UnloadReport", "ago", "count", "quantized", "size"]
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,9 @@ class ModelInfo:
     ``memory`` is the measured size of its weights and buffers; ``estimate`` the
     figure predicted before loading (None when no estimate was possible).
     ``placement`` gives the measured bytes per device (one entry unless the
-    model is spread over several devices).
+    model is spread over several devices). ``quantization`` is ``"int8"`` or
+    ``"int4"`` for a model whose linear layers were quantized as it loaded, and
+    ``saved`` the bytes that gave back (measured: those layers before and after).
     """
 
     name: str
@@ -46,6 +48,22 @@ class ModelInfo:
     placement: tuple[tuple[str, int], ...] = ()
     #: The server's URL for a served model (None for a model in this kernel).
     endpoint: str | None = None
+    quantization: str | None = None
+    saved: int = 0
+
+
+def quantized(info: ModelInfo) -> str:
+    """The quantization and the memory it saved, as ``lm.models()`` shows it ("-" if none).
+
+    Examples
+    --------
+    >>> quantized(ModelInfo("m", "demo", "hf", "cpu", "float32", 1, 1, quantization="int8",
+    ...                     saved=4_428_864))
+    'int8 (saved 4.4 MB)'
+    """
+    if not info.quantization:
+        return "-"
+    return f"{info.quantization} (saved {size(info.saved)})"
 
 
 def size(n: int | None) -> str:
@@ -76,7 +94,7 @@ def ago(t: float) -> str:
 class ModelTable(tuple):  # type: ignore[type-arg]
     """The loaded models, a tuple of :class:`ModelInfo` that renders as a table."""
 
-    columns = ("name", "source", "backend", "device", "dtype", "params", "memory",
+    columns = ("name", "source", "backend", "device", "dtype", "quantized", "params", "memory",
                "estimate", "revision", "last used")
 
     def rows(self) -> list[tuple[str, ...]]:
@@ -86,10 +104,11 @@ class ModelTable(tuple):  # type: ignore[type-arg]
             name = m.name + (" (pinned)" if m.pinned else "") + (" *" if m.generating else "")
             if m.endpoint:  # served: the server holds it; budgets leave it alone
                 out.append((name, f"{m.architecture} at {m.endpoint}", m.backend, m.device,
-                            m.dtype, "-", "none here", "-", rev, ago(m.last_used)))
+                            m.dtype, "-", "-", "none here", "-", rev, ago(m.last_used)))
                 continue
-            out.append((name, m.source, m.backend, m.device, m.dtype, count(m.parameters),
-                        size(m.memory), size(m.estimate), rev, ago(m.last_used)))
+            out.append((name, m.source, m.backend, m.device, m.dtype, quantized(m),
+                        count(m.parameters), size(m.memory), size(m.estimate), rev,
+                        ago(m.last_used)))
         return out
 
     def __str__(self) -> str:

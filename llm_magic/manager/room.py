@@ -49,6 +49,7 @@ def estimate(
     device: str = "auto",
     revision: str | None = None,
     trust_remote_code: bool = False,
+    quantize: str | None = None,
 ) -> Estimate:
     """Estimate the memory loading ``source`` would take, without loading it.
 
@@ -64,6 +65,8 @@ def estimate(
     trust_remote_code : bool
         Needed only to build models that ship their own code; without it such
         models are estimated from their weight files.
+    quantize : {None, "int8", "int4"}
+        Count the linear layers as ``lm.load(..., quantize=...)`` quantizes them.
 
     Returns
     -------
@@ -77,9 +80,11 @@ def estimate(
     2453504
     """
     from ..backends import backend_class
+    from ..resources.estimate import check_quantize
     from . import sources as _sources
 
     kind, path = _sources.classify(source)
+    quantize = check_quantize(quantize)
     if kind == "url":
         raise InvalidOptionError(
             "A model behind a URL runs on its server; there is nothing to estimate here."
@@ -90,7 +95,8 @@ def estimate(
     path, _ = backend.locate(source.strip(), kind, path, revision, config_only=True)
     assert path is not None
     return estimate_path(path, source=source.strip(), dtype=resolved_dtype,
-                         device=resolved_device, trust_remote_code=trust_remote_code)
+                         device=resolved_device, trust_remote_code=trust_remote_code,
+                         quantize=quantize)
 
 
 # -- budgets -----------------------------------------------------------------
@@ -195,7 +201,7 @@ def estimate_spec(spec: LoadSpec) -> Estimate | None:
     assert spec.path is not None
     try:
         return estimate_path(spec.path, source=spec.source, dtype=spec.dtype, device=spec.device,
-                             trust_remote_code=spec.trust_remote_code)
+                             trust_remote_code=spec.trust_remote_code, quantize=spec.quantize)
     except LLMMagicError as exc:
         log.warning("%s Loading without a budget check.", exc)
         return None
