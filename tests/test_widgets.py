@@ -562,3 +562,31 @@ def test_panel_snapshot_shows_the_table_the_load_form_and_the_playground(manager
             "[Generate] [Stop (disabled)]"]
     finally:
         panel.close()
+
+
+def test_the_panel_and_the_monitor_show_a_quantized_model_and_what_it_saved(
+        manager, sampler, tiny_llama):
+    """The load form's quantize choice estimates and loads with it; the table and the
+    monitor say which models are quantized and how much memory that gave back."""
+    pytest.importorskip("torchao", reason="quantized loading needs the [quant] extra")
+    panel = ModelManagerPanel(manager=manager, sampler=sampler)
+    monitor = Monitor(sampler=sampler, manager=manager)
+    try:
+        panel.source.value = str(tiny_llama)
+        _wait_for(lambda: panel.estimate.value.startswith(("Estimate:", "No estimate")), 30)
+        plain = panel.estimate.value
+        panel.quantize.value = "int8"
+        _wait_for(lambda: panel.estimate.value.startswith("Estimate:")
+                  and panel.estimate.value != plain, 30)
+        panel.load(wait=True)
+        info = manager.info(manager.names()[0])
+        assert info.quantization == "int8" and info.saved > 0
+        row = panel.view.models[0]
+        assert row["quantized"].startswith("int8 (saved ")
+        bundle = panel._repr_mimebundle_()
+        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        assert "int8 (saved " in data["text/html"]
+        assert _wait_for(lambda: "int8, saved" in monitor.host.get("models_text", ""), 5)
+    finally:
+        monitor.stop()
+        panel.close()

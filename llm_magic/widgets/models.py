@@ -34,6 +34,7 @@ from .. import estimate
 from ..errors import LLMMagicError
 from ..events import Event
 from ..manager import ModelInfo, ModelManager, get_manager
+from ..manager.info import quantized
 from ..resources.sampler import Sample, Sampler, get_sampler
 from ._common import (
     Updates,
@@ -54,6 +55,7 @@ __all__ = ["DTYPES", "ModelManagerPanel", "ModelsView"]
 log = logging.getLogger("llm_magic.widgets")
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZE = (("none", None), ("int8", "int8"), ("int4", "int4"))
 _EVENTS = ("loading", "loaded", "load_failed", "unloaded", "evicted", "generation_start",
            "generation_end", "default_changed")
 
@@ -62,7 +64,7 @@ def _row(info: ModelInfo, default: str | None) -> dict[str, Any]:
     return {
         "name": info.name, "source": info.source,
         "revision": (info.commit or "")[:10] or info.revision or "",
-        "device": info.device, "dtype": info.dtype,
+        "device": info.device, "dtype": info.dtype, "quantized": quantized(info),
         "estimate": size(info.estimate) if info.estimate is not None else "-",
         "memory": size(info.memory), "last_used": info.last_used or info.loaded_at,
         "pinned": info.pinned, "generating": info.generating, "default": info.name == default,
@@ -71,7 +73,8 @@ def _row(info: ModelInfo, default: str | None) -> dict[str, Any]:
 
 # The live table's columns (models.js), as the static snapshot shows them.
 _COLUMNS = (("name", "name"), ("source", "source"), ("revision", "revision"),
-            ("device", "device"), ("dtype", "dtype"), ("estimate", "estimated"),
+            ("device", "device"), ("dtype", "dtype"), ("quantized", "quantized"),
+            ("estimate", "estimated"),
             ("memory", "measured"), ("last_used", "last used"))
 
 
@@ -320,12 +323,13 @@ class ModelManagerPanel(w.VBox):  # type: ignore[misc]
                              description="source", continuous_update=False,
                              layout=w.Layout(width="360px"))  # the whole hint shows
         self.dtype = w.Dropdown(options=DTYPES, value="auto", description="dtype")
+        self.quantize = w.Dropdown(options=QUANTIZE, value=None, description="quantize")
         self.device = w.Combobox(value="auto", options=["auto", "cpu", "cuda", "mps"],
                                  description="device", ensure_option=False)
         self.load_button = w.Button(description="Load", button_style="primary",
                                     tooltip="Load the model in this kernel")
         self.estimate = w.Label(value="")
-        form = w.HBox([self.source, self.dtype, self.device, self.load_button],
+        form = w.HBox([self.source, self.dtype, self.quantize, self.device, self.load_button],
                       layout=w.Layout(flex_flow="row wrap"))  # a narrow output area: wrap
         super().__init__([self.view, form, self.estimate])
         self.add_class("llm-magic-manager")
@@ -333,7 +337,7 @@ class ModelManagerPanel(w.VBox):  # type: ignore[misc]
         self._estimating = 0
         self._estimate_lock = threading.Lock()  # the form's latest estimate wins
         self.load_button.on_click(lambda _button: self._guarded(self.load))
-        for field in (self.source, self.dtype, self.device):
+        for field in (self.source, self.dtype, self.quantize, self.device):
             field.observe(lambda _change: self._guarded(self.update_estimate), names="value")
         route(self)
 
@@ -344,12 +348,13 @@ class ModelManagerPanel(w.VBox):  # type: ignore[misc]
         except Exception as exc:
             self.view.show_error(exc)
 
-    def _settings(self) -> tuple[str, str, str]:
-        return self.source.value.strip(), self.dtype.value, (self.device.value.strip() or "auto")
+    def _settings(self) -> tuple[str, str, str, str | None]:
+        return (self.source.value.strip(), self.dtype.value,
+                (self.device.value.strip() or "auto"), self.quantize.value)
 
     def update_estimate(self, wait: bool = False) -> threading.Thread | None:
         """Show what loading the form's model would take (computed on a worker thread)."""
-        source, dtype, device = self._settings()
+        source, dtype, device, quantize = self._settings()
         if not source:
             self.estimate.value = ""
             return None
@@ -360,7 +365,8 @@ class ModelManagerPanel(w.VBox):  # type: ignore[misc]
 
         def work() -> None:
             try:
-                text = f"Estimate: {estimate(source, dtype=dtype, device=device)}"
+                found = estimate(source, dtype=dtype, device=device, quantize=quantize)
+                text = f"Estimate: {found}"
             except Exception as exc:
                 text = f"No estimate: {one_line(exc)}"
             with self._estimate_lock:
@@ -375,7 +381,7 @@ class ModelManagerPanel(w.VBox):  # type: ignore[misc]
 
     def load(self, wait: bool = False) -> threading.Thread | None:
         """Load the form's model on a worker thread, so other cells can run meanwhile."""
-        source, dtype, device = self._settings()
+        source, dtype, device, quantize = self._settings()
         if not source:
             self.view.show_error("Write a source to load: 'demo', a model folder or a hub id.")
             return None
@@ -386,7 +392,8 @@ class ModelManagerPanel(w.VBox):  # type: ignore[misc]
 
         def work() -> None:
             try:
-                handle = self.manager.load(source, dtype=dtype, device=device)
+                handle = self.manager.load(source, dtype=dtype, device=device,
+                                           quantize=quantize)
                 self.view.show(f"Loaded {handle.name!r}.")
             except Exception as exc:
                 self.view.show_error(exc)

@@ -82,22 +82,25 @@ def gpu_reason(error: str | None) -> str:
 _REASONS = {"no NVIDIA GPU": "NVML found no device"}
 
 
-def _device_shares(infos: list[ModelInfo]) -> dict[str, list[tuple[str, int]]]:
-    """Bytes per model per device (``"cpu"``, ``"cuda:0"``...), from the manager."""
-    shares: dict[str, list[tuple[str, int]]] = {}
+def _device_shares(infos: list[ModelInfo]) -> dict[str, list[tuple[str, int, str]]]:
+    """Bytes per model per device (``"cpu"``, ``"cuda:0"``...), from the manager, with a
+    note of what quantization saved."""
+    shares: dict[str, list[tuple[str, int, str]]] = {}
     for info in infos:
         placement = info.placement or ((info.device, info.memory),)
+        note = f"{info.quantization}, saved {size(info.saved)}" if info.quantization else ""
         for device, nbytes in placement:
             key = "cpu" if str(device) in ("cpu", "disk") else str(device)
-            shares.setdefault(key, []).append((info.name, int(nbytes)))
+            shares.setdefault(key, []).append((info.name, int(nbytes), note))
     return shares
 
 
-def _models_text(models: list[tuple[str, int]]) -> str:
-    return "; ".join(f"{name} {size(n)}" for name, n in models)
+def _models_text(models: list[tuple[str, int, str]]) -> str:
+    return "; ".join(f"{name} {size(n)}" + (f" ({note})" if note else "")
+                     for name, n, note in models)
 
 
-def _gpu(g: GPUSample, models: list[tuple[str, int]]) -> dict[str, Any]:
+def _gpu(g: GPUSample, models: list[tuple[str, int, str]]) -> dict[str, Any]:
     where = f"cuda:{g.index}" if g.index is not None else f"GPU {g.nvml_index}"
     used, total = g.memory_used, g.memory_total
     memory = NA if used is None or total is None else f"{size(used)} / {size(total)}"
@@ -110,14 +113,14 @@ def _gpu(g: GPUSample, models: list[tuple[str, int]]) -> dict[str, Any]:
         "mem_text": memory,
         "process": g.process_memory,
         "process_text": size(g.process_memory),
-        "models": [[name, n] for name, n in models],
+        "models": [[name, n] for name, n, _ in models],
         "models_text": _models_text(models),
         "temp_text": NA if g.temperature is None else f"{g.temperature} °C",
         "power_text": NA if g.power is None else f"{g.power:.0f} W",
     }
 
 
-def _host(s: Sample, models: list[tuple[str, int]]) -> dict[str, Any]:
+def _host(s: Sample, models: list[tuple[str, int, str]]) -> dict[str, Any]:
     return {
         "cpu": s.cpu_percent,
         "cpu_text": percent(s.cpu_percent, 1),
@@ -127,7 +130,7 @@ def _host(s: Sample, models: list[tuple[str, int]]) -> dict[str, Any]:
         "rss": s.process_rss,
         "rss_text": size(s.process_rss),
         "process_cpu_text": percent(s.process_cpu_percent, 1),
-        "models": [[name, n] for name, n in models],
+        "models": [[name, n] for name, n, _ in models],
         "models_text": _models_text(models),
     }
 

@@ -12,7 +12,8 @@ function ago(t) {
 
 const COLUMNS = [
   ["name", "name"], ["source", "source"], ["revision", "revision"], ["device", "device"],
-  ["dtype", "dtype"], ["estimate", "estimated"], ["memory", "measured"],
+  ["dtype", "dtype"], ["quantized", "quantized"], ["estimate", "estimated"],
+  ["memory", "measured"],
 ];
 
 function render({ model, el }) {
