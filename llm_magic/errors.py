@@ -20,6 +20,7 @@ __all__ = [
     "NotAvailableError",
     "PromptTooLongError",
     "ServerError",
+    "outside_stacklevel",
 ]
 
 
@@ -72,3 +73,19 @@ class ServerError(BackendError):
 
 class LLMMagicWarning(UserWarning):
     """Warnings from llm_magic (errors under the project's own tests)."""
+
+
+def outside_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside llm_magic.
+
+    Pass it to :func:`warnings.warn` from anywhere in the package: the warning then names
+    the user's line (a cell, a script), not llm_magic's own.
+    """
+    import os
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__))  # llm_magic/ itself
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -305,9 +305,10 @@ def test_pinned_and_generating_models_stay_and_the_load_is_refused(manager, tiny
     with manager.checkout("a"):  # generating: not evictable either
         with pytest.raises(BudgetExceededError, match="'a' \\(generating\\)"):
             manager.load(str(tiny_llama), name="b")
-    with pytest.warns(LLMMagicWarning, match="Evicted 'a'"):
+    with pytest.warns(LLMMagicWarning, match="Evicted 'a'") as caught:
         manager.load(str(tiny_llama), name="b")
     assert manager.names() == ["b"]
+    assert caught[0].filename == __file__  # the caller's line, not llm_magic's
 
 
 def test_loading_again_with_pin_pins_the_resident_model(manager, tiny_gpt2):

@@ -31,7 +31,6 @@ import logging
 import os
 import queue
 import shlex
-import sys
 import threading
 import time
 import warnings
@@ -40,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..common.text import check_text
-from ..errors import InvalidOptionError, LLMMagicWarning, ModelNotLoadedError
+from ..errors import InvalidOptionError, LLMMagicWarning, ModelNotLoadedError, outside_stacklevel
 from ..events import Event, subscribe_everywhere
 from .read import (
     HistoryRow,
@@ -168,13 +167,6 @@ def configure(*, enabled: bool | None = None, path: str | os.PathLike[str] | Non
 # -- recording ------------------------------------------------------------------
 
 
-def _outside_stacklevel() -> int:
-    """The ``stacklevel`` that points a warning at the first caller outside llm_magic."""
-    package = os.path.dirname(os.path.abspath(__file__))
-    frame, level = sys._getframe(1), 1
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 Job = Callable[["sqlite3.Connection"], Any]
@@ -266,7 +258,7 @@ class _Recorder:
             self._deferred = str(problem)
             log.warning("%s", problem)
         else:
-            warnings.warn(str(problem), LLMMagicWarning, stacklevel=_outside_stacklevel())
+            warnings.warn(str(problem), LLMMagicWarning, stacklevel=outside_stacklevel())
 
     def _succeeded(self) -> None:
         if self._deferred is None:
@@ -275,7 +267,7 @@ class _Recorder:
     def _warn_deferred(self) -> None:
         message, self._deferred = self._deferred, None
         if message is not None:
-            warnings.warn(message, LLMMagicWarning, stacklevel=_outside_stacklevel())
+            warnings.warn(message, LLMMagicWarning, stacklevel=outside_stacklevel())
 
     # -- events (the caller's thread) -------------------------------------
 

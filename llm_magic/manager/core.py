@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import sys
 import threading
 import time
 import warnings
@@ -27,6 +25,7 @@ from ..errors import (
     LLMMagicWarning,
     ModelConflictError,
     ModelNotLoadedError,
+    outside_stacklevel,
 )
 from ..events import EventBus
 from ..resources import rooms as _rooms
@@ -48,13 +47,6 @@ __all__ = ["ModelInfo", "ModelManager", "ModelRef", "ModelTable", "UnloadReport"
 log = logging.getLogger("llm_magic.manager")
 
 
-def _outside_stacklevel() -> int:
-    """The ``stacklevel`` that points a warning at the first caller outside llm_magic."""
-    package = os.path.dirname(os.path.abspath(__file__))
-    frame, level = sys._getframe(1), 1
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 @dataclass
@@ -445,7 +437,7 @@ class ModelManager:
             if not report.freed:
                 message += f" But {report.message}"
         log.info("%s", message)
-        warnings.warn(message, LLMMagicWarning, stacklevel=_outside_stacklevel())
+        warnings.warn(message, LLMMagicWarning, stacklevel=outside_stacklevel())
 
     def pin(self, name: str, pinned: bool = True) -> ModelInfo:
         """Pin a model (never evicted to make room) or unpin it.
