@@ -83,6 +83,9 @@ def test_stats_are_filled(manager, gpt2):
     assert 0 < s.time_to_first_token <= s.duration
     assert s.tokens_per_second == pytest.approx(s.new_tokens / s.duration)
     assert manager.last_generation is g
+    # the footer says why it ended in words, not a code like "(length)"
+    assert str(s).endswith(f"({s.stopped})") and s.stopped in {
+        "reached the token limit", "the model ended the text"}
 
 
 def test_same_seed_same_sample_other_seed_differs(manager, gpt2):

@@ -31,6 +31,11 @@ __all__ = ["MAX_LOGPROBS", "Generation", "GenerationStats", "PendingGeneration",
 
 log = logging.getLogger("llm_magic.generation")
 
+#: A generation's stop reason, as every view and footer says it.
+STOP_REASONS = {"length": "reached the token limit", "eos": "the model ended the text",
+                "stop": "reached a stop sequence", "interrupted": "interrupted",
+                "error": "an error"}
+
 
 @dataclass(frozen=True)
 class GenerationStats:
@@ -52,7 +57,12 @@ class GenerationStats:
         ttft = "-" if first is None else f"{first * 1000:.0f} ms"
         tps = "-" if self.tokens_per_second is None else f"{self.tokens_per_second:.1f}"
         return (f"{self.prompt_tokens} prompt + {self.new_tokens} new tokens, first token {ttft}, "
-                f"{tps} tokens/s, {self.duration:.2f} s ({self.stop_reason})")
+                f"{tps} tokens/s, {self.duration:.2f} s ({self.stopped})")
+
+    @property
+    def stopped(self) -> str:
+        """Why the generation ended, in words ("reached the token limit", "interrupted")."""
+        return STOP_REASONS.get(self.stop_reason, self.stop_reason)
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,7 @@ class CompareWidget(anywidget.AnyWidget):  # type: ignore[misc]
 def _stats(gen: Generation) -> str:
     s = gen.stats
     tps = "-" if s.tokens_per_second is None else f"{s.tokens_per_second:.1f}"
-    return f"{s.new_tokens} new tokens, {tps} tokens/s, {s.duration:.2f} s ({s.stop_reason})"
+    return f"{s.new_tokens} new tokens, {tps} tokens/s, {s.duration:.2f} s ({s.stopped})"
 
 
 # -- words: what each column shows, where it leaves the greedy choices, each piece's numbers ----

@@ -88,7 +88,7 @@ def _stats_line(gen: Generation) -> str:
     ttft = "-" if s.time_to_first_token is None else f"{s.time_to_first_token * 1000:.0f} ms"
     tps = "-" if s.tokens_per_second is None else f"{s.tokens_per_second:.1f}"
     return (f"{gen.model}: {s.new_tokens} new tokens, time to first token {ttft}, "
-            f"{tps} tokens/s, {s.duration:.2f} s ({s.stop_reason})")
+            f"{tps} tokens/s, {s.duration:.2f} s ({s.stopped})")
 
 
 class Playground(w.VBox):  # type: ignore[misc]

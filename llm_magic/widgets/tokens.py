@@ -43,8 +43,8 @@ from ..analysis.tokens import METRICS, Scores, legend, shaded_html
 from ..backends.base import TokenRecord
 from ..common.visible import visible
 from ..errors import InvalidOptionError
-from ..generation import Generation
 from ..generation import branch as branch_generation
+from ..generation.core import STOP_REASONS, Generation
 from ..manager import ModelManager
 from ._common import STATIC, esm, one_line, stop_with_comm, with_fallback
 from ._subshell import route
@@ -57,9 +57,6 @@ _THROTTLE = 0.1  # seconds between streamed updates of a branch's text
 SERVED_NOTE = ("Served model: a branch sends the text before the chosen token to the server, "
                "which tokenises it again (its ids may differ from these).")
 SCORES_NOTE = "A scored text: the alternatives are shown; only a generation branches."
-_STOPPED = {"length": "reached the token limit", "eos": "the model ended the text",
-            "stop": "reached a stop sequence", "interrupted": "interrupted",
-            "error": "an error"}
 
 
 @dataclass(frozen=True)
@@ -149,7 +146,7 @@ def stopped(reason: str) -> str:
     >>> stopped("length")
     'stopped: reached the token limit'
     """
-    return f"stopped: {_STOPPED.get(reason, reason)}"
+    return f"stopped: {STOP_REASONS.get(reason, reason)}"
 
 
 def _branch_words(index: int, made: Generation) -> str:
