@@ -55,7 +55,7 @@ __all__ = ["DTYPES", "ModelManagerPanel", "ModelsView"]
 log = logging.getLogger("llm_magic.widgets")
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-QUANTIZE = (("none", None), ("int8", "int8"), ("int4", "int4"))
+QUANTIZE = ("none", "int8", "int4")
 _EVENTS = ("loading", "loaded", "load_failed", "unloaded", "evicted", "generation_start",
            "generation_end", "default_changed")
 
@@ -323,7 +323,7 @@ class ModelManagerPanel(w.VBox):  # type: ignore[misc]
                              description="source", continuous_update=False,
                              layout=w.Layout(width="360px"))  # the whole hint shows
         self.dtype = w.Dropdown(options=DTYPES, value="auto", description="dtype")
-        self.quantize = w.Dropdown(options=QUANTIZE, value=None, description="quantize")
+        self.quantize = w.Dropdown(options=QUANTIZE, value="none", description="quantize")
         self.device = w.Combobox(value="auto", options=["auto", "cpu", "cuda", "mps"],
                                  description="device", ensure_option=False)
         self.load_button = w.Button(description="Load", button_style="primary",
@@ -350,7 +350,8 @@ class ModelManagerPanel(w.VBox):  # type: ignore[misc]
 
     def _settings(self) -> tuple[str, str, str, str | None]:
         return (self.source.value.strip(), self.dtype.value,
-                (self.device.value.strip() or "auto"), self.quantize.value)
+                (self.device.value.strip() or "auto"),
+                None if self.quantize.value == "none" else self.quantize.value)
 
     def update_estimate(self, wait: bool = False) -> threading.Thread | None:
         """Show what loading the form's model would take (computed on a worker thread)."""
