@@ -20,7 +20,6 @@ __all__ = [
     "NotAvailableError",
     "PromptTooLongError",
     "ServerError",
-    "outside_stacklevel",
 ]
 
 
@@ -75,7 +74,7 @@ class LLMMagicWarning(UserWarning):
     """Warnings from llm_magic (errors under the project's own tests)."""
 
 
-def outside_stacklevel() -> int:
+def outside_stacklevel() -> int:  # not in __all__: the family's one helper, for warnings
     """The ``stacklevel`` that points a warning at the first caller outside llm_magic.
 
     Pass it to :func:`warnings.warn` from anywhere in the package: the warning then names
