@@ -510,19 +510,19 @@ def test_an_interrupted_generation_keeps_records_of_its_partial_output(store, ma
     stop = threading.Event()
     pieces: list[str] = []
 
-    def receive(piece: str) -> None:
+    def receive(piece: str) -> None:  # the first drain's text (one piece per 50 ms drain)
         pieces.append(piece)
-        if len(pieces) >= 4:
-            stop.set()
+        stop.set()
 
-    g = generate("Hello", model="long", max_new_tokens=200, temperature=1.0, seed=2, logprobs=3,
+    # 1,000 tokens take seconds even on a fast machine; the stop comes after the first drain.
+    g = generate("Hello", model="long", max_new_tokens=1000, temperature=1.0, seed=2, logprobs=3,
                  stream=receive, stop_event=stop, manager=manager)
-    assert g.interrupted and 0 < len(g.tokens) < 200
+    assert g.interrupted and 0 < len(g.tokens) < 1000
     row = get(g.id)
     assert row.status == "interrupted" and row.tokens == g.tokens
     assert row.new_tokens == len(row.tokens)
     again = rerun(g.id, manager=manager)
-    assert len(again.generation.tokens) == 200
+    assert len(again.generation.tokens) == 1000
     assert again.matches and again.records_match  # the partial records start the rerun's
 
 

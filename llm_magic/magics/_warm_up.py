@@ -28,7 +28,9 @@ __all__ = ["WaitForWarmUp", "schedule", "uninstall"]
 _AFTER_REPLY = 0.2
 _WAIT = "__import__('llm_magic.backends', fromlist=['_']).wait_for_warm_up()"
 # What a first `%%llm` cell imports of llm_magic itself (the magics import it on first use).
-_API = ("llm_magic.manager", "llm_magic.generation")
+# The backend's own modules come with it; these package faces import their modules at
+# once, so they are imported by the cell, never beside a cell's own imports.
+_API: tuple[str, ...] = ()
 
 
 class WaitForWarmUp(ast.NodeTransformer):
