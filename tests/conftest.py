@@ -54,6 +54,17 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def store(tmp_path: Path):
+    """History in a fresh file of this test; back to the session's file after."""
+    from llm_magic.history import configure
+
+    path = tmp_path / "history.sqlite"
+    configure(path=path, flush_interval=0.1, enabled=True)
+    yield path
+    configure(reset=True)
+
+
+@pytest.fixture
 def manager():
     """A fresh manager for one test; everything it loaded is unloaded after."""
     from llm_magic.manager import ModelManager

@@ -51,15 +51,6 @@ HISTORY = sys.modules["llm_magic.history.recorder"]
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    """History in a fresh file of this test; back to the session's file after."""
-    path = tmp_path / "history.sqlite"
-    configure(path=path, flush_interval=0.1, enabled=True)
-    yield path
-    configure(reset=True)
-
-
-@pytest.fixture
 def tiny(manager, tiny_gpt2):
     return manager.load(str(tiny_gpt2), name="tiny").name
 

@@ -15,19 +15,11 @@ from IPython.core.interactiveshell import InteractiveShell
 import llm_magic as lm
 from llm_magic.errors import InvalidOptionError
 from llm_magic.generation import generate
-from llm_magic.history import configure, db, history, rerun
+from llm_magic.history import db, history, rerun
 from llm_magic.history.recorder import _recorder, get
 
 ODD = ["<b>bold</b> & <script>x()</script>", "a\x00b", "\u202eevil\u202c", "\x1b[31mred",
        "zero\u200bwidth", "\ufeffbom", "tab\there", "\U0001f600 smile", "100%_\\", "ÉCOLE"]
-
-
-@pytest.fixture
-def store(tmp_path: Path):
-    path = tmp_path / "history.sqlite"
-    configure(path=path, flush_interval=0.1, enabled=True)
-    yield path
-    configure(reset=True)
 
 
 @pytest.fixture
