@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     BudgetExceededError,
+    ConversationBusyError,
     InvalidOptionError,
     LLMMagicError,
     LLMMagicWarning,
@@ -40,9 +41,11 @@ if TYPE_CHECKING:
     from .analysis.attention import AttentionMap, attention, attention_max_tokens
     from .analysis.compare import Comparison, compare
     from .analysis.lens import LensMap, logit_lens
+    from .analysis.patching import Ablation, Patching, ablate, patch
     from .analysis.quality import QualityReport, quality
     from .analysis.tokens import Scores, TokenRecord, score
     from .generation import Generation, GenerationStats, generate, generate_batch
+    from .generation.conversation import Conversation, ConversationTable, chat, conversations
     from .generation.handle import ModelHandle
     from .manager import ModelInfo, ModelTable, UnloadReport, budget, estimate, get_manager
     from .resources import Budget, Estimate, set_threads, threads
@@ -53,11 +56,14 @@ _LAZY = {
     **dict.fromkeys(["AttentionMap", "attention", "attention_max_tokens"], "analysis.attention"),
     **dict.fromkeys(["Comparison", "compare"], "analysis.compare"),
     **dict.fromkeys(["LensMap", "logit_lens"], "analysis.lens"),
+    **dict.fromkeys(["Ablation", "Patching", "ablate", "patch"], "analysis.patching"),
     **dict.fromkeys(["QualityReport", "quality"], "analysis.quality"),
     **dict.fromkeys(["Scores", "TokenRecord", "score"], "analysis.tokens"),
     **dict.fromkeys(["Generation", "GenerationStats", "generate", "generate_batch"],
                     "generation"),
     "ModelHandle": "generation.handle",
+    **dict.fromkeys(["Conversation", "ConversationTable", "chat", "conversations"],
+                    "generation.conversation"),
     **dict.fromkeys(["ModelInfo", "ModelTable", "UnloadReport", "get_manager", "budget",
                      "estimate"], "manager"),
     **dict.fromkeys(["Budget", "Estimate", "set_threads", "threads"], "resources"),
@@ -68,10 +74,14 @@ _LAZY = {
 __version__: str
 
 __all__ = [
+    "Ablation",
     "AttentionMap",
     "Budget",
     "BudgetExceededError",
     "Comparison",
+    "Conversation",
+    "ConversationBusyError",
+    "ConversationTable",
     "Estimate",
     "Generation",
     "GenerationStats",
@@ -89,6 +99,7 @@ __all__ = [
     "ModelNotLoadedError",
     "ModelTable",
     "NotAvailableError",
+    "Patching",
     "PromptTooLongError",
     "QualityReport",
     "RerunResult",
@@ -97,10 +108,13 @@ __all__ = [
     "TokenRecord",
     "UnloadReport",
     "__version__",
+    "ablate",
     "attention",
     "attention_max_tokens",
     "budget",
+    "chat",
     "compare",
+    "conversations",
     "estimate",
     "generate",
     "generate_batch",
@@ -113,6 +127,7 @@ __all__ = [
     "models",
     "monitor",
     "panel",
+    "patch",
     "pin",
     "quality",
     "rerun",

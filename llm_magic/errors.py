@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "BackendError",
     "BudgetExceededError",
+    "ConversationBusyError",
     "InvalidOptionError",
     "LLMMagicError",
     "LLMMagicWarning",
@@ -56,6 +57,10 @@ class PromptTooLongError(InvalidOptionError):
 
 class BudgetExceededError(LLMMagicError):
     """A load would not fit in the memory budget even after eviction."""
+
+
+class ConversationBusyError(LLMMagicError):
+    """A conversation is answering a turn; another turn (or an edit) must wait for it."""
 
 
 class NotAvailableError(LLMMagicError):

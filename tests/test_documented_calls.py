@@ -46,6 +46,19 @@ NAMES: dict[str, str] = {
     "Comparison": f"c = lm.compare({PROMPT!r}, settings=[{{}}, {{'temperature': 1, 'seed': 1}}],"
                   " model='demo', max_new_tokens=4, stream=False)\n"
                   "assert isinstance(c, lm.Comparison)",
+    "Conversation": LOAD + "c = lm.chat(max_new_tokens=3)\nassert isinstance(c, lm.Conversation)",
+    "ConversationBusyError": "assert issubclass(lm.ConversationBusyError, lm.LLMMagicError)",
+    "ConversationTable": LOAD + "lm.chat(name='c1')\n"
+                         "t = lm.conversations()\nassert isinstance(t, lm.ConversationTable)",
+    "chat": LOAD + f"c = lm.chat(max_new_tokens=3)\nassert c.say({PROMPT!r}).turn == 0",
+    "conversations": LOAD + "lm.chat(name='c1')\nassert 'c1' in str(lm.conversations())",
+    "Ablation": "assert isinstance(lm.ablate('def f(x): return x', model='demo', "
+                "heads=[(0, 1)]), lm.Ablation)",
+    "Patching": "assert isinstance(lm.patch('def f(x): return x', 'def g(y): return x', "
+                "model='demo', answers=(' +', ')')), lm.Patching)",
+    "ablate": "assert lm.ablate('def f(x): return x', model='demo', mlp=[0]).delta.shape[0] > 0",
+    "patch": "assert lm.patch('def f(x): return x', 'def g(y): return x', model='demo', "
+             "answers=(' +', ')')).grid.shape[0] == 4",
     "Estimate": "assert isinstance(lm.estimate('demo'), lm.Estimate)",
     "Generation": LOAD + f"g = lm.generate({PROMPT!r}, max_new_tokens=3)\n"
                          "assert isinstance(g, lm.Generation)",
@@ -126,6 +139,10 @@ _CMP = (f"c = lm.compare({PROMPT!r}, settings=[{{}}, {{'temperature': 1, 'seed':
         "model='demo', max_new_tokens=4, stream=False)\n")
 _SCORES = f"s = lm.score({PROMPT!r}, model='demo')\n"
 _AMAP = f"amap = lm.attention({PROMPT!r}, model='demo')\n"
+_CONV = LOAD + f"c = lm.chat(max_new_tokens=3)\nc.say({PROMPT!r})\n"
+_ABL = "a = lm.ablate('def f(x): return x', model='demo', heads=[(0, 1)])\n"
+_PATCH = ("p = lm.patch('def f(x): return x', 'def g(y): return x', model='demo', "
+          "answers=(' +', ')'))\n")
 
 #: One program per public method or property of the result types, first used fresh.
 METHODS: dict[tuple[str, str], str] = {
@@ -172,9 +189,27 @@ METHODS: dict[tuple[str, str], str] = {
     ("AttentionMap", "to_html"): _AMAP + "assert 'layer 0, head 0' in amap.to_html(0, 0)",
     ("AttentionMap", "to_png"): _AMAP + "assert amap.to_png(layer=0, head=0)[:4] == b'\\x89PNG'",
     ("AttentionMap", "widget"): _AMAP + "w = amap.widget()\nw.close()",
+    ("Conversation", "busy"): _CONV + "assert c.busy is False",
+    ("Conversation", "cache_bytes"): _CONV + "assert c.cache_bytes > 0",
+    ("Conversation", "fork"): _CONV + "f = c.fork()\nassert f.messages == c.messages",
+    ("Conversation", "forget"): _CONV + "assert c.forget() > 0",
+    ("Conversation", "messages"): _CONV + "assert c.messages[0]['role'] == 'user'",
+    ("Conversation", "say"): _CONV + "assert c.say('And then?').turn == 1",
+    ("Conversation", "stats"): _CONV + "assert c.stats[0].prompt_tokens > 0",
+    ("Conversation", "undo"): _CONV + "c.undo()\nassert c.messages == []",
+    ("GenerationStats", "reuse"): _CONV + "assert 'reused' in c.say('More').stats.reuse",
+    ("GenerationStats", "stopped"): _GEN + "assert g.stats.stopped",
+    ("Ablation", "summary"): _ABL + "assert 'nats' in a.summary()",
+    ("Ablation", "text"): _ABL + "assert isinstance(a.text(int(a.top_ids[0, 0])), str)",
+    ("Ablation", "to_html"): _ABL + "assert 'llm-magic-ablation' in a.to_html()",
+    ("Ablation", "top"): _ABL + "assert len(a.top(-1)) == 5",
+    ("Patching", "summary"): _PATCH + "assert 'over resid' in p.summary()",
+    ("Patching", "to_html"): _PATCH + "assert 'llm-magic-colourbar' in p.to_html()",
+    ("Patching", "to_png"): _PATCH + "assert p.to_png()[:4] == b'\\x89PNG'",
 }
 
-CLASSES = ("ModelHandle", "Generation", "LensMap", "Comparison", "Scores", "AttentionMap")
+CLASSES = ("ModelHandle", "Generation", "GenerationStats", "LensMap", "Comparison", "Scores",
+           "AttentionMap", "Conversation", "Ablation", "Patching")
 
 
 def _public_members(cls: type) -> set[str]:

@@ -24,6 +24,8 @@ from ..errors import InvalidOptionError, NotAvailableError
 if TYPE_CHECKING:
     import numpy as np
 
+    from ._kept import KeptCaches
+
 __all__ = ["AttentionCapture", "Backend", "BatchResult", "DivergenceCapture", "GenerationJob",
            "GenerationRequest",
            "LOGPROBS_MODES", "LensCapture", "MAX_LOGPROBS", "LoadSpec", "ScoreCapture",
@@ -104,6 +106,13 @@ class GenerationRequest:
     #: ``len(lead_ids)`` ids of ``prefix_ids``, or ``lead`` text for a served model.
     lead_ids: tuple[int, ...] = ()
     lead: str = ""
+    #: A conversation: every message so far, the new user turn last, as (role, content)
+    #: pairs. The backend renders them (chat template, or the plain transcript) instead
+    #: of ``prompt`` and ``system``.
+    messages: tuple[tuple[str, str], ...] | None = None
+    #: Keep the model's cache under this key after the run, and reuse what still
+    #: matches of it on the next run with the same key (a conversation's turns).
+    keep: str | None = None
 
 
 @dataclass(frozen=True)
@@ -300,6 +309,10 @@ class GenerationJob(abc.ABC):
     prompt_tokens: int = 0
     new_tokens: int = 0
     stop_reason: str = "length"
+    #: Prompt tokens taken from a kept cache (a conversation's turn; None: no cache kept),
+    #: and why a kept cache could not be used, if it could not.
+    reused_tokens: int | None = None
+    cache_note: str = ""
 
     @abc.abstractmethod
     def run(self, put: Callable[[Any], None]) -> None:
@@ -479,9 +492,62 @@ class Backend(abc.ABC):
             "both models in this kernel."
         )
 
+    def ablate(self, source: str | Sequence[int], *, heads: Sequence[tuple[int, int]],
+               layers: Sequence[int], mlp: Sequence[int], mode: str,
+               answers: Sequence[str | int] | None) -> Any:
+        """Run ``source`` with heads, attention blocks or MLPs zeroed or mean-replaced
+        (hooks on the model's own modules) and compare it with the unablated run."""
+        raise NotAvailableError(
+            f"The {self.kind!r} backend cannot ablate parts of a model (it needs hooks "
+            "inside the model); load the model in this kernel."
+        )
+
+    def patch(self, clean: str | Sequence[int], corrupt: str | Sequence[int], *, over: str,
+              answers: Sequence[str | int], metric: Any, align: Any) -> Any:
+        """Patch the clean run's activations into the corrupt run, one site at a time."""
+        raise NotAvailableError(
+            f"The {self.kind!r} backend cannot patch activations (it needs hooks inside the "
+            "model); load the model in this kernel."
+        )
+
     def token_id(self, text: str) -> int:
         """The id of ``text`` when it is exactly one token of this model's vocabulary."""
         raise NotAvailableError(f"The {self.kind!r} backend does not expose its vocabulary.")
+
+    # -- conversation caches (see ``GenerationRequest.keep``) ---------------
+
+    #: The caches kept between a conversation's turns (None: this backend keeps none).
+    kept: KeptCaches | None = None
+
+    def kept_bytes(self, key: str | None = None) -> int:
+        """Bytes of the kept caches (of ``key``'s alone when given)."""
+        return 0 if self.kept is None else self.kept.nbytes(key)
+
+    def forget(self, key: str) -> None:
+        """Free ``key``'s kept cache."""
+        if self.kept is not None:
+            self.kept.pop(key)
+
+    def fork_kept(self, key: str, new: str) -> None:
+        """Give ``new`` a copy of ``key``'s kept cache."""
+        if self.kept is not None:
+            self.kept.fork(key, new)
+
+    def render_ids(self, request: GenerationRequest) -> list[int] | None:
+        """The token ids ``request``'s prompt (or conversation) renders to (None: unknown here)."""
+        return None
+
+    def cache_bytes_for(self, tokens: int) -> int:
+        """Bytes a kept cache of ``tokens`` tokens takes (0: this backend keeps none)."""
+        return 0
+
+    def idle_caches(self) -> list[tuple[float, str, int]]:
+        """(last used, key, bytes) of each kept cache (a running turn's is not among them)."""
+        return [] if self.kept is None else self.kept.idle()
+
+    def drop_cache(self, key: str, reason: str) -> int:
+        """Drop ``key``'s kept cache (its next turn recomputes and says ``reason``)."""
+        return 0 if self.kept is None else self.kept.drop(key, reason)
 
     def memory_owner(self) -> object | None:
         """The object whose death means the memory is free (a torch module), or None."""

@@ -28,6 +28,7 @@ from ..errors import (
 )
 from ..resources.cpu import apply_default_threads
 from ..resources.estimate import is_encoder_only
+from . import _kept
 from ._devices import bytes_per_device as _bytes_per_device
 from ._devices import device_name as _device_name
 from ._devices import device_order as _device_order
@@ -120,15 +121,18 @@ class _Streamer:
     def __init__(self, put: Callable[[Any], None]) -> None:
         self._put = put
         self._prompt_seen = False
-        #: Steps streamed so far (each a token per row).
+        #: Steps streamed so far (each a token per row), and the ids of a one-row run.
         self.steps = 0
+        self.ids: list[int] = []
 
     def put(self, value: torch.Tensor) -> None:
         if not self._prompt_seen:
             self._prompt_seen = True
             return
         self.steps += 1
-        self._put(value.reshape(-1).tolist())
+        ids = value.reshape(-1).tolist()
+        self.ids.extend(ids)
+        self._put(ids)
 
     def end(self) -> None:
         pass
@@ -158,8 +162,11 @@ class HFJob(GenerationJob):
         stop_event: threading.Event,
         recorder: _Recorder | None = None,
         lead_ids: Sequence[int] = (),
+        keep: tuple[str, Any] | None = None,
     ) -> None:
         self.backend = backend
+        #: A conversation's key and the cache this turn extends (kept again after the run).
+        self.keep = keep
         self.inputs = inputs
         self.kwargs = kwargs
         self.stop_event = stop_event
@@ -183,22 +190,34 @@ class HFJob(GenerationJob):
         if self.kwargs["generation_config"].max_new_tokens == 0:  # a branch at the last token
             self._records = () if self.recorder is not None else None
             return
+        ran = False
         try:
             with (_out_of_memory_guard(repr(self.backend.spec.name), self.backend.device),
                   torch.inference_mode(), _stop_hooks(model, self.stop_event),
                   _recording(model, self.recorder)):
                 out = model.generate(**self.inputs, **self.kwargs, streamer=streamer)
+            ran = True
         except _Interrupted:
+            ran = True
             self.stop_reason = "interrupted"
             return
         finally:
             if self.recorder is not None:
                 self._records = self.recorder.records([streamer.steps])[0]
+            if self.keep is not None:
+                self._keep(streamer.ids, ran)
         new = out[0, self.prompt_tokens :].tolist()
         if self.stop_event.is_set():
             self.stop_reason = "interrupted"
         elif new and new[-1] in self._eos:
             self.stop_reason = "eos"
+
+    def _keep(self, new_ids: list[int], ran: bool) -> None:
+        """Keep the conversation's cache, cropped to what was really computed."""
+        assert self.keep is not None and self.backend.kept is not None
+        key, cache = self.keep
+        ids = self.inputs["input_ids"][0].tolist() + new_ids
+        self.backend.kept.put(key, _kept.settle(cache, ids) if ran else None)
 
     def decode(self, chunks: Sequence[Any]) -> str:
         ids = [i for chunk in chunks for i in chunk]
@@ -456,6 +475,8 @@ class HFBackend(Backend):
         return self.model
 
     def close(self) -> None:
+        if self.kept is not None:
+            self.kept.clear()
         self.model = None
         self.tokenizer = None
 
@@ -470,11 +491,16 @@ class HFBackend(Backend):
                 f"Model {self.spec.name!r} has no chat template. Generate without chat "
                 "(chat=False, `--no-chat`)."
             )
-        if use_chat:
+        if request.messages is not None:
+            if not use_chat:
+                return _kept.transcript(request.messages), False
+            messages = [{"role": role, "content": text} for role, text in request.messages]
+        else:
             messages = []
             if request.system:
                 messages.append({"role": "system", "content": request.system})
             messages.append({"role": "user", "content": request.prompt})
+        if use_chat:
             text = self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=True
             )
@@ -578,7 +604,38 @@ class HFBackend(Backend):
         kwargs = self._generate_kwargs(request, max_new)
         recorder = self._processors(request, kwargs)
         kwargs["stopping_criteria"] = self._criteria(request, n, stop_event, recorder)
-        return HFJob(self, inputs, kwargs, stop_event, recorder, request.lead_ids)
+        keep = self._reuse(request, inputs, kwargs)
+        job = HFJob(self, inputs, kwargs, stop_event, recorder, request.lead_ids, keep)
+        if keep is not None:
+            job.reused_tokens, job.cache_note = kwargs.pop("_reused")
+        return job
+
+    def render_ids(self, request: GenerationRequest) -> list[int]:
+        text, templated = self.render_prompt(request)
+        return list(self._encode([text], templated)["input_ids"][0].tolist())
+
+    def cache_bytes_for(self, tokens: int) -> int:
+        torch = _torch()
+        size = torch.empty((), dtype=getattr(self.model, "dtype", torch.float32)).element_size()
+        return _kept.bytes_for(self.model.config, size, tokens)
+
+    def _reuse(self, request: GenerationRequest, inputs: dict[str, Any],
+               kwargs: dict[str, Any]) -> tuple[str, Any] | None:
+        """A conversation's turn: its kept cache, cropped to what still matches, goes in."""
+        if request.keep is None:
+            return None
+        if self.kept is None:
+            self.kept = _kept.KeptCaches()
+        key = request.keep
+        ids = inputs["input_ids"][0].tolist()
+        note = self.kept.note(key)
+        found = _kept.reuse(self.kept.pop(key), ids, note)
+        cache = found.cache
+        if cache is None:
+            cache = _kept.new_cache(self.model.config)
+        kwargs["cache"] = cache
+        kwargs["_reused"] = (found.reused, found.note)
+        return key, cache
 
     def _processors(self, request: GenerationRequest, kwargs: dict[str, Any]) -> _Recorder | None:
         """Add the request's logits processors to ``kwargs``; its token recorder, if asked.
@@ -649,6 +706,43 @@ class HFBackend(Backend):
 
         with _out_of_memory_guard(repr(self.spec.name), self.device):
             return _quantize.divergence(self, reference, text, max_tokens=max_tokens)
+
+    def _answer_ids(self, answers: Sequence[str | int]) -> list[int]:
+        from . import _patching
+
+        return _patching.answer_ids(self.model, [a if isinstance(a, int) else self.token_id(a)
+                                                 for a in answers])
+
+    def ablate(self, source: str | Sequence[int], *, heads: Sequence[tuple[int, int]],
+               layers: Sequence[int], mlp: Sequence[int], mode: str,
+               answers: Sequence[str | int] | None) -> Any:
+        """Ablate heads, attention blocks or MLPs with hooks (see ``backends/_patching``)."""
+        from . import _patching
+
+        self._check_generates()
+        ids = self._ids(source, "ablate")
+        chosen = None if answers is None else self._answer_ids(answers)
+        with _out_of_memory_guard(repr(self.spec.name), self.device):
+            return _patching.ablate(self.model, ids, heads=heads, layers=layers, mlp=mlp,
+                                    mode=mode, answers=chosen, texts=self._texts(),
+                                    context_length=self.context_length)
+
+    def patch(self, clean: str | Sequence[int], corrupt: str | Sequence[int], *, over: str,
+              answers: Sequence[str | int], metric: Any, align: Any) -> Any:
+        """Activation patching, batched (see ``backends/_patching_grid``)."""
+        from . import _patching_grid
+
+        self._check_generates()
+        clean_ids, corrupt_ids = self._ids(clean, "patch from"), self._ids(corrupt, "patch into")
+        texts: tuple[str, ...] = ()
+        if metric is None:
+            a, b = self._answer_ids(answers)
+            metric, texts = _patching_grid.logit_difference(a, b), (self._texts()(a),
+                                                                    self._texts()(b))
+        with _out_of_memory_guard(repr(self.spec.name), self.device):
+            return _patching_grid.patch(self.model, clean_ids, corrupt_ids, over=over,
+                                        metric=metric, align=align, texts=self._texts(),
+                                        context_length=self.context_length, answer_texts=texts)
 
     def token_id(self, text: str) -> int:
         """The id of ``text`` when the tokenizer makes exactly one token of it."""

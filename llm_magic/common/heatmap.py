@@ -90,8 +90,9 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
             + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
 
 
-def encode_png(pixels: np.ndarray) -> bytes:
-    """An 8-bit palette PNG of a 2-D array of palette indices.
+def encode_png(pixels: np.ndarray, colours: bytes | None = None) -> bytes:
+    """An 8-bit palette PNG of a 2-D array of palette indices (of ``colours``, PLTE bytes of
+    256 colours; default the blue ramp of :func:`palette`).
 
     Examples
     --------
@@ -109,7 +110,7 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return b"".join((
         b"\x89PNG\r\n\x1a\n",
         _chunk(b"IHDR", header),
-        _chunk(b"PLTE", palette()),
+        _chunk(b"PLTE", palette() if colours is None else colours),
         _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)),
         _chunk(b"IEND", b""),
     ))
@@ -169,10 +170,12 @@ def png_src(png: bytes) -> str:
 BAR_WIDTH = 160
 
 
-def colour_bar_html(caption: str, ticks: Sequence[tuple[float, str]]) -> str:
+def colour_bar_html(caption: str, ticks: Sequence[tuple[float, str]],
+                    colours: bytes | None = None) -> str:
     """The ramp as an escaped HTML colour bar: ticks under it, a caption beside it.
 
-    ``ticks`` are (fraction along the bar from white to dark, text) pairs; the
+    ``ticks`` are (fraction along the bar from white to dark, text) pairs (``colours``: the
+    bar's own PLTE bytes, indices 0 to 254 from left to right, default the ramp); the
     caption says what the shade is, in which unit and over which range. It is
     ``colourBar`` of ``widgets/static/_shared.js`` for the static snapshots.
 
@@ -183,7 +186,7 @@ def colour_bar_html(caption: str, ticks: Sequence[tuple[float, str]]) -> str:
     """
     import numpy as np
 
-    ramp = encode_png(np.arange(255, dtype=np.uint8)[None, :])
+    ramp = encode_png(np.arange(255, dtype=np.uint8)[None, :], colours)
     marks = []
     for at, text in ticks:
         f = max(0.0, min(1.0, float(at)))

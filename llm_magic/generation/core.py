@@ -51,13 +51,28 @@ class GenerationStats:
     tokens_per_second: float | None
     duration: float
     stop_reason: str
+    #: A conversation's turn: prompt tokens taken from its kept cache, and why the
+    #: cache could not be used when it could not (None and "" outside conversations).
+    reused_tokens: int | None = None
+    cache_note: str = ""
 
     def __str__(self) -> str:
         first = self.time_to_first_token
         ttft = "-" if first is None else f"{first * 1000:.0f} ms"
         tps = "-" if self.tokens_per_second is None else f"{self.tokens_per_second:.1f}"
-        return (f"{self.prompt_tokens} prompt + {self.new_tokens} new tokens, first token {ttft}, "
+        line = (f"{self.prompt_tokens} prompt + {self.new_tokens} new tokens, first token {ttft}, "
                 f"{tps} tokens/s, {self.duration:.2f} s ({self.stopped})")
+        return f"{line}; {self.reuse}" if self.reuse else line
+
+    @property
+    def reuse(self) -> str:
+        """A turn's cache in words: "reused 1,984 of 2,011 prompt tokens (98.7%)" ("" if none)."""
+        if self.reused_tokens is None:
+            return ""
+        share = self.reused_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+        words = (f"reused {self.reused_tokens:,} of {self.prompt_tokens:,} prompt tokens "
+                 f"({share:.1%})")
+        return f"{words}, {self.cache_note}" if self.cache_note else words
 
     @property
     def stopped(self) -> str:
@@ -91,6 +106,9 @@ class Generation:
     branch_at: int | None = None
     #: The prompt's token ids as the model saw them (what a branch continues from).
     prompt_ids: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
+    #: A conversation's turn: the conversation's id and the turn's index (from 0).
+    conversation: str | None = None
+    turn: int | None = None
 
     @property
     def interrupted(self) -> bool:
@@ -335,6 +353,7 @@ def _stats(run: _Running) -> GenerationStats:
         time_to_first_token=run.drained.first,
         tokens_per_second=(n / duration) if duration > 0 and n else None,
         duration=duration, stop_reason=reason,
+        reused_tokens=run.job.reused_tokens, cache_note=run.job.cache_note,
     )
 
 
@@ -391,10 +410,14 @@ def _result(request: GenerationRequest, job: Any, name: str, text: str,
     if branched is not None:
         records = branched.records + (records or ())
         params, parent, at = branched.params, branched.parent, branched.at
+    turn = None if request.messages is None else sum(
+        role == "user" for role, _ in request.messages) - 1
     return Generation(text=text, prompt=request.prompt, model=name, stats=stats,
                       params=params, attention=amap, id=id,
                       tokens=None if records is None else tuple(records), parent=parent,
-                      branch_at=at, prompt_ids=None if prompt_ids is None else tuple(prompt_ids))
+                      branch_at=at, prompt_ids=None if prompt_ids is None else tuple(prompt_ids),
+                      conversation=request.keep if request.messages is not None else None,
+                      turn=turn)
 
 
 def branch(gen: Generation, position: int, token: int | str, *,

@@ -92,10 +92,18 @@ def make_request(
 
 
 def params_of(request: GenerationRequest) -> dict[str, Any]:
-    """The options a Generation keeps (and history stores) of its request."""
-    return {
+    """The options a Generation keeps (and history stores) of its request.
+
+    A conversation's turn also keeps every message it was sent, so a rerun or a
+    resume rebuilds exactly what the model read, whatever was undone or forked.
+    """
+    params: dict[str, Any] = {
         "max_new_tokens": request.max_new_tokens, "temperature": request.temperature,
         "top_p": request.top_p, "top_k": request.top_k, "seed": request.seed,
         "stop": list(request.stop), "system": request.system, "chat": request.chat,
         "logprobs": request.logprobs, "logprobs_mode": request.logprobs_mode,
     }
+    if request.messages is not None:
+        params["messages"] = [list(m) for m in request.messages]
+        params["conversation"] = request.keep
+    return params

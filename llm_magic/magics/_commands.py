@@ -189,6 +189,33 @@ def _rerun(magics: Host, args: Namespace) -> None:
         display(rerun(args.id))  # the new generation is lm.last()
 
 
+# -- conversations -------------------------------------------------------------
+
+
+@magic_arguments("llm conversations")
+def _conversations(magics: Host, args: Namespace) -> None:
+    """Show the kernel's conversations: model, turns, tokens, cache bytes, last use."""
+    from ..generation.conversation import conversations
+
+    display(conversations())
+
+
+@magic_arguments("llm forget")
+@argument("name", nargs="?", type=text, help="the conversation to forget")
+@argument("--all", action="store_true", help="forget every conversation")
+def _forget(magics: Host, args: Namespace) -> None:
+    """Forget a conversation (or --all) and free its kept cache."""
+    from ..generation.conversation import forget
+    from ..manager.info import size
+
+    if (args.name is None) != args.all:
+        raise UsageError("Name the conversation to forget, or pass --all (not both).")
+    with usage_errors():
+        freed = forget(args.name, all=args.all)
+    what = "every conversation" if args.all else f"conversation {args.name!r}"
+    print(f"Forgot {what}; freed {size(freed)} of kept cache.")
+
+
 # -- debug ------------------------------------------------------------------
 
 
@@ -314,6 +341,8 @@ COMMANDS: dict[str, Command] = {
         Command("budget", _budget, "[DEVICE=SIZE ...]"),
         Command("history", _history, "[-n N] [--search TEXT] [--model NAME]"),
         Command("rerun", _rerun, "ID"),
+        Command("conversations", _conversations),
+        Command("forget", _forget, "NAME | --all"),
         Command("attention", _attention),
         Command("monitor", _monitor, "[--cell [on|off]]"),
         Command("panel", _panel),

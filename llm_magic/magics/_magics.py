@@ -22,6 +22,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode, observe, v
 from .. import load
 from ..backends.base import DEFAULT_MAX_NEW_TOKENS, check_logprobs
 from ..common.text import check_text
+from ..errors import InvalidOptionError
 from ..history import configure as configure_history
 from . import _commands
 from ._output import FORMATS, CellOutput, in_notebook, open_output
@@ -114,6 +115,11 @@ class CellJob:
     score: int | None = None
     #: Show the logit lens of the final sequence below the result (``--lens``).
     lens: bool = False
+    #: A conversation's turn: its name ("" for the current one, ``-c``), and ``--trim``.
+    conversation: str | None = None
+    trim: bool = False
+    #: The cell named its model (a conversation on another model is then refused).
+    named_model: bool = False
 
     def run(self, model: str, output: CellOutput, stop_event: threading.Event | None = None
             ) -> Generation | list[Generation] | Scores:
@@ -127,12 +133,35 @@ class CellJob:
             from ..analysis.tokens import score
 
             return score(self.prompts[0], model=model, logprobs=self.score)
+        if self.conversation is not None:
+            return self._turn(model, output, stop_event)
         if self.batch:
             return generate_batch(self.prompts, model=model, attention=self.attention,
                                   stop_event=stop_event, **self.options)
         return generate(self.prompts[0], model=model, attention=self.attention,
                         stream=output if self.stream else None, stop_event=stop_event,
                         **self.options)
+
+
+    def _turn(self, model: str, output: CellOutput, stop_event: threading.Event | None
+              ) -> Generation:
+        """The next turn of the named (or current) conversation, started here if new."""
+        from ..generation.conversation import chat, find
+
+        options = dict(self.options)
+        system = options.pop("system", None)
+        conv = find(self.conversation or None)
+        if conv is None:
+            conv = chat(model=model, system=system, name=self.conversation or None,
+                        trim="oldest" if self.trim else None)
+        elif model != conv.model and self.named_model:
+            raise InvalidOptionError(
+                f"Conversation {conv.name!r} talks to {conv.model!r}, not {model!r}: start "
+                f"another with `%%llm {model} --conversation NEW`.")
+        elif self.trim:
+            conv.trim = "oldest"
+        return conv.say(self.prompts[0], stream=output if self.stream else None,
+                        stop_event=stop_event, attention=self.attention, **options)
 
 
 @magics_class
@@ -265,6 +294,14 @@ class LLMMagics(Magics):
     @ma.argument("--lens", action="store_true",
                  help="also show the logit lens of the final sequence (prompt and output, or "
                       "the --score text): what each layer would predict; kept in `_llm_lens`")
+    @ma.argument("-c", "--continue", dest="resume_current", action="store_true",
+                 help="continue the kernel's current conversation (start one if none): the "
+                      "model's cache is kept, so only the new text is computed")
+    @ma.argument("--conversation", type=text, metavar="NAME",
+                 help="continue the conversation NAME, or start it (`%%llm conversations`)")
+    @ma.argument("--trim", action="store_true",
+                 help="in a conversation that outgrows the context, drop the oldest turns "
+                      "(and say so) instead of refusing")
     @ma.argument("--compare", action="store_true",
                  help="generate with every MODEL on the line, side by side, each token shaded "
                       "by how much likelier the other model found it; `_llm` is the list of "
@@ -300,6 +337,7 @@ class LLMMagics(Magics):
             _check_compare(args)
         if args.lens and args.batch:
             raise UsageError("--lens looks at one sequence: drop --batch.")
+        conversation = _conversation_of(args)
         if args.score:
             job = self._score_job(args, prompts[0] if len(prompts) == 1 else None, out)
             return dataclasses.replace(job, lens=args.lens)
@@ -321,7 +359,8 @@ class LLMMagics(Magics):
         stream = self.stream if args.stream is None else args.stream
         return CellJob(prompts, options, batch=args.batch, stream=stream and not args.batch,
                        attention=args.attention, fmt=args.format or self.format.lower(), out=out,
-                       lens=args.lens)
+                       lens=args.lens, conversation=conversation, trim=args.trim,
+                       named_model=bool(args.model))
 
     def _score_job(self, args: Namespace, text: str | None, out: str | None) -> CellJob:
         """A ``--score`` cell: the body is read, not continued; sampling options do not apply."""
@@ -441,6 +480,29 @@ class LLMMagics(Magics):
         command = _commands.find(name)
         args = _commands.parse(command.parser, "".join(rest), "%llm?")
         command.run(self, args)
+
+
+def _conversation_of(args: Namespace) -> str | None:
+    """The conversation a cell continues: a name, "" for the current one, None for none."""
+    if args.resume_current and args.conversation is not None:
+        raise UsageError("-c continues the current conversation and --conversation NAME a named "
+                         "one: give one of them.")
+    if not args.resume_current and args.conversation is None:
+        if args.trim:
+            raise UsageError("--trim applies to a conversation: add -c or --conversation NAME.")
+        return None
+    flag = "-c" if args.resume_current else "--conversation"
+    for other, given in (("--batch", args.batch), ("--compare", args.compare),
+                         ("--score", args.score)):
+        if given:
+            raise UsageError(f"{flag} continues one conversation turn by turn, so {other} does "
+                             "not apply; drop one of them.")
+    if args.conversation is not None:
+        from ..generation.conversation import _check_name
+
+        with _commands.usage_errors():
+            _check_name(args.conversation)
+    return args.conversation or ""
 
 
 def _check_compare(args: Namespace) -> None:

@@ -157,7 +157,8 @@ class ModelManager:
 
     def info(self, name: str) -> ModelInfo:
         entry = self._entry(name)
-        return replace(entry.info, generating=entry.lock.locked())
+        return replace(entry.info, generating=entry.lock.locked(),
+                       cache=entry.backend.kept_bytes())
 
     def backend(self, name: str) -> Backend:
         return self._entry(name).backend
@@ -400,11 +401,20 @@ class ModelManager:
             return None, None
         log.info("loading %r: %s", spec.name, estimate)
         with self._registry_lock:
-            placement = _rooms.plan_load(
-                self.limits, self.models(), device=spec.device, requested_device=requested_device,
-                source=spec.source, dtype=spec.dtype, memory=estimate.memory,
-                largest_block=estimate.largest_block,
-            )
+            while True:  # idle conversation caches leave before any model does
+                try:
+                    placement = _rooms.plan_load(
+                        self.limits, self.models(), device=spec.device,
+                        requested_device=requested_device, source=spec.source, dtype=spec.dtype,
+                        memory=estimate.memory, largest_block=estimate.largest_block,
+                    )
+                except BudgetExceededError:
+                    if not self.drop_caches(1, reason=f"to make room for {spec.name!r}"):
+                        raise
+                    continue
+                if not placement.evict or not self.drop_caches(
+                        1, reason=f"to make room for {spec.name!r}"):
+                    break
             if placement.evict:
                 self._evict(placement.evict, spec.name, estimate)
         if placement.device_map is not None:
@@ -451,6 +461,27 @@ class ModelManager:
             entry = self._entry(name)
             entry.info = replace(entry.info, pinned=bool(pinned))
         return self.info(name)
+
+    def drop_caches(self, need: int, *, device: str | None = None, keep: str | None = None,
+                    reason: str = "under memory pressure") -> int:
+        """Drop kept conversation caches, least recently used first, until ``need`` bytes are
+        freed (on ``device`` only, when given; never ``keep``'s). Returns the bytes freed.
+
+        Each dropped conversation recomputes its cache on its next turn and says so.
+        """
+        with self._registry_lock:
+            found = [(used, key, n, entry.backend)
+                     for entry in self._entries.values()
+                     if device is None or entry.info.device == device
+                     for used, key, n in entry.backend.idle_caches() if key != keep]
+        freed = 0
+        for _used, key, _n, backend in sorted(found, key=lambda item: item[0]):
+            if freed >= need:
+                break
+            freed += backend.drop_cache(key, "recomputed: its cache was dropped under memory "
+                                             "pressure")
+            log.info("dropped conversation cache %s %s", key, reason)
+        return freed
 
     # -- unloading ---------------------------------------------------------
 

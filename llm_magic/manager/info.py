@@ -25,6 +25,7 @@ class ModelInfo:
     model is spread over several devices). ``quantization`` is ``"int8"`` or
     ``"int4"`` for a model whose linear layers were quantized as it loaded, and
     ``saved`` the bytes that gave back (measured: those layers before and after).
+    ``cache`` is what the model's kept conversation caches take besides.
     """
 
     name: str
@@ -50,6 +51,8 @@ class ModelInfo:
     endpoint: str | None = None
     quantization: str | None = None
     saved: int = 0
+    #: Bytes of the conversation caches kept beside the model (they count in its budget).
+    cache: int = 0
 
 
 def quantized(info: ModelInfo) -> str:
@@ -106,8 +109,9 @@ class ModelTable(tuple):  # type: ignore[type-arg]
                 out.append((name, f"{m.architecture} at {m.endpoint}", m.backend, m.device,
                             m.dtype, "-", "-", "none here", "-", rev, ago(m.last_used)))
                 continue
+            memory = size(m.memory) + (f" + {size(m.cache)} cache" if m.cache else "")
             out.append((name, m.source, m.backend, m.device, m.dtype, quantized(m),
-                        count(m.parameters), size(m.memory), size(m.estimate), rev,
+                        count(m.parameters), memory, size(m.estimate), rev,
                         ago(m.last_used)))
         return out
 

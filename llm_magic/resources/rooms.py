@@ -72,6 +72,9 @@ def residents(infos: Iterable[Any]) -> list[Resident]:
         if getattr(info, "endpoint", None):  # served elsewhere: no memory here
             continue
         memory = info.placement or ((info.device, info.memory),)
+        cache = int(getattr(info, "cache", 0) or 0)
+        if cache:  # a model's kept conversation caches live on its first device
+            memory = ((memory[0][0], memory[0][1] + cache), *memory[1:])
         out.append(Resident(info.name, tuple(memory), info.last_used or info.loaded_at,
                             evictable=not (info.pinned or info.generating), pinned=info.pinned))
     return out
