@@ -39,6 +39,7 @@ from .history import HistoryRow, HistoryTable, RerunResult, history, rerun
 
 if TYPE_CHECKING:
     from .analysis.attention import AttentionMap, attention, attention_max_tokens
+    from .analysis.attribution import Attribution, attribute
     from .analysis.compare import Comparison, compare
     from .analysis.lens import LensMap, logit_lens
     from .analysis.patching import Ablation, Patching, ablate, patch
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 # llm_magic`` then compiles and runs a few modules instead of forty.
 _LAZY = {
     **dict.fromkeys(["AttentionMap", "attention", "attention_max_tokens"], "analysis.attention"),
+    **dict.fromkeys(["Attribution", "attribute"], "analysis.attribution"),
     **dict.fromkeys(["Comparison", "compare"], "analysis.compare"),
     **dict.fromkeys(["LensMap", "logit_lens"], "analysis.lens"),
     **dict.fromkeys(["Ablation", "Patching", "ablate", "patch"], "analysis.patching"),
@@ -76,6 +78,7 @@ __version__: str
 __all__ = [
     "Ablation",
     "AttentionMap",
+    "Attribution",
     "Budget",
     "BudgetExceededError",
     "Comparison",
@@ -111,6 +114,7 @@ __all__ = [
     "ablate",
     "attention",
     "attention_max_tokens",
+    "attribute",
     "budget",
     "chat",
     "compare",

@@ -59,6 +59,10 @@ NAMES: dict[str, str] = {
     "ablate": "assert lm.ablate('def f(x): return x', model='demo', mlp=[0]).delta.shape[0] > 0",
     "patch": "assert lm.patch('def f(x): return x', 'def g(y): return x', model='demo', "
              "answers=(' +', ')')).grid.shape[0] == 4",
+    "Attribution": f"a = lm.attribute({PROMPT!r}, model='demo')\n"
+                   "assert isinstance(a, lm.Attribution)",
+    "attribute": f"a = lm.attribute({PROMPT!r}, model='demo', method='integrated_gradients')\n"
+                 "assert a.scores.shape[0] == 1 and a.completeness[0] < 0.01",
     "Estimate": "assert isinstance(lm.estimate('demo'), lm.Estimate)",
     "Generation": LOAD + f"g = lm.generate({PROMPT!r}, max_new_tokens=3)\n"
                          "assert isinstance(g, lm.Generation)",
@@ -139,6 +143,7 @@ _CMP = (f"c = lm.compare({PROMPT!r}, settings=[{{}}, {{'temperature': 1, 'seed':
         "model='demo', max_new_tokens=4, stream=False)\n")
 _SCORES = f"s = lm.score({PROMPT!r}, model='demo')\n"
 _AMAP = f"amap = lm.attention({PROMPT!r}, model='demo')\n"
+_ATTR = f"a = lm.attribute({PROMPT!r}, model='demo')\n"
 _CONV = LOAD + f"c = lm.chat(max_new_tokens=3)\nc.say({PROMPT!r})\n"
 _ABL = "a = lm.ablate('def f(x): return x', model='demo', heads=[(0, 1)])\n"
 _PATCH = ("p = lm.patch('def f(x): return x', 'def g(y): return x', model='demo', "
@@ -199,6 +204,10 @@ METHODS: dict[tuple[str, str], str] = {
     ("Conversation", "undo"): _CONV + "c.undo()\nassert c.messages == []",
     ("GenerationStats", "reuse"): _CONV + "assert 'reused' in c.say('More').stats.reuse",
     ("GenerationStats", "stopped"): _GEN + "assert g.stats.stopped",
+    ("Attribution", "summary"): _ATTR + "assert 'demo' in a.summary()",
+    ("Attribution", "to_html"): _ATTR + "assert 'nats' in a.to_html()",
+    ("Attribution", "top"): _ATTR + "assert len(a.top(0, 2)) == 2",
+    ("Attribution", "unit"): _ATTR + "assert 'nats' in a.unit",
     ("Ablation", "summary"): _ABL + "assert 'nats' in a.summary()",
     ("Ablation", "text"): _ABL + "assert isinstance(a.text(int(a.top_ids[0, 0])), str)",
     ("Ablation", "to_html"): _ABL + "assert 'llm-magic-ablation' in a.to_html()",
@@ -209,7 +218,7 @@ METHODS: dict[tuple[str, str], str] = {
 }
 
 CLASSES = ("ModelHandle", "Generation", "GenerationStats", "LensMap", "Comparison", "Scores",
-           "AttentionMap", "Conversation", "Ablation", "Patching")
+           "AttentionMap", "Conversation", "Ablation", "Patching", "Attribution")
 
 
 def _public_members(cls: type) -> set[str]:

@@ -510,6 +510,20 @@ class Backend(abc.ABC):
             "model); load the model in this kernel."
         )
 
+    def attribute(self, source: str | Sequence[int], *, rows: Sequence[tuple[Any, Any, Any]],
+                  method: str, steps: int, baseline: Any, max_tokens: int) -> Any:
+        """Attribute output tokens of ``source`` (a text or token ids) to the tokens before them.
+
+        Each row is (position, target, contrast): the output token's position in
+        the sequence (None: the next token after it), the token to attribute
+        (None: the one there, or the greedy next one) and the token it is
+        contrasted with (None: none), as ids or one token's text.
+        """
+        raise NotAvailableError(
+            f"The {self.kind!r} backend cannot attribute: it needs the model's gradients in "
+            "this kernel. Load the model here (a local directory, a cached hub id or 'demo')."
+        )
+
     def token_id(self, text: str) -> int:
         """The id of ``text`` when it is exactly one token of this model's vocabulary."""
         raise NotAvailableError(f"The {self.kind!r} backend does not expose its vocabulary.")

@@ -744,6 +744,21 @@ class HFBackend(Backend):
                                         metric=metric, align=align, texts=self._texts(),
                                         context_length=self.context_length, answer_texts=texts)
 
+    def attribute(self, source: str | Sequence[int], *, rows: Sequence[tuple[Any, Any, Any]],
+                  method: str, steps: int, baseline: Any, max_tokens: int) -> Any:
+        """Attribute output tokens to the tokens before them (see ``backends/_attribution``)."""
+        from . import _attribution
+
+        self._check_generates()
+        ids = self._ids(source, "attribute")
+        wanted = _attribution.rows_of(rows, len(ids), self.token_id)
+        with _out_of_memory_guard(repr(self.spec.name), self.device):
+            return _attribution.attribute(
+                self.model, ids, wanted, method=method, steps=steps, baseline=baseline,
+                max_tokens=max_tokens, texts=self._texts(), pad_id=self.pad_id,
+                context_length=self.context_length,
+                quantized=getattr(self.quantized, "scheme", None))
+
     def token_id(self, text: str) -> int:
         """The id of ``text`` when the tokenizer makes exactly one token of it."""
         ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
