@@ -139,3 +139,35 @@ def test_interrupt_stops_generation_keeps_text_and_the_kernel_goes_on(kernel):
     assert value(kc, WORKERS) == "[]"
     after = run(kc, "%%llm -n 3 --no-chat\nHello")
     assert displays(after) and value(kc, "_llm.stats.new_tokens") == "3"
+
+
+@pytest.mark.serial
+def test_a_conversation_turn_interrupted_in_the_kernel_is_kept_and_the_next_is_exact(kernel):
+    km, kc = kernel
+    run(kc, "%%llm long -c -n 3 --no-stream\nHello")
+    msg_id = kc.execute("%%llm -c -n 6000\nAgain")
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if msg["parent_header"].get("msg_id") == msg_id and \
+                msg["msg_type"] == "update_display_data":
+            break
+    time.sleep(0.5)
+    km.interrupt_kernel()
+    collect(kc, msg_id)
+    assert reply_to(kc, msg_id)["content"]["ename"] == "KeyboardInterrupt"
+    from_kernel = value(kc, "[len(c.turns), c.turns[-1].interrupted, "
+                            "c.messages[-1].get('interrupted')] "
+                            "if (c := __import__('llm_magic').generation.conversation.find()) "
+                            "else None")
+    assert from_kernel == "[2, True, True]"
+    run(kc, "%%llm -c -n 8 --no-stream --logprobs 1\nAnd now?")
+    check = ("import torch\n"
+             "_m = __import__('llm_magic').get_manager().backend('long').model\n"
+             "_ids = torch.tensor([list(_llm.prompt_ids)])\n"
+             "_ref = _m.generate(input_ids=_ids, attention_mask=torch.ones_like(_ids), "
+             "do_sample=False, max_new_tokens=8, min_new_tokens=8)[0, _ids.shape[1]:].tolist()\n"
+             "print([r.id for r in _llm.tokens] == _ref, _llm.stats.reused_tokens > 0)")
+    msgs = run(kc, check)
+    assert "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream").strip() \
+        == "True True"

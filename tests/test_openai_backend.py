@@ -66,6 +66,8 @@ class Loopback(http.server.ThreadingHTTPServer):
         self.pieces = ["Hello", ",", " world", "!"]
         self.max_model_len: int | None = None
         self.tokenize = True
+        #: Prompt tokens the usage says came from the server's prefix cache (None: not said).
+        self.cached: int | None = None
         self.requests: list[dict[str, Any]] = []
         self.headers_seen: list[dict[str, str]] = []
         self.release = threading.Event()
@@ -175,6 +177,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             usage = {"id": "x", "object": "text_completion", "created": 0, "model": "tiny",
                      "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 4,
                                               "total_tokens": 11}}
+            if self.server.cached is not None:
+                usage["usage"]["prompt_tokens_details"] = {"cached_tokens": self.server.cached}
             self._send(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
             self._send(b"")
             return
@@ -527,3 +531,22 @@ def test_the_magics_turn_server_errors_into_one_line_usage_errors(ip, loopback, 
     assert SECRET not in str(err.value) and "$LB_KEY" in str(err.value)
     assert lm.get_manager().names() == []
 
+
+
+def test_a_conversation_sends_its_messages_and_reports_the_servers_cache(manager, loopback):
+    manager.load(loopback.url, name="lb")
+    conv = lm.chat(model="lb", system="Be brief.", manager=manager)
+    first = conv.say("Hi")
+    assert first.stats.cache_note == "the server reports no cached tokens"
+    assert first.stats.reused_tokens is None and first.conversation == conv.id
+    loopback.cached = 5
+    second = conv.say("More?")
+    assert loopback.requests[-1]["messages"] == [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello, world!"}, {"role": "user", "content": "More?"}]
+    assert "prompt" not in loopback.requests[-1]
+    assert second.stats.reused_tokens == 5 and "reused 5 of 7" in str(second.stats)
+    plain = lm.chat(model="lb", manager=manager, chat=False)
+    plain.say("Hi")
+    assert loopback.requests[-1]["prompt"] == "User: Hi\nAssistant:"
+    assert "\nUser:" in loopback.requests[-1]["stop"]

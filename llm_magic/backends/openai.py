@@ -40,6 +40,7 @@ from ..errors import (
     ServerError,
 )
 from . import _openai_logprobs
+from ._kept import transcript
 from .base import Backend, GenerationJob, GenerationRequest, LoadSpec
 
 __all__ = ["OpenAIBackend", "OpenAIJob", "server_timeout"]
@@ -296,12 +297,17 @@ class OpenAIBackend(Backend):
             options["seed"] = request.seed
         if request.stop:
             options["stop"] = list(request.stop[:_MAX_STOPS])
-        chat = bool(request.chat)
-        if chat:
-            messages = []
-            if request.system:
-                messages.append({"role": "system", "content": request.system})
-            messages.append({"role": "user", "content": request.prompt})
+        chat = bool(request.chat) or (request.messages is not None and request.chat is None)
+        if request.messages is not None and not chat:  # a conversation, as a plain transcript
+            options["prompt"] = transcript(request.messages)
+        elif chat:
+            if request.messages is not None:  # a conversation: the server caches its prefix
+                messages = [{"role": role, "content": text} for role, text in request.messages]
+            else:
+                messages = []
+                if request.system:
+                    messages.append({"role": "system", "content": request.system})
+                messages.append({"role": "user", "content": request.prompt})
             if request.lead:  # a branch: the server continues the assistant's answer
                 messages.append({"role": "assistant", "content": request.lead})
                 options["extra_body"] = {**options.get("extra_body", {}),
@@ -319,6 +325,7 @@ class OpenAIBackend(Backend):
                                           request.explicit_length)
         job = OpenAIJob(self, options, chat, stop_event, lead=request.lead,
                         logprobs=request.logprobs)
+        job.conversation = request.messages is not None
         job.prompt_tokens = prompt_tokens or 0
         return job
 
@@ -380,6 +387,19 @@ class OpenAIJob(GenerationJob):
         self.pieces: list[str] = []
         self._counted = 0
         self._usage_new: int | None = None
+        #: A conversation's turn: the server's own prefix cache is reported from its usage.
+        self.conversation = False
+
+    def _served_reuse(self, usage: Any) -> None:
+        """The prompt tokens the server says it took from its prefix cache, if it says."""
+        details = getattr(usage, "prompt_tokens_details", None)
+        cached = getattr(details, "cached_tokens", None) if details is not None else None
+        if cached is None:
+            self.reused_tokens = None
+            self.cache_note = "the server reports no cached tokens"
+        else:
+            self.reused_tokens = int(cached)
+            self.cache_note = "the server's own prefix cache"
 
     @property  # type: ignore[override]
     def new_tokens(self) -> int:
@@ -422,6 +442,8 @@ class OpenAIJob(GenerationJob):
                 if usage is not None:
                     self.prompt_tokens = int(usage.prompt_tokens or 0)
                     self._usage_new = int(usage.completion_tokens or 0)
+                    if self.conversation:
+                        self._served_reuse(usage)
                 for choice in chunk.choices or ():
                     if self.chat:
                         delta = getattr(choice, "delta", None)

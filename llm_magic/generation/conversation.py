@@ -169,7 +169,10 @@ class Conversation:
     def _request(self, text: str, name: str, options: dict[str, Any]) -> GenerationRequest:
         request = make_request(text, system=self.system, **options)
         info = self._manager.info(name)
-        plain = not (info.chat if request.chat is None else request.chat) and not info.endpoint
+        if info.endpoint:  # a served model is sent the messages, unless told chat=False
+            plain = request.chat is False
+        else:
+            plain = not (info.chat if request.chat is None else request.chat)
         stops = request.stop + ((TRANSCRIPT_STOP,) if plain and
                                 TRANSCRIPT_STOP not in request.stop else ())
         messages = [(m["role"], m["content"]) for m in self.messages] + [("user", text)]
