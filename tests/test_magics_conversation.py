@@ -22,7 +22,10 @@ def ip(shell: InteractiveShell):
     shell.run_line_magic("llm", "load demo")
     yield shell
     forget(all=True)
-    lm.get_manager().last_generation = None
+    manager = lm.get_manager()
+    for name in manager.names():
+        manager.unload(name)
+    manager.last_generation = None
     shell.run_line_magic("unload_ext", "llm_magic")
     shell.user_ns.pop("_llm", None)
 

@@ -72,6 +72,8 @@ class Scores:
     first: str
     tokens: tuple[TokenRecord, ...]
     logprobs: int
+    #: With ``target=``: the text the target was scored after (or for, on an encoder–decoder).
+    source: str | None = None
 
     #: Scores describe the model's own distribution: nothing is sampled.
     logprobs_mode = "raw"
@@ -98,7 +100,7 @@ class Scores:
                 f"{self.logprob:.3f}, perplexity {self.perplexity:.2f}>")
 
 
-def score(text: str, model: str | None = None, *, logprobs: int = 5,
+def score(text: str, model: str | None = None, *, target: str | None = None, logprobs: int = 5,
           max_tokens: int | None = None, manager: ModelManager | None = None) -> Scores:
     """Teacher-force ``text`` through a model in one forward pass and record every token.
 
@@ -108,6 +110,10 @@ def score(text: str, model: str | None = None, *, logprobs: int = 5,
         The text, tokenized as the model's tokenizer does by default.
     model : str, optional
         A loaded model's name, or a source to load; the default model when omitted.
+    target : str, optional
+        Score only this text: the continuation of ``text`` on a causal model, the
+        output for the source ``text`` on an encoder–decoder (the teacher-forced
+        log-likelihood of a translation: compare two candidates by it).
     logprobs : int
         How many alternatives each record keeps (1 to 20).
     max_tokens : int, optional
@@ -131,11 +137,17 @@ def score(text: str, model: str | None = None, *, logprobs: int = 5,
     limit = SCORE_MAX_TOKENS if max_tokens is None else max_tokens
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 2:
         raise InvalidOptionError(f"max_tokens must be an integer of at least 2, not {limit!r}.")
+    if target is not None:
+        check_text(target, "The target", hint="write the continuation or output to score")
     name = resolve(manager, model)
     with manager.checkout(name) as backend:
-        captured = backend.score(text, logprobs=logprobs, max_tokens=limit)
-    return Scores(text=text, model=name, ids=captured.ids, first=captured.texts[0],
-                  tokens=captured.records, logprobs=logprobs)
+        if target is None:
+            captured = backend.score(text, logprobs=logprobs, max_tokens=limit)
+        else:
+            captured = backend.score_target(text, target, logprobs=logprobs, max_tokens=limit)
+    return Scores(text=text if target is None else target, model=name, ids=captured.ids,
+                  first=captured.texts[0], tokens=captured.records, logprobs=logprobs,
+                  source=None if target is None else text)
 
 
 # -- the view and its static fallback -------------------------------------------

@@ -261,21 +261,43 @@ def score(model: Any, tokenizer: Any, ids: Sequence[int], *, k: int, start: int 
         raise PromptTooLongError(
             f"The text is {n} tokens, but the model reads at most {context_length}. Shorten it."
         )
-    texts = TokenTexts(tokenizer)
     device = next(model.parameters()).device
     with torch.inference_mode():
         logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits[0]
-        target = torch.tensor(ids, device=device)
-        rows: list[Any] = []
-        numbers: list[Any] = []
-        for lo in range(max(start, 1), n, _CHUNK):
-            hi = min(n, lo + _CHUNK)
-            chunk_ids, chunk_numbers = _reduce(logits[lo - 1 : hi - 1], target[lo:hi, None],
-                                               k, filtered=False)
-            rows.append(chunk_ids)
-            numbers.append(chunk_numbers)
-        del logits
-        all_ids = torch.cat(rows).cpu().tolist()
-        all_numbers = torch.cat(numbers).cpu().tolist()
+        return _capture(logits, ids, tokenizer, k=k, start=start)
+
+
+def score_seq2seq(model: Any, tokenizer: Any, source: Sequence[int], decoder: Sequence[int], *,
+                  k: int) -> ScoreCapture:
+    """An encoder–decoder's output teacher-forced: ``decoder`` (its start token first) for
+    ``source``, in one forward pass; a record for each decoder token after the start."""
+    import torch
+
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([list(source)], device=device),
+                       decoder_input_ids=torch.tensor([list(decoder)], device=device),
+                       use_cache=False).logits[0]
+        return _capture(logits, [int(i) for i in decoder], tokenizer, k=k, start=1)
+
+
+def _capture(logits: Any, ids: list[int], tokenizer: Any, *, k: int, start: int) -> ScoreCapture:
+    """Records of ``ids`` from ``start`` on, read from the logits that predict each."""
+    import torch
+
+    texts = TokenTexts(tokenizer)
+    n = len(ids)
+    target = torch.tensor(ids, device=logits.device)
+    rows: list[Any] = []
+    numbers: list[Any] = []
+    for lo in range(max(start, 1), n, _CHUNK):
+        hi = min(n, lo + _CHUNK)
+        chunk_ids, chunk_numbers = _reduce(logits[lo - 1 : hi - 1], target[lo:hi, None],
+                                           k, filtered=False)
+        rows.append(chunk_ids)
+        numbers.append(chunk_numbers)
+    del logits
+    all_ids = torch.cat(rows).cpu().tolist()
+    all_numbers = torch.cat(numbers).cpu().tolist()
     records = tuple(_record(texts, i, x) for i, x in zip(all_ids, all_numbers, strict=True))
     return ScoreCapture(tuple(ids), tuple(texts(i) for i in ids), records)

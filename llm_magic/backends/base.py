@@ -113,6 +113,8 @@ class GenerationRequest:
     #: Keep the model's cache under this key after the run, and reuse what still
     #: matches of it on the next run with the same key (a conversation's turns).
     keep: str | None = None
+    #: A translation model's output language (mBART, NLLB: its first token is forced).
+    target_lang: str | None = None
 
 
 @dataclass(frozen=True)
@@ -465,6 +467,13 @@ class Backend(abc.ABC):
             f"The {self.kind!r} backend cannot score a given text; load the model in this "
             "kernel (a local directory, a cached hub id or 'demo')."
         )
+
+    def score_target(self, source: str, target: str, *, logprobs: int,
+                     max_tokens: int | None = None) -> ScoreCapture:
+        """Teacher-force ``target`` as the continuation of (or the output for) ``source``."""
+        raise NotAvailableError(
+            f"The {self.kind!r} backend cannot score a given text: it needs the model's "
+            "probabilities of every token here. Load the model in this kernel to score.")
 
     def logit_lens(self, source: str | Sequence[int], *, top: int,
                    max_tokens: int) -> LensCapture:

@@ -29,6 +29,7 @@ from ..errors import (
 from ..resources.cpu import apply_default_threads
 from ..resources.estimate import is_encoder_only
 from . import _kept
+from . import seq2seq as _s2s
 from ._devices import bytes_per_device as _bytes_per_device
 from ._devices import device_name as _device_name
 from ._devices import device_order as _device_order
@@ -75,21 +76,17 @@ def _logits_processors(items: list[Any]) -> Any:
 
     return LogitsProcessorList(items)
 
-def _check_causal(source: str, config: Any) -> bool:
-    """Refuse seq2seq models before their weights are read; True for an encoder.
+def _kind(config: Any) -> str:
+    """"seq2seq" (T5, BART, Marian), "encoder" (BERT) or "causal", before weights are read.
 
     transformers maps some encoders (BERT, RoBERTa) to a causal head, which
     would generate noise from freshly initialised weights: an encoder loads as
     itself, for attention only.
     """
-    archs = list(getattr(config, "architectures", None) or [])
     if getattr(config, "is_encoder_decoder", False):
-        what = ", ".join(archs) or type(config).__name__
-        raise BackendError(
-            f"{source!r} is not a causal language model ({what}); llm_magic generates text "
-            "with causal LMs (GPT-2, Llama, Qwen, ...)."
-        )
-    return is_encoder_only(archs)
+        return "seq2seq"
+    return "encoder" if is_encoder_only(list(getattr(config, "architectures", None) or [])) \
+        else "causal"
 
 
 class _Detokenizer:
@@ -163,6 +160,7 @@ class HFJob(GenerationJob):
         recorder: _Recorder | None = None,
         lead_ids: Sequence[int] = (),
         keep: tuple[str, Any] | None = None,
+        decoder_prefix: Sequence[int] | None = None,
     ) -> None:
         self.backend = backend
         #: A conversation's key and the cache this turn extends (kept again after the run).
@@ -179,6 +177,16 @@ class HFJob(GenerationJob):
         self._detok = _Detokenizer(backend.tokenizer)
         self._detok.ids, self._detok.read = list(ids[len(ids) - lead :]), lead
         self._lead = lead
+        #: Where the new ids start in what ``generate`` returns (after the prompt here).
+        self._new_from = self.prompt_tokens
+        #: An encoder–decoder's job: the source is the whole prompt, and the decoder
+        #: returns its prefix (start token, forced language, a branch's lead) then new ids.
+        self.seq2seq = decoder_prefix is not None
+        if decoder_prefix is not None:
+            self._prompt_ids = ids
+            self.prompt_tokens = len(ids)
+            self._detok.ids, self._detok.read = list(lead_ids), lead
+            self._new_from = len(decoder_prefix)
         self._eos = set(backend.eos_ids)
         self.recorder = recorder
         self._records: tuple[Any, ...] | None = None
@@ -206,7 +214,7 @@ class HFJob(GenerationJob):
                 self._records = self.recorder.records([streamer.steps])[0]
             if self.keep is not None:
                 self._keep(streamer.ids, ran)
-        new = out[0, self.prompt_tokens :].tolist()
+        new = out[0, self._new_from :].tolist()
         if self.stop_event.is_set():
             self.stop_reason = "interrupted"
         elif new and new[-1] in self._eos:
@@ -233,7 +241,9 @@ class HFJob(GenerationJob):
         """The exact decoding of every new token."""
         return self._detok.text()
 
-    def sequence_ids(self) -> list[int]:
+    def sequence_ids(self) -> list[int] | None:
+        if self.seq2seq:  # the source and the output are two sequences
+            return None
         return self._prompt_ids + self._detok.ids
 
     def prompt_ids(self) -> list[int]:
@@ -256,16 +266,23 @@ class HFBackend(Backend):
     #: What quantizing did (``backends/_quantize.Quantized``), or None.
     quantized: Any = None
 
+    @property
+    def kind_of_model(self) -> str:
+        """"causal", "encoder" (attention only) or "seq2seq" (encoder–decoder)."""
+        return "seq2seq" if self.seq2seq else "encoder" if self.encoder else "causal"
+
     @classmethod
     def warm_up_modules(cls) -> tuple[str, ...]:
         """torch, transformers and what a first load of the demo or a causal LM imports."""
         return _HF_MODULES
 
     def __init__(self, spec: LoadSpec, model: Any, tokenizer: Any, device: str, dtype: str,
-                 encoder: bool = False) -> None:
+                 encoder: bool = False, seq2seq: bool = False) -> None:
         self.spec = spec
         #: An encoder (BERT-style) loads for attention only: it cannot generate.
         self.encoder = encoder
+        #: An encoder–decoder (T5, BART, Marian): ``backends/seq2seq`` says what differs.
+        self.seq2seq = seq2seq
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
@@ -342,7 +359,13 @@ class HFBackend(Backend):
         t0 = time.perf_counter()
         try:
             import transformers
-            from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+            from transformers import (
+                AutoConfig,
+                AutoModel,
+                AutoModelForCausalLM,
+                AutoModelForSeq2SeqLM,
+                AutoTokenizer,
+            )
         except ImportError as exc:  # pragma: no cover - a dependency
             raise MissingDependencyError(
                 "The transformers backend needs `transformers`: `pip install transformers`."
@@ -364,7 +387,8 @@ class HFBackend(Backend):
                     "trust_remote_code=True (`%llm load ... --trust-remote-code`) if you trust it."
                 ) from exc
             raise BackendError(f"Cannot read the configuration of {spec.source!r}: {exc}") from exc
-        encoder = _check_causal(spec.source, config)
+        kind = _kind(config)
+        encoder = kind == "encoder"
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
         except Exception as exc:
@@ -382,7 +406,9 @@ class HFBackend(Backend):
         in_ram = device == "cpu" or (spread and placement is not None and placement.offloaded)
         try:
             with _loaded_by_this_thread(in_ram):
-                model = (AutoModel if encoder else AutoModelForCausalLM).from_pretrained(
+                auto = {"seq2seq": AutoModelForSeq2SeqLM, "encoder": AutoModel}.get(
+                    kind, AutoModelForCausalLM)
+                model = auto.from_pretrained(
                     path,
                     config=config,
                     dtype=getattr(torch, dtype),
@@ -449,7 +475,8 @@ class HFBackend(Backend):
                 del model
                 release_memory()
                 raise
-        backend = cls(spec, model, tokenizer, device, dtype, encoder=encoder)
+        backend = cls(spec, model, tokenizer, device, dtype, encoder=encoder,
+                      seq2seq=kind == "seq2seq")
         backend.quantized = quantized
         return backend
 
@@ -463,7 +490,9 @@ class HFBackend(Backend):
             "parameters": int(sum(p.numel() for p in model.parameters())),
             "memory": int(model.get_memory_footprint()),
             "context_length": self.context_length,
-            "chat": not self.encoder and bool(getattr(self.tokenizer, "chat_template", None)),
+            "chat": self.kind_of_model == "causal" and bool(
+                getattr(self.tokenizer, "chat_template", None)),
+            "kind": self.kind_of_model,
             "architecture": (getattr(model.config, "architectures", None)
                              or [type(model).__name__])[0],
             "commit": self.commit,
@@ -484,6 +513,14 @@ class HFBackend(Backend):
 
     def render_prompt(self, request: GenerationRequest) -> tuple[str, bool]:
         """The text the model sees and whether it already carries special tokens."""
+        if self.seq2seq:
+            _s2s.refuse_causal_only(self.spec.name, request)
+            return request.prompt, False
+        if request.target_lang is not None:
+            raise InvalidOptionError(
+                f"target_lang applies to translation models (encoder–decoders such as mBART "
+                f"or NLLB); {self.spec.name!r} is a causal LM. Ask for the language in the "
+                "prompt instead.")
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
         use_chat = has_template if request.chat is None else request.chat
         if use_chat and not has_template:
@@ -583,6 +620,8 @@ class HFBackend(Backend):
         """The exact attention of one eager forward pass (see ``backends/_attention``)."""
         from . import _attention
 
+        if self.seq2seq:
+            raise _s2s.unsupported(self.spec.name, "The attention capture")
         ids = self._ids(source, "look at")
         with _out_of_memory_guard(repr(self.spec.name), self.device):
             return _attention.capture(self.model, self.tokenizer, ids, causal=not self.encoder,
@@ -590,6 +629,8 @@ class HFBackend(Backend):
 
     def prepare(self, request: GenerationRequest, stop_event: threading.Event) -> HFJob:
         self._check_generates()
+        if self.seq2seq:
+            return self._prepare_seq2seq(request, stop_event)
         if request.prefix_ids is not None:
             torch = _torch()
             ids = torch.tensor([list(request.prefix_ids)], device=self.model.device)
@@ -609,6 +650,22 @@ class HFBackend(Backend):
         if keep is not None:
             job.reused_tokens, job.cache_note = kwargs.pop("_reused")
         return job
+
+    def _prepare_seq2seq(self, request: GenerationRequest, stop_event: threading.Event
+                         ) -> HFJob:
+        """An encoder–decoder's job: the source to the encoder, the prefix to the decoder."""
+        _s2s.refuse_causal_only(self.spec.name, request)
+        lead = list(request.lead_ids)
+        if request.prefix_ids is not None:  # a branch: the source, then the output so far
+            source = list(request.prefix_ids[: len(request.prefix_ids) - len(lead)])
+        else:
+            source = self._ids(request.prompt, "translate")
+        _s2s.check_source(self.spec.name, len(source), self.context_length)
+        inputs, prefix, room = _s2s.inputs(self, request, source)
+        kwargs = self._generate_kwargs(request, room)
+        recorder = self._processors(request, kwargs)
+        kwargs["stopping_criteria"] = self._criteria(request, len(prefix), stop_event, recorder)
+        return HFJob(self, inputs, kwargs, stop_event, recorder, lead, decoder_prefix=prefix)
 
     def render_ids(self, request: GenerationRequest) -> list[int]:
         text, templated = self.render_prompt(request)
@@ -669,17 +726,46 @@ class HFBackend(Backend):
         from . import _logprobs
 
         self._check_generates()
+        if self.seq2seq:
+            raise InvalidOptionError(
+                f"{self.spec.name!r} is an encoder–decoder model: scoring reads an output for "
+                "a source. Give both: lm.score(source, target=..., model=...).")
         ids = self._ids(source, "score")
         with _out_of_memory_guard(repr(self.spec.name), self.device):
             return _logprobs.score(self.model, self.tokenizer, ids, k=logprobs,
                                    max_tokens=max_tokens or 1_000_000,
                                    context_length=self.context_length)
 
+    def score_target(self, source: str, target: str, *, logprobs: int,
+                     max_tokens: int | None = None) -> Any:
+        """Teacher-force ``target`` after (causal) or for (encoder–decoder) ``source``.
+
+        The capture's ids are the token before the target (read, not scored), then
+        the target's; one record per target token.
+        """
+        from . import _logprobs
+
+        self._check_generates()
+        if self.seq2seq:
+            return _s2s.score_target(self, source, target, logprobs=logprobs)
+        head = self._ids(source, "score")
+        tail = list(self.tokenizer(target, add_special_tokens=False, verbose=False)["input_ids"])
+        if not tail:
+            raise InvalidOptionError("The target encodes to no tokens; write the text to score.")
+        with _out_of_memory_guard(repr(self.spec.name), self.device):
+            full = _logprobs.score(self.model, self.tokenizer, head + tail, k=logprobs,
+                                   start=len(head), max_tokens=max_tokens or 1_000_000,
+                                   context_length=self.context_length)
+        cut = len(head) - 1
+        return type(full)(full.ids[cut:], full.texts[cut:], full.records)
+
     def logit_lens(self, source: str | Sequence[int], *, top: int, max_tokens: int) -> Any:
         """The exact, self-checked logit lens of one forward pass (see ``backends/_lens``)."""
         from . import _lens
 
         self._check_generates()
+        if self.seq2seq:
+            raise _s2s.unsupported(self.spec.name, "The logit lens")
         ids = self._ids(source, "look at")
         with _out_of_memory_guard(repr(self.spec.name), self.device):
             return _lens.lens(self.model, self.tokenizer, ids, top=top, max_tokens=max_tokens,
@@ -704,6 +790,8 @@ class HFBackend(Backend):
         """Next-token distributions over ``text`` against ``reference``'s (``_quantize``)."""
         from . import _quantize
 
+        if self.seq2seq or getattr(reference, "seq2seq", False):
+            raise _s2s.unsupported(self.spec.name, "Comparing the distributions")
         with _out_of_memory_guard(repr(self.spec.name), self.device):
             return _quantize.divergence(self, reference, text, max_tokens=max_tokens)
 
@@ -780,6 +868,8 @@ class HFBackend(Backend):
         need not equal its prompt generated alone with that seed.
         """
         self._check_generates()
+        if self.seq2seq:
+            _s2s.batch_ids(self, requests)
         torch = _torch()
         first = requests[0]
         rendered = [self.render_prompt(r) for r in requests]
@@ -797,7 +887,12 @@ class HFBackend(Backend):
                 tokenizer.pad_token_id = old_pad
         width = int(inputs["input_ids"].shape[-1])
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
-        max_new = self._check_length(width, first.max_new_tokens, first.explicit_length)
+        if self.seq2seq:  # the decoder writes from its own start: the source takes no room
+            limit = _s2s.decoder_limit(self.model.config)
+            max_new = first.max_new_tokens if limit is None else min(first.max_new_tokens,
+                                                                     limit - 1)
+        else:
+            max_new = self._check_length(width, first.max_new_tokens, first.explicit_length)
         kwargs = self._generate_kwargs(first, max_new)
         recorder = self._processors(first, kwargs)  # a seed: one generator for the batch
         interrupted = False
@@ -806,7 +901,8 @@ class HFBackend(Backend):
             try:
                 out = self.model.generate(
                     **inputs, **kwargs,
-                    stopping_criteria=self._criteria(first, width, stop_event, recorder),
+                    stopping_criteria=self._criteria(first, self._batch_new_from(width),
+                                                     stop_event, recorder),
                 )
             except _Interrupted:
                 interrupted = True
@@ -814,7 +910,7 @@ class HFBackend(Backend):
             raise KeyboardInterrupt
         results = []
         eos = set(self.eos_ids)
-        rows = out[:, width:].tolist()
+        rows = out[:, self._batch_new_from(width):].tolist()
         prompts = inputs["input_ids"].tolist()
         records: list[Any] = [None] * len(rows)
         if recorder is not None:
@@ -834,6 +930,12 @@ class HFBackend(Backend):
                                        records=kept,
                                        prompt_ids=tuple(prompt[width - int(prompt_len):])))
         return results
+
+
+    def _batch_new_from(self, width: int) -> int:
+        """Where a batch's new ids start in what ``generate`` returns (an encoder–decoder's
+        after its start token)."""
+        return 1 if self.seq2seq else width
 
 
 def _quantized_facts(model: Any, device: str, quantized: Any) -> dict[str, Any]:

@@ -206,11 +206,16 @@ def generate(
     attention: bool = False,
     logprobs: int | None = None,
     logprobs_mode: str = "raw",
+    target_lang: str | None = None,
     stream: bool | Sink | Callable[[str], Any] | None = None,
     stop_event: threading.Event | None = None,
     manager: ModelManager | None = None,
 ) -> Generation:
     """Generate a continuation of ``prompt`` with a loaded model.
+
+    On an encoder–decoder model (T5, BART, Marian) ``prompt`` is the source and
+    the result is its translation (or summary): the same options apply, except
+    ``system`` and ``chat``.
 
     Parameters
     ----------
@@ -243,6 +248,9 @@ def generate(
     logprobs_mode : {"raw", "sampled"}
         "raw": the model's own distribution (softmax of the raw logits);
         "sampled": the one drawn from, after temperature, top-k and top-p.
+    target_lang : str, optional
+        A translation model's output language code (mBART's "fr_XX", NLLB's
+        "fra_Latn"): its first output token is forced to it.
     stream : bool, callable or object with ``write``
         Where streamed text goes: True prints to stdout.
     stop_event : threading.Event, optional
@@ -268,7 +276,8 @@ def generate(
     manager = manager or get_manager()
     request = make_request(prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                            top_p=top_p, top_k=top_k, seed=seed, stop=stop, system=system,
-                           chat=chat, logprobs=logprobs, logprobs_mode=logprobs_mode)
+                           chat=chat, logprobs=logprobs, logprobs_mode=logprobs_mode,
+                           target_lang=target_lang)
     emit = sink(stream)
     name = manager.resolve(model)
     return _run(manager, name, request, emit, stop_event or threading.Event(),
@@ -451,7 +460,7 @@ def branch(gen: Generation, position: int, token: int | str, *,
             record = chosen_record(backend, gen.prompt_ids, records, position, chosen, k)
     lead = records[:position] + (record,)
     options = {key: params.get(key) for key in ("temperature", "top_p", "top_k", "seed",
-                                                 "stop", "system", "chat")}
+                                                 "stop", "system", "chat", "target_lang")}
     total = int(params.get("max_new_tokens") or len(records))
     request = make_request(gen.prompt, max_new_tokens=max(1, total - position - 1),
                            logprobs=k, logprobs_mode=mode,

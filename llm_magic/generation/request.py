@@ -51,6 +51,7 @@ def make_request(
     chat: bool | None = None,
     logprobs: int | None = None,
     logprobs_mode: str = "raw",
+    target_lang: str | None = None,
 ) -> GenerationRequest:
     """Validate options into a :class:`GenerationRequest`; raise ``InvalidOptionError`` if unfit."""
     check_text(prompt, "The prompt")
@@ -84,10 +85,13 @@ def make_request(
     if chat is not None and not isinstance(chat, bool):
         raise InvalidOptionError("chat must be True, False or None (use the template if any).")
     check_logprobs(logprobs, logprobs_mode)
+    if target_lang is not None:
+        check_text(target_lang, "target_lang", hint="give a language code such as 'fr_XX'")
     return GenerationRequest(
         prompt=prompt, max_new_tokens=max_new_tokens, temperature=float(temperature),
         top_p=top_p, top_k=top_k, seed=seed, stop=stops, system=system or None, chat=chat,
         explicit_length=explicit, logprobs=logprobs or None, logprobs_mode=logprobs_mode,
+        target_lang=target_lang,
     )
 
 
@@ -103,6 +107,8 @@ def params_of(request: GenerationRequest) -> dict[str, Any]:
         "stop": list(request.stop), "system": request.system, "chat": request.chat,
         "logprobs": request.logprobs, "logprobs_mode": request.logprobs_mode,
     }
+    if request.target_lang is not None:
+        params["target_lang"] = request.target_lang
     if request.messages is not None:
         params["messages"] = [list(m) for m in request.messages]
         params["conversation"] = request.keep

@@ -294,6 +294,9 @@ class LLMMagics(Magics):
     @ma.argument("--lens", action="store_true",
                  help="also show the logit lens of the final sequence (prompt and output, or "
                       "the --score text): what each layer would predict; kept in `_llm_lens`")
+    @ma.argument("--target-lang", type=text, metavar="LANG",
+                 help="a translation model's output language code (mBART 'fr_XX', NLLB "
+                      "'fra_Latn')")
     @ma.argument("-c", "--continue", dest="resume_current", action="store_true",
                  help="continue the kernel's current conversation (start one if none): the "
                       "model's cache is kept, so only the new text is computed")
@@ -348,6 +351,8 @@ class LLMMagics(Magics):
             "system": self.system if args.system is None else args.system,
             "chat": self.chat if args.chat is None else args.chat,
         }
+        if args.target_lang is not None:
+            options["target_lang"] = args.target_lang
         if args.logprobs is not None or args.logprobs_mode is not None:
             options["logprobs"] = 5 if args.logprobs is None else args.logprobs
             options["logprobs_mode"] = args.logprobs_mode or "raw"

@@ -365,7 +365,7 @@ class ModelManager:
             architecture=facts.get("architecture", ""),
             placement=tuple(facts.get("placement", {}).items()),
             endpoint=facts.get("endpoint"), quantization=facts.get("quantization"),
-            saved=int(facts.get("saved", 0)),
+            saved=int(facts.get("saved", 0)), kind=facts.get("kind", "causal"),
         )
         with self._registry_lock:
             self._aliases.pop(spec.name, None)

@@ -53,6 +53,8 @@ class ModelInfo:
     saved: int = 0
     #: Bytes of the conversation caches kept beside the model (they count in its budget).
     cache: int = 0
+    #: "causal", "seq2seq" (encoder–decoder) or "encoder" (attention only).
+    kind: str = "causal"
 
 
 def quantized(info: ModelInfo) -> str:
@@ -110,7 +112,8 @@ class ModelTable(tuple):  # type: ignore[type-arg]
                             m.dtype, "-", "-", "none here", "-", rev, ago(m.last_used)))
                 continue
             memory = size(m.memory) + (f" + {size(m.cache)} cache" if m.cache else "")
-            out.append((name, m.source, m.backend, m.device, m.dtype, quantized(m),
+            backend = m.backend if m.kind == "causal" else f"{m.backend} ({m.kind})"
+            out.append((name, m.source, backend, m.device, m.dtype, quantized(m),
                         count(m.parameters), memory, size(m.estimate), rev,
                         ago(m.last_used)))
         return out

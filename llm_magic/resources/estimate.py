@@ -177,11 +177,14 @@ def is_encoder_only(architectures: list[str]) -> bool:
 def _from_meta(path: str, dtype: str, remote: bool, quantize: str | None = None,
                device: str = "cpu") -> Count:
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=remote)
-    auto = (AutoModel if is_encoder_only(list(getattr(config, "architectures", None) or []))
-            else AutoModelForCausalLM)
+    if getattr(config, "is_encoder_decoder", False):
+        auto = AutoModelForSeq2SeqLM
+    else:
+        auto = (AutoModel if is_encoder_only(list(getattr(config, "architectures", None) or []))
+                else AutoModelForCausalLM)
     with torch.device("meta"):
         model = auto.from_config(config, dtype=getattr(torch, dtype), trust_remote_code=remote)
     keep32 = set(getattr(model, "_keep_in_fp32_modules", None) or ()) | set(

@@ -1,0 +1,143 @@
+"""Encoder–decoder models (T5, BART, mBART, Marian, Pegasus) in the transformers backend.
+
+The encoder reads the source once; the decoder writes the output token by token,
+looking at the source through cross-attention. Everything a causal model does
+applies to the decoder's side: streaming, interrupt, stops, seeds, sampling,
+batches, token records and branches. What differs is here, as functions of the
+backend (``hf.HFBackend`` calls them when its model is an encoder–decoder):
+the source and the output are two sequences (a job's prompt ids are the
+source's; its new ids follow the decoder's start token), chat templates and
+system prompts do not apply, a target language may be forced
+(``target_lang=``), and the encoder's and the decoder's limits are checked
+before anything runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import InvalidOptionError, NotAvailableError, PromptTooLongError
+from ._devices import torch_module as _torch
+from .base import GenerationRequest, ScoreCapture
+
+__all__ = ["check_source", "decoder_limit", "decoder_start", "inputs", "refuse_causal_only",
+           "score_target", "unsupported"]
+
+
+def refuse_causal_only(name: str, request: GenerationRequest) -> None:
+    """Refuse what only a causal model takes: a conversation, a chat template, a system text."""
+    if request.messages is not None or request.keep is not None:
+        raise NotAvailableError(
+            f"{name!r} is an encoder–decoder model: a conversation needs a causal LM. "
+            "Translate (or summarise) cell by cell, each source on its own.")
+    if request.chat:
+        raise InvalidOptionError(
+            f"Chat templates do not apply to {name!r}, an encoder–decoder model: it reads "
+            "the source as given. Drop chat=True (`--chat`).")
+    if request.system:
+        raise InvalidOptionError(
+            f"A system prompt does not apply to {name!r}, an encoder–decoder model: put any "
+            "instruction (a T5 task prefix, say) in the text itself.")
+
+
+def decoder_start(model: Any, pad_id: int | None) -> int:
+    """The decoder's first id (what every output starts from)."""
+    for holder in (model.config, getattr(model, "generation_config", None)):
+        start = getattr(holder, "decoder_start_token_id", None)
+        if start is not None:
+            return int(start)
+    return int(pad_id or 0)
+
+
+def decoder_limit(config: Any) -> int | None:
+    """The most positions the decoder reads (None: no fixed limit, as T5's)."""
+    for attr in ("max_target_positions", "max_position_embeddings"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_source(name: str, n: int, limit: int | None) -> None:
+    if n == 0:
+        raise InvalidOptionError("The source encodes to no tokens; write some text.")
+    if limit is not None and n > limit:
+        raise PromptTooLongError(
+            f"The source is {n} tokens, but the encoder of {name!r} reads at most {limit}. "
+            "Shorten it, or split it into parts.")
+
+
+def _target_lang(tokenizer: Any, name: str, lang: str) -> int:
+    """The id that starts the output in ``lang`` (mBART, NLLB, M2M: a forced first token)."""
+    codes = getattr(tokenizer, "lang_code_to_id", None)
+    if isinstance(codes, dict) and lang in codes:
+        return int(codes[lang])
+    unk = tokenizer.unk_token_id
+    for candidate in (lang, f"__{lang}__"):
+        found = tokenizer.convert_tokens_to_ids(candidate)
+        if isinstance(found, int) and found != unk:
+            return found
+    raise InvalidOptionError(
+        f"{lang!r} is not a language code of {name!r}'s tokenizer (mBART writes codes like "
+        "'fr_XX', NLLB like 'fra_Latn'); a model that translates one pair takes no "
+        "target_lang.")
+
+
+def inputs(backend: Any, request: GenerationRequest, source: list[int]
+           ) -> tuple[dict[str, Any], list[int], int]:
+    """The encoder's and the decoder's inputs of one request: (inputs, decoder prefix, room).
+
+    The prefix is the start token, the forced language token if any, then a
+    branch's output so far; room is how many new tokens the decoder may write.
+    """
+    torch = _torch()
+    device = backend.model.device
+    ids = torch.tensor([source], device=device)
+    prefix = [decoder_start(backend.model, backend.pad_id)]
+    if request.target_lang is not None:
+        prefix.append(_target_lang(backend.tokenizer, backend.spec.name, request.target_lang))
+    prefix += list(request.lead_ids)
+    found = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "decoder_input_ids": torch.tensor([prefix], device=device)}
+    limit = decoder_limit(backend.model.config)
+    room = request.max_new_tokens if limit is None else min(
+        request.max_new_tokens, max(0, limit - len(prefix)))
+    return found, prefix, room
+
+
+def score_target(backend: Any, source: str, target: str, *, logprobs: int) -> ScoreCapture:
+    """Teacher-force ``target`` as the output for ``source``: one record per target token."""
+    from . import _logprobs
+
+    name = backend.spec.name
+    source_ids = backend._ids(source, "translate")
+    check_source(name, len(source_ids), backend.context_length)
+    target_ids = list(backend.tokenizer(text_target=target, verbose=False)["input_ids"])
+    if not target_ids:
+        raise InvalidOptionError("The target encodes to no tokens; write the output to score.")
+    decoder = [decoder_start(backend.model, backend.pad_id), *target_ids]
+    limit = decoder_limit(backend.model.config)
+    if limit is not None and len(decoder) > limit:
+        raise PromptTooLongError(
+            f"The target is {len(target_ids)} tokens, but the decoder of {name!r} writes at "
+            f"most {limit - 1}. Shorten it.")
+    return _logprobs.score_seq2seq(backend.model, backend.tokenizer, source_ids, decoder,
+                                   k=logprobs)
+
+
+def unsupported(name: str, what: str) -> NotAvailableError:
+    return NotAvailableError(
+        f"{what} of {name!r}, an encoder–decoder model, is not available in this version; "
+        "generation, token records, branches and lm.score(source, target=...) are.")
+
+
+def batch_ids(backend: Any, requests: Sequence[GenerationRequest]) -> None:
+    """Refuse what a batch on an encoder–decoder cannot take, before anything runs."""
+    for request in requests:
+        refuse_causal_only(backend.spec.name, request)
+        if request.target_lang is not None:
+            raise NotAvailableError("A batch does not take target_lang yet: translate each "
+                                    "source on its own with target_lang=.")
+        check_source(backend.spec.name, len(backend._ids(request.prompt, "translate")),
+                     backend.context_length)
