@@ -46,8 +46,9 @@ if TYPE_CHECKING:
     from .analysis.quality import QualityReport, quality
     from .analysis.tokens import Scores, TokenRecord, score
     from .generation import Generation, GenerationStats, generate, generate_batch
-    from .generation.conversation import Conversation, ConversationTable, chat, conversations
+    from .generation.conversation import Conversation, ConversationTable, conversations
     from .generation.handle import ModelHandle
+    from .history.conversations import chat
     from .manager import ModelInfo, ModelTable, UnloadReport, budget, estimate, get_manager
     from .resources import Budget, Estimate, set_threads, threads
 
@@ -64,8 +65,9 @@ _LAZY = {
     **dict.fromkeys(["Generation", "GenerationStats", "generate", "generate_batch"],
                     "generation"),
     "ModelHandle": "generation.handle",
-    **dict.fromkeys(["Conversation", "ConversationTable", "chat", "conversations"],
+    **dict.fromkeys(["Conversation", "ConversationTable", "conversations"],
                     "generation.conversation"),
+    "chat": "history.conversations",
     **dict.fromkeys(["ModelInfo", "ModelTable", "UnloadReport", "get_manager", "budget",
                      "estimate"], "manager"),
     **dict.fromkeys(["Budget", "Estimate", "set_threads", "threads"], "resources"),

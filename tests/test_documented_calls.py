@@ -50,7 +50,8 @@ NAMES: dict[str, str] = {
     "ConversationBusyError": "assert issubclass(lm.ConversationBusyError, lm.LLMMagicError)",
     "ConversationTable": LOAD + "lm.chat(name='c1')\n"
                          "t = lm.conversations()\nassert isinstance(t, lm.ConversationTable)",
-    "chat": LOAD + f"c = lm.chat(max_new_tokens=3)\nassert c.say({PROMPT!r}).turn == 0",
+    "chat": LOAD + f"c = lm.chat(max_new_tokens=3)\nassert c.say({PROMPT!r}).turn == 0\n"
+                   "assert lm.chat(resume=c.last.id).messages == c.messages",
     "conversations": LOAD + "lm.chat(name='c1')\nassert 'c1' in str(lm.conversations())",
     "Ablation": "assert isinstance(lm.ablate('def f(x): return x', model='demo', "
                 "heads=[(0, 1)]), lm.Ablation)",

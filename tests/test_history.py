@@ -338,8 +338,9 @@ def test_rerun_says_when_it_differs_and_why(store, manager, tiny):
     HISTORY._recorder.flush()  # the end of the row is written first, then changed here
     con = sqlite3.connect(store)
     with con:
-        con.execute("UPDATE generations SET output = 'not what it said', torch_version = '1.0.0'"
-                    " WHERE id = ?", (g.id,))
+        # Starts with what no sample starts with (an unseeded one may well start with "n").
+        con.execute("UPDATE generations SET output = '\u2603\u2603 not what it said', "
+                    "torch_version = '1.0.0' WHERE id = ?", (g.id,))
     con.close()
     again = rerun(g.id, manager=manager)
     assert not again.matches and again.first_difference == 0

@@ -67,7 +67,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 2: reads filter by model and order by time.
     ("CREATE INDEX generations_model ON generations (model, id)",
      "CREATE INDEX generations_started ON generations (started_at)"),
-    # 3: token records (logprobs=K) in compact form (_history_read.encode_records: ids as
+    # 3: token records (logprobs=K) in compact form (records.encode_records: ids as
     # int32, log-probabilities as float32, per token), and where a branch came from.
     ("ALTER TABLE generations ADD COLUMN logprobs INTEGER",
      "ALTER TABLE generations ADD COLUMN logprobs_mode TEXT",
@@ -75,6 +75,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
      "ALTER TABLE generations ADD COLUMN parent INTEGER",
      "ALTER TABLE generations ADD COLUMN branch_at INTEGER",
      "CREATE INDEX generations_parent ON generations (parent)"),
+    # 4: a conversation's turns (the conversation's id, the turn's index from 0), and the
+    # quantization of the model (int8, int4), so a rerun asks for the same weights.
+    ("ALTER TABLE generations ADD COLUMN conversation TEXT",
+     "ALTER TABLE generations ADD COLUMN turn INTEGER",
+     "ALTER TABLE generations ADD COLUMN quantization TEXT",
+     "CREATE INDEX generations_conversation ON generations (conversation, id)"),
 )
 
 #: The columns of a row, in the order :func:`select` returns them.
@@ -84,6 +90,7 @@ COLUMNS = (
     "prompt_tokens", "new_tokens", "time_to_first_token", "duration", "tokens_per_second",
     "stop_reason", "llm_magic_version", "torch_version", "transformers_version",
     "logprobs", "logprobs_mode", "tokens", "parent", "branch_at",
+    "conversation", "turn", "quantization",
 )
 _END_COLUMNS = ("ended_at", "status", "error", "output", "prompt_tokens", "new_tokens",
                 "time_to_first_token", "duration", "tokens_per_second", "stop_reason",
@@ -271,6 +278,9 @@ def connect(path: Path, steps: Sequence[tuple[str, ...]] = MIGRATIONS) -> sqlite
         mode = retried(lambda: con.execute("PRAGMA journal_mode=WAL").fetchone()[0])
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"attempt to write a readonly database (journal {mode})")
+        # A text that is not valid UTF-8 (written by another program, or a damaged page)
+        # reads with U+FFFD in its place: one such row must not make the history unreadable.
+        con.text_factory = _decoded
         # In WAL mode NORMAL loses no committed row when the process dies; only a
         # power cut can take the last transactions.
         con.execute("PRAGMA synchronous=NORMAL")
@@ -308,16 +318,16 @@ def complete(con: sqlite3.Connection, row_id: int, values: dict[str, Any]) -> No
 
 
 def select(con: sqlite3.Connection, *, limit: int | None = 20, search: str | None = None,
-           model: str | None = None, row_id: int | None = None) -> list[tuple[Any, ...]]:
-    """Rows newest first, filtered by a text in the prompt, system or output, and a model."""
+           model: str | None = None, row_id: int | None = None,
+           conversation: str | None = None) -> list[tuple[Any, ...]]:
+    """Rows newest first, filtered by a text in the prompt, system or output, a model and a
+    conversation's id."""
     where: list[str] = []
     args: list[Any] = []
-    if row_id is not None:
-        where.append("id = ?")
-        args.append(row_id)
-    if model is not None:
-        where.append("model = ?")
-        args.append(model)
+    for column, value in (("id", row_id), ("model", model), ("conversation", conversation)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
     if search:
         # instr() compares every byte; LIKE stops at a NUL and would match every row.
         # lower() on both sides keeps LIKE's case-insensitivity (ASCII letters only).
@@ -332,6 +342,10 @@ def select(con: sqlite3.Connection, *, limit: int | None = 20, search: str | Non
         sql += " LIMIT ?"
         args.append(limit)
     return retried(lambda: con.execute(sql, args).fetchall())
+
+
+def _decoded(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
 
 
 def _cell(value: Any) -> Any:

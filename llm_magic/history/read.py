@@ -2,7 +2,7 @@
 
 Rows, the table they render as, rerun results, and the values of a row as a
 generation starts and ends (credentials taken out), with the token records in
-compact form (:func:`encode_records`). Private to :mod:`llm_magic.history`,
+compact form (:mod:`.records`). Private to :mod:`llm_magic.history`,
 which exports the public names.
 """
 
@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
-import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,9 +19,10 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..backends.base import TokenRecord
+from ..backends.base import GenerationRequest, TokenRecord
 from ..common.sizes import text_table
 from ..common.visible import visible
+from .records import RECORD_TOLERANCE, decode_records, encode_records, record_difference
 
 if TYPE_CHECKING:
     from ..generation import Generation, PendingGeneration
@@ -32,126 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["RECORD_TOLERANCE", "HistoryRow", "HistoryTable", "RerunResult", "branch_params",
            "decode_records", "encode_records", "end_values", "notes", "parent_prompt_ids",
            "record_difference", "redact", "rerun_options", "start_values", "versions"]
-
-#: How far a rerun's log-probabilities may be from the recorded ones and still match.
-RECORD_TOLERANCE = 1e-4
-
-
-# -- token records in compact form ----------------------------------------------
-
-_MAGIC = b"LMTR"
-_LAYOUT = 1
-_HEADER = struct.Struct("<4sHHI")  # magic, layout version, K, steps
-_EMPTY = -1  # a slot with no alternative (fewer than K were known)
-
-
-def encode_records(records: Sequence[TokenRecord], k: int) -> bytes:
-    """The records of one generation as one BLOB: 56 bytes a token at K=5, plus the texts.
-
-    Layout (little-endian), for ``n`` steps and ``w = 1 + K`` slots a step (the
-    chosen token, then the K alternatives likeliest first):
-
-    ======================  =================================================
-    12 bytes                ``b"LMTR"``, layout version (uint16), K (uint16),
-                            n (uint32)
-    int32 ``[n, w]``        token ids; -1 is an empty slot; ``<= -2`` a token
-                            the backend gave no id (its text is in the table)
-    float32 ``[n, w]``      natural-log probabilities (-inf: filtered out)
-    int32 ``[n]``           rank of the chosen token (0: unknown)
-    float32 ``[n]``         entropy in nats (NaN: unknown)
-    UTF-8 JSON              ``[[slot id, text], ...]``: each id used, once
-    ======================  =================================================
-
-    That is ``8 (K + 1) + 8`` bytes a token plus the distinct texts. The
-    numbers were float32 on the device, so storing float32 loses nothing.
-    """
-    k = max([k, *(len(r.top) for r in records)])
-    width = 1 + k
-    ids: list[int] = []
-    lps: list[float] = []
-    texts: dict[int, str] = {}
-    nameless: dict[str, int] = {}
-
-    def slot(token: int | None, text: str) -> int:
-        if token is None:
-            token = nameless.setdefault(text, -2 - len(nameless))
-        texts.setdefault(int(token), text)
-        return int(token)
-
-    for r in records:
-        ids.append(slot(r.id, r.text))
-        lps.append(r.logprob)
-        for token, text, lp in r.top[:k]:
-            ids.append(slot(token, text))
-            lps.append(lp)
-        pad = width - 1 - min(len(r.top), k)
-        ids += [_EMPTY] * pad
-        lps += [math.nan] * pad
-    n = len(records)
-    table = json.dumps(sorted(texts.items()), ensure_ascii=False, separators=(",", ":"))
-    return b"".join([
-        _HEADER.pack(_MAGIC, _LAYOUT, k, n),
-        struct.pack(f"<{n * width}i", *ids),
-        struct.pack(f"<{n * width}f", *lps),
-        struct.pack(f"<{n}i", *(r.rank or 0 for r in records)),
-        struct.pack(f"<{n}f", *(math.nan if r.entropy is None else r.entropy for r in records)),
-        table.encode("utf-8", "surrogatepass"),
-    ])
-
-
-def decode_records(blob: bytes) -> tuple[TokenRecord, ...]:
-    """The records :func:`encode_records` stored, as :class:`TokenRecord` again."""
-    magic, layout, k, n = _HEADER.unpack_from(blob)
-    if magic != _MAGIC or layout != _LAYOUT:
-        raise ValueError(f"not token records of layout {_LAYOUT} ({magic!r}, {layout})")
-    width, at = 1 + k, _HEADER.size
-    ids = struct.unpack_from(f"<{n * width}i", blob, at)
-    at += 4 * n * width
-    lps = struct.unpack_from(f"<{n * width}f", blob, at)
-    at += 4 * n * width
-    ranks = struct.unpack_from(f"<{n}i", blob, at)
-    entropies = struct.unpack_from(f"<{n}f", blob, at + 4 * n)
-    texts = {int(i): t for i, t in json.loads(blob[at + 8 * n:].decode("utf-8", "surrogatepass"))}
-
-    def named(token: int) -> int | None:
-        return token if token >= 0 else None
-
-    out = []
-    for step in range(n):
-        row = range(step * width, (step + 1) * width)
-        chosen, *alternatives = ((ids[i], lps[i]) for i in row)
-        top = tuple((named(i), texts[i], lp) for i, lp in alternatives if i != _EMPTY)
-        entropy = entropies[step]
-        out.append(TokenRecord(named(chosen[0]), texts[chosen[0]], chosen[1],
-                               ranks[step] or None, top,
-                               None if math.isnan(entropy) else entropy))
-    return tuple(out)
-
-
-def _same(a: TokenRecord, b: TokenRecord) -> bool:
-    def close(x: float, y: float) -> bool:
-        return x == y or abs(x - y) <= RECORD_TOLERANCE
-
-    return (a.id == b.id and close(a.logprob, b.logprob)
-            and [t[0] for t in a.top] == [t[0] for t in b.top]
-            and all(close(x[2], y[2]) for x, y in zip(a.top, b.top, strict=True)))
-
-
-def record_difference(old: Sequence[TokenRecord], new: Sequence[TokenRecord], *,
-                      partial: bool = False) -> int | None:
-    """The first position where the records differ; None when they match.
-
-    They match when the ids (chosen and alternatives) are equal and every
-    log-probability is within :data:`RECORD_TOLERANCE`. ``partial``: ``old``
-    was cut short, and only has to be the start of ``new``.
-    """
-    for i, (a, b) in enumerate(zip(old, new, strict=False)):
-        if not _same(a, b):
-            return i
-    if len(new) < len(old) or (not partial and len(new) != len(old)):
-        return min(len(old), len(new))
-    return None
-
 
 @dataclass(frozen=True)
 class HistoryRow:
@@ -162,6 +41,9 @@ class HistoryRow:
     died), ``"ok"``, ``"interrupted"`` or ``"error"`` (then ``error`` says why).
     ``params`` holds every generation option; ``commit`` is the resolved commit
     of a hub model; the ``*_version`` fields are the libraries that produced it.
+    A conversation's turn has ``conversation`` (the conversation's id) and
+    ``turn`` (its index from 0), and ``params["messages"]`` holds every message
+    the model was sent, the new user message last.
     """
 
     id: int
@@ -197,6 +79,11 @@ class HistoryRow:
     #: The generation this one branched from (its id), and at which of its tokens.
     parent: int | None = None
     branch_at: int | None = None
+    #: A conversation's turn: the conversation's id and the turn's index (from 0).
+    conversation: str | None = None
+    turn: int | None = None
+    #: How the model's linear layers were quantized as it loaded ("int8", "int4"; None: not).
+    quantization: str | None = None
     #: The records as stored (see :func:`encode_records`); :attr:`tokens` decodes them.
     token_blob: bytes | None = field(default=None, repr=False, compare=False)
 
@@ -204,10 +91,20 @@ class HistoryRow:
     def from_db(cls, values: dict[str, Any]) -> HistoryRow:
         values = dict(values)
         values["commit"] = values.pop("commit_hash", None)
-        values["params"] = json.loads(values.get("params") or "{}")
+        values["params"] = _params(values.get("params"))
         values["new_tokens"] = values.get("new_tokens") or 0
         values["token_blob"] = values.pop("tokens", None)
         return cls(**values)
+
+    @property
+    def messages(self) -> list[dict[str, str]] | None:
+        """A turn's messages as the model read them (role/content dicts); None for a
+        generation outside a conversation."""
+        found = self.params.get("messages")
+        if self.conversation is None or not isinstance(found, list):
+            return None
+        return [{"role": str(m[0]), "content": str(m[1])} for m in found
+                if isinstance(m, list) and len(m) == 2]
 
     @functools.cached_property
     def tokens(self) -> tuple[TokenRecord, ...] | None:
@@ -231,6 +128,15 @@ class HistoryRow:
                 _short(self.output, 40))
 
 
+def _params(stored: str | None) -> dict[str, Any]:
+    """The stored options; a damaged value reads as none, so one row cannot hide the rest."""
+    try:
+        params = json.loads(stored or "{}")
+    except ValueError:
+        return {"damaged": stored}
+    return params if isinstance(params, dict) else {"damaged": stored}
+
+
 def _short(text: str, width: int) -> str:
     """One line of at most ``width`` characters; control and bidi characters written out, so an
     escape sequence or a U+202E in a prompt cannot recolour a terminal or reverse the table."""
@@ -239,28 +145,43 @@ def _short(text: str, width: int) -> str:
 
 
 class HistoryTable(tuple):  # type: ignore[type-arg]
-    """Recorded generations, newest first: a tuple of :class:`HistoryRow`, shown as a table."""
+    """Recorded generations, newest first: a tuple of :class:`HistoryRow`, shown as a table.
+
+    The turns of one conversation (``conversation`` is its id) read in the order
+    they were said, with a column for the turn's index.
+    """
 
     columns = ("id", "started", "model", "status", "new tokens", "tokens/s", "prompt", "output")
     path: Path | None
     filtered: bool
+    conversation: str | None
 
-    def __new__(cls, rows: Any = (), path: Path | None = None,
-                filtered: bool = False) -> HistoryTable:
+    def __new__(cls, rows: Any = (), path: Path | None = None, filtered: bool = False,
+                conversation: str | None = None) -> HistoryTable:
         table = super().__new__(cls, rows)
-        table.path, table.filtered = path, filtered
+        table.path, table.filtered, table.conversation = path, filtered, conversation
         return table
 
     def _empty(self) -> str:
         where = f" in {self.path}" if self.path is not None else ""
+        if self.conversation is not None:
+            return f"No turn of conversation {self.conversation} is recorded{where}."
         if self.filtered:
             return f"No generation recorded{where} matches."
         return f"No generations recorded{where} yet."
 
+    def _header(self) -> tuple[str, ...]:
+        return self.columns if self.conversation is None else ("turn", *self.columns)
+
+    def _cells(self, row: HistoryRow) -> tuple[str, ...]:
+        if self.conversation is None:
+            return row.cells()
+        return ("-" if row.turn is None else str(row.turn), *row.cells())
+
     def __str__(self) -> str:
         if not self:
             return self._empty()
-        return text_table(self.columns, [r.cells() for r in self])
+        return text_table(self._header(), [self._cells(r) for r in self])
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         p.text(str(self))
@@ -268,10 +189,10 @@ class HistoryTable(tuple):  # type: ignore[type-arg]
     def _repr_html_(self) -> str:
         if not self:
             return f"<p>{escape(self._empty())}</p>"
-        head = "".join(f"<th>{escape(c)}</th>" for c in self.columns)
+        head = "".join(f"<th>{escape(c)}</th>" for c in self._header())
         body = "".join(
             "<tr>" + "".join(f"<td style='text-align:left'>{escape(v)}</td>"
-                             for v in r.cells()) + "</tr>"
+                             for v in self._cells(r)) + "</tr>"
             for r in self
         )
         return (f"<table class='llm-magic-history'><thead><tr>{head}</tr></thead>"
@@ -334,6 +255,9 @@ def notes(row: HistoryRow, info: ModelInfo) -> tuple[str, ...]:
     if (row.device, row.dtype) != (info.device, info.dtype):
         found.append(f"It ran on {row.device} in {row.dtype}; this rerun on {info.device} in "
                      f"{info.dtype}: the output may differ for that reason.")
+    if row.quantization != info.quantization:
+        found.append(f"It ran with {row.quantization or 'unquantized'} weights; this rerun "
+                     f"with {info.quantization or 'unquantized'} ones: the output may differ.")
     if float(row.params.get("temperature") or 0) > 0 and row.seed is None:
         found.append("It sampled without a seed: a rerun is not expected to match. Give a "
                      "seed (--seed) to make sampling reproducible.")
@@ -412,6 +336,9 @@ class RerunResult:
         what = "" if self.original.branch_at is None else (
             f" (a branch of generation {self.original.parent} at token "
             f"{self.original.branch_at}, branched again)")
+        if self.original.conversation is not None:
+            what = (f" (turn {self.original.turn} of conversation "
+                    f"{self.original.conversation}, replayed from its messages)")
         head = (f"Generation {self.original.id}{what} ran again on "
                 f"{self.generation.model!r}{as_id}: ")
         if self.matches:
@@ -490,11 +417,20 @@ def start_values(pending: PendingGeneration) -> dict[str, Any]:
         "revision": info.revision if info else None,
         "commit_hash": info.commit if info else None,
         "dtype": info.dtype if info else None, "device": info.device if info else None,
+        "quantization": info.quantization if info else None, **_turn_of(request),
         "params": params, "seed": request.seed, "system": request.system,
         "prompt": request.prompt, "output": "", "new_tokens": 0,
         "llm_magic_version": found["llm_magic"], "torch_version": found["torch"],
         "transformers_version": found["transformers"],
     }
+
+
+def _turn_of(request: GenerationRequest) -> dict[str, Any]:
+    """A conversation turn's id and index (as :attr:`Generation.turn` counts it)."""
+    if request.messages is None:
+        return {}
+    return {"conversation": request.keep,
+            "turn": sum(role == "user" for role, _ in request.messages) - 1}
 
 
 def end_values(gen: Generation, error: str | None) -> dict[str, Any]:

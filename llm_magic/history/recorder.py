@@ -12,9 +12,10 @@ token; everything else is written by one background thread.
 
 A generation with token records (``logprobs=K``) keeps them in its row in
 compact form, K and the top K of every step (8 (K + 1) + 8 bytes a token, plus
-each used token's text once; ``_history_read.encode_records`` has the layout),
-and a branch keeps its ``parent`` and ``branch_at``. :func:`rerun` compares
-the records too, and branches a branch again from its parent.
+each used token's text once; ``records.encode_records`` has the layout),
+and a branch keeps its ``parent`` and ``branch_at``; a conversation's turn keeps
+the conversation's id and its index, and the model's quantization is kept too.
+:mod:`.replay` runs a row again.
 
 The database lives in the per-user data directory (``platformdirs``) unless
 ``LLM_MAGIC_HISTORY`` names a file (or ``off``), ``%config
@@ -30,7 +31,7 @@ import dataclasses
 import logging
 import os
 import queue
-import shlex
+import re
 import threading
 import time
 import warnings
@@ -38,30 +39,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..common.text import check_text
-from ..errors import InvalidOptionError, LLMMagicWarning, ModelNotLoadedError, outside_stacklevel
+from ..common.text import check_text, shown
+from ..errors import InvalidOptionError, LLMMagicWarning, outside_stacklevel
 from ..events import Event, subscribe_everywhere
-from .read import (
-    HistoryRow,
-    HistoryTable,
-    RerunResult,
-    branch_params,
-    end_values,
-    notes,
-    parent_prompt_ids,
-    redact,
-    rerun_options,
-    start_values,
-)
+from .read import HistoryRow, HistoryTable, end_values, start_values
 
 if TYPE_CHECKING:
     import sqlite3
 
     from ..generation import Generation, PendingGeneration
-    from ..manager import ModelInfo, ModelManager
 
-__all__ = ["ENV", "HistoryRow", "HistorySettings", "HistoryTable", "RerunResult", "configure",
-           "history", "rerun", "settings"]
+__all__ = ["ENV", "HistoryRow", "HistorySettings", "HistoryTable", "configure", "get", "history",
+           "settings"]
 
 log = logging.getLogger("llm_magic.history")
 
@@ -447,9 +436,12 @@ def _read(**query: Any) -> tuple[Path, list[HistoryRow]]:
     return path, [HistoryRow.from_db(dict(zip(db.COLUMNS, r, strict=True))) for r in rows]
 
 
-def history(n: int | None = 20, search: str | None = None,
-            model: str | None = None) -> HistoryTable:
+def history(n: int | None = 20, search: str | None = None, model: str | None = None,
+            conversation: Any = None) -> HistoryTable:
     """The latest generations, newest first; renders as a table.
+
+    With ``conversation``, the turns of that conversation instead, in the order
+    they were said (the latest ``n``), with their turn index.
 
     Parameters
     ----------
@@ -460,6 +452,11 @@ def history(n: int | None = 20, search: str | None = None,
         text, every character of it (a NUL too), case-insensitive for ASCII letters.
     model : str, optional
         Only generations of the model of this name.
+    conversation : Conversation or str, optional
+        Only the turns of this conversation: a :class:`~llm_magic.Conversation`,
+        its id (``conv.id``, a turn's ``Generation.conversation``: 12 hex
+        digits, the way to find a conversation of another kernel), or the name
+        of a conversation of this kernel.
 
     Returns
     -------
@@ -471,6 +468,7 @@ def history(n: int | None = 20, search: str | None = None,
     >>> import llm_magic as lm
     >>> lm.history(5, search="import")  # doctest: +SKIP
     >>> lm.history()[0].output          # doctest: +SKIP
+    >>> lm.history(conversation="chat-1")  # doctest: +SKIP
     """
     from .db import check_number
 
@@ -480,8 +478,37 @@ def history(n: int | None = 20, search: str | None = None,
         check_text(search, "The search text", allow_empty=True)
     if model is not None:
         check_text(model, "The model name", allow_empty=True)
-    path, rows = _read(limit=n, search=search or None, model=model)
-    return HistoryTable(rows, path=path, filtered=bool(search) or model is not None)
+    key = None if conversation is None else conversation_id(conversation)
+    path, rows = _read(limit=n, search=search or None, model=model, conversation=key)
+    if key is not None:
+        rows.reverse()  # a conversation reads in the order it was said
+    return HistoryTable(rows, path=path, filtered=bool(search) or model is not None,
+                        conversation=key)
+
+
+_CONVERSATION_ID = re.compile(r"[0-9a-f]{12}")
+
+
+def conversation_id(conversation: Any) -> str:
+    """The id of a :class:`~llm_magic.Conversation`, of a conversation of this kernel named
+    so, or the id itself (12 hex digits); else one clear line."""
+    from ..generation.conversation import Conversation, conversations
+
+    if isinstance(conversation, Conversation):
+        return conversation.id
+    if isinstance(conversation, str):
+        check_text(conversation, "The conversation")
+        for conv in conversations():
+            if conv.name == conversation:
+                return conv.id
+        if _CONVERSATION_ID.fullmatch(conversation):
+            return conversation
+        raise InvalidOptionError(
+            f"No conversation of this kernel is named {shown(conversation)}, and it is not a "
+            "conversation's id (12 hex digits: conv.id, or a turn's Generation.conversation). "
+            "See lm.conversations() for the names.")
+    raise InvalidOptionError(f"conversation is a Conversation, its id or its name, not "
+                             f"{shown(conversation)}.")
 
 
 def get(row_id: int) -> HistoryRow:
@@ -496,127 +523,3 @@ def get(row_id: int) -> HistoryRow:
         raise HistoryError(f"There is no generation {row_id} in the history at {path} ({last}). "
                            "See `lm.history()` or `%llm history` for the ids.")
     return rows[0]
-
-
-# -- rerun ------------------------------------------------------------------------
-
-
-def _at(revision: str | None) -> str:
-    return f" at revision {revision!r}" if revision else ""
-
-
-def _model_for(manager: ModelManager, row: HistoryRow) -> str:
-    """The loaded model that is the row's model (same source and revision), or say what to load."""
-    wanted = row.commit or row.revision
-
-    def same(info: ModelInfo) -> bool:
-        if row.source is not None and redact(info.source) != row.source:
-            return False
-        return (info.commit == row.commit) if row.commit else (info.revision == row.revision)
-
-    names = manager.names()
-    for name in sorted(names, key=lambda n: n != row.model):
-        if same(manager.info(name)):
-            return name
-    source = row.source or row.model
-    load = f"lm.load({source!r}, name={row.model!r}" + (
-        f", revision={wanted!r})" if wanted else ")")
-    magic = f"%llm load {shlex.quote(source)} --as {row.model}" + (
-        f" --revision {wanted}" if wanted else "")
-    if row.model in names:
-        info = manager.info(row.model)
-        raise ModelNotLoadedError(
-            f"Generation {row.id} ran on {row.model!r} from {source!r}{_at(wanted)}, but the "
-            f"loaded {row.model!r} comes from {info.source!r}{_at(info.commit or info.revision)}. "
-            f"Load the original with {load[:-1]}, reload=True) or `{magic} --reload` (or under "
-            "another name), then rerun."
-        )
-    raise ModelNotLoadedError(
-        f"Generation {row.id} ran on {row.model!r} from {source!r}{_at(wanted)}, which is not "
-        f"loaded. Load it with {load} or `{magic}`, then rerun."
-    )
-
-
-def rerun(id: int, *, stream: Any = None, manager: ModelManager | None = None) -> RerunResult:
-    """Run a recorded generation again: same model, revision, parameters and seed.
-
-    The rerun is itself recorded. Greedy and seeded generations on the same
-    machine and library versions give the same text; the result says whether
-    they did, and notes what differs (library versions, device, dtype). A
-    generation with token records (``logprobs=K``) reruns with the same K and
-    mode, and the result says whether the records match too.
-
-    A branch (``Generation.branch``) is branched again: from its parent's
-    recorded tokens, at the same position, with the same token, so it
-    continues from the same ids. When the parent's row is gone, the rerun is
-    refused with a message that says so.
-
-    Parameters
-    ----------
-    id : int
-        The generation's id (``lm.history()``, ``Generation.id``).
-    stream : optional
-        Where to stream the new text, as for :func:`llm_magic.generate`.
-
-    Returns
-    -------
-    RerunResult
-
-    Raises
-    ------
-    ModelNotLoadedError
-        The model (or its revision) is not loaded; the message says what to load.
-
-    Examples
-    --------
-    >>> import llm_magic as lm
-    >>> g = lm.generate("The import statement", max_new_tokens=20)  # doctest: +SKIP
-    >>> lm.rerun(g.id).matches                                      # doctest: +SKIP
-    True
-    """
-    from ..generation import generate
-    from ..manager import get_manager
-
-    row = get(id)
-    manager = manager or get_manager()
-    name = _model_for(manager, row)
-    info = manager.info(name)
-    if row.branch_at is not None or row.params.get("lead_ids"):
-        gen = _rebranch(row, name, stream, manager)
-    else:
-        gen = generate(row.prompt, model=name, stream=stream, manager=manager,
-                       **rerun_options(row))
-    return RerunResult(original=row, generation=gen, notes=notes(row, info))
-
-
-def _rebranch(row: HistoryRow, name: str, stream: Any, manager: ModelManager) -> Generation:
-    """Branch the parent of ``row`` again where ``row`` branched, with the token it chose."""
-    from ..generation import Generation, GenerationStats, branch
-    from .db import HistoryError
-
-    parent = None
-    if row.parent is not None:
-        found = _read(row_id=row.parent, limit=1)[1]
-        parent = found[0] if found else None
-    chosen = row.tokens[row.branch_at] if row.tokens and row.branch_at is not None and \
-        row.branch_at < len(row.tokens) else None
-    tokens = parent.tokens if parent is not None else None
-    if parent is None or tokens is None or chosen is None or row.branch_at is None \
-            or row.branch_at >= len(tokens):
-        whence = (f"generation {row.parent}, which is no longer in the history"
-                  if row.parent is not None else "a generation that was not recorded")
-        raise HistoryError(
-            f"Generation {row.id} is a branch of {whence}, so it cannot be branched again. "
-            "Generate the original again with logprobs and branch it (g.branch(position, "
-            "token)).")
-    stats = GenerationStats(prompt_tokens=parent.prompt_tokens or 0,
-                            new_tokens=parent.new_tokens, time_to_first_token=None,
-                            tokens_per_second=None, duration=parent.duration or 0.0,
-                            stop_reason=parent.stop_reason or parent.status)
-    original = Generation(text=parent.output, prompt=parent.prompt, model=name, stats=stats,
-                          params=branch_params(parent), id=parent.id, tokens=tokens,
-                          parent=parent.parent, branch_at=parent.branch_at,
-                          prompt_ids=parent_prompt_ids(row))
-    token = chosen.id if chosen.id is not None else chosen.text
-    return branch(original, row.branch_at, token, stream=stream, manager=manager)
-

@@ -175,10 +175,13 @@ def _help(magics: Host, args: Namespace) -> None:
 @argument("--search", type=text, metavar="TEXT",
           help="only generations whose prompt, system prompt or output contains TEXT")
 @argument("--model", type=text, metavar="NAME", help="only generations of this model")
+@argument("--conversation", type=text, metavar="ID|NAME",
+          help="only the turns of this conversation, in order: its id, or its name in this kernel")
 def _history(magics: Host, args: Namespace) -> None:
     """Show past generations (id, time, model, status, output), newest first."""
     with usage_errors():
-        display(history(args.n, search=args.search, model=args.model))
+        display(history(args.n, search=args.search, model=args.model,
+                        conversation=args.conversation))
 
 
 @magic_arguments("llm rerun")
@@ -339,7 +342,8 @@ COMMANDS: dict[str, Command] = {
         Command("list", _list),
         Command("use", _use, "NAME"),
         Command("budget", _budget, "[DEVICE=SIZE ...]"),
-        Command("history", _history, "[-n N] [--search TEXT] [--model NAME]"),
+        Command("history", _history,
+                "[-n N] [--search TEXT] [--model NAME] [--conversation ID|NAME]"),
         Command("rerun", _rerun, "ID"),
         Command("conversations", _conversations),
         Command("forget", _forget, "NAME | --all"),

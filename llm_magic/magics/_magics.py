@@ -120,6 +120,8 @@ class CellJob:
     trim: bool = False
     #: The cell named its model (a conversation on another model is then refused).
     named_model: bool = False
+    #: ``--resume ID``: start the conversation from that turn's history row.
+    resume: int | None = None
 
     def run(self, model: str, output: CellOutput, stop_event: threading.Event | None = None
             ) -> Generation | list[Generation] | Scores:
@@ -151,7 +153,16 @@ class CellJob:
         options = dict(self.options)
         system = options.pop("system", None)
         conv = find(self.conversation or None)
-        if conv is None:
+        if self.resume is not None:
+            if conv is not None:
+                raise InvalidOptionError(
+                    f"Conversation {conv.name!r} exists in this kernel: drop --resume to continue "
+                    f"it, or forget it first (`%llm forget {conv.name}`).")
+            from ..history.conversations import resume
+
+            conv = resume(self.resume, name=self.conversation,
+                          trim="oldest" if self.trim else None)
+        elif conv is None:
             conv = chat(model=model, system=system, name=self.conversation or None,
                         trim="oldest" if self.trim else None)
         elif model != conv.model and self.named_model:
@@ -305,6 +316,9 @@ class LLMMagics(Magics):
     @ma.argument("--trim", action="store_true",
                  help="in a conversation that outgrows the context, drop the oldest turns "
                       "(and say so) instead of refusing")
+    @ma.argument("--resume", type=int, metavar="ID",
+                 help="with --conversation NAME: start it from the history's turn ID (its "
+                      "messages and reply, model and options), in this kernel or a new one")
     @ma.argument("--compare", action="store_true",
                  help="generate with every MODEL on the line, side by side, each token shaded "
                       "by how much likelier the other model found it; `_llm` is the list of "
@@ -365,7 +379,7 @@ class LLMMagics(Magics):
         return CellJob(prompts, options, batch=args.batch, stream=stream and not args.batch,
                        attention=args.attention, fmt=args.format or self.format.lower(), out=out,
                        lens=args.lens, conversation=conversation, trim=args.trim,
-                       named_model=bool(args.model))
+                       named_model=bool(args.model), resume=args.resume)
 
     def _score_job(self, args: Namespace, text: str | None, out: str | None) -> CellJob:
         """A ``--score`` cell: the body is read, not continued; sampling options do not apply."""
@@ -489,6 +503,9 @@ class LLMMagics(Magics):
 
 def _conversation_of(args: Namespace) -> str | None:
     """The conversation a cell continues: a name, "" for the current one, None for none."""
+    if args.resume is not None and (args.conversation is None or args.model):
+        raise UsageError("--resume ID starts a conversation from history under a name, on the "
+                         "row's model: add --conversation NAME (and drop MODEL).")
     if args.resume_current and args.conversation is not None:
         raise UsageError("-c continues the current conversation and --conversation NAME a named "
                          "one: give one of them.")
