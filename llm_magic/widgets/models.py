@@ -66,7 +66,8 @@ def _row(info: ModelInfo, default: str | None) -> dict[str, Any]:
         "revision": (info.commit or "")[:10] or info.revision or "",
         "device": info.device, "dtype": info.dtype, "quantized": quantized(info),
         "estimate": size(info.estimate) if info.estimate is not None else "-",
-        "memory": size(info.memory), "last_used": info.last_used or info.loaded_at,
+        "memory": size(info.memory), "cache": size(info.cache) if info.cache else "",
+        "last_used": info.last_used or info.loaded_at,
         "pinned": info.pinned, "generating": info.generating, "default": info.name == default,
     }
 
@@ -84,7 +85,15 @@ def _cell(row: dict[str, Any], key: str) -> str:
     if key == "last_used":
         used = row.get("last_used")
         return time.strftime("%H:%M:%S", time.localtime(used)) if used else "never"
+    if key == "memory":
+        return _memory(row)
     return str(row.get(key, ""))
+
+
+def _memory(row: dict[str, Any]) -> str:
+    """The measured memory and, beside it, the kept conversation caches (as ``%llm list``)."""
+    cache = row.get("cache")
+    return f"{row['memory']} + {cache} cache" if cache else str(row["memory"])
 
 
 class ModelsView(anywidget.AnyWidget):  # type: ignore[misc]
@@ -273,7 +282,7 @@ class ModelsView(anywidget.AnyWidget):  # type: ignore[misc]
             out = ["No models loaded."]
         else:
             out = [f"{m['name']}{' (pinned)' if m['pinned'] else ''}: {m['source']}, "
-                   f"{m['device']}, {m['dtype']}, {m['memory']} (estimated {m['estimate']})"
+                   f"{m['device']}, {m['dtype']}, {_memory(m)} (estimated {m['estimate']})"
                    for m in self.models]
         if self.loading:
             out.append(f"loading {self.loading['name']} from {self.loading['source']}")

@@ -1,4 +1,4 @@
-"""The playground: a prompt, a model, sampling settings, Generate and Stop.
+"""The playground: a prompt, a model, sampling settings, Generate and Stop; or a conversation.
 
 Generation runs ``lm.generate`` on a worker thread with a ``stop_event`` and
 a streaming callback, so the kernel's shell stays free for other cells; the
@@ -11,6 +11,15 @@ Generate, Stop and every edit arrive on llm_magic's kernel subshell (see
 ``_subshell``), so they act while another cell runs; the playground's state
 (the running generation, its stop event, the latest result) changes under its
 one lock, and a click's error is the output's one line, never printed.
+
+With "conversation" ticked, the playground holds a :class:`~llm_magic.Conversation`
+(``lm.chat``): the transcript shows its turns (``_transcript.TranscriptView``), the
+box takes the next message, Send runs ``conv.say`` on the worker thread, and
+New, Fork and Undo call the conversation's API. It continues the kernel's
+current conversation (the one ``%%llm -c`` continues) when there is one, else
+starts one; its name shows, so cells can take turns in it too. A turn never
+interleaves with another on the same conversation: the second is refused in
+one line (the API's ``ConversationBusyError``).
 
 Examples
 --------
@@ -35,9 +44,12 @@ import traitlets as t
 from ..errors import InvalidOptionError, LLMMagicError
 from ..events import Event
 from ..generation import Generation, generate
+from ..generation.conversation import Conversation
 from ..manager import ModelManager, get_manager
+from ._chat import ConversationMode
 from ._common import button_html, control_html, css, esm, one_line, stoppable, with_fallback
 from ._subshell import route
+from ._transcript import TranscriptView
 
 __all__ = ["Playground", "StreamView"]
 
@@ -91,8 +103,11 @@ def _stats_line(gen: Generation) -> str:
             f"{tps} tokens/s, {s.duration:.2f} s ({s.stopped})")
 
 
-class Playground(w.VBox):  # type: ignore[misc]
+class Playground(ConversationMode, w.VBox):  # type: ignore[misc]
     """Prompt box, model dropdown, temperature/top-p/max-new-tokens sliders, seed, output.
+
+    With ``conversation`` ticked it holds a conversation (``conv``): a transcript,
+    the box for the next message, Send, Stop, New, Fork and Undo.
 
     Parameters
     ----------
@@ -121,44 +136,69 @@ class Playground(w.VBox):  # type: ignore[misc]
         self.generate_button = w.Button(description="Generate", button_style="primary")
         self.stop_button = w.Button(description="Stop", button_style="warning", disabled=True)
         self.output = StreamView()
+        self.conversation = w.Checkbox(value=False, description="conversation", indent=False,
+                                       layout=w.Layout(width="auto", margin="0 0 0 12px"))
+        small = {"layout": w.Layout(width="auto", min_width="64px")}
+        self.new_button = w.Button(description="New", tooltip="Start a new conversation "
+                                   "with the chosen model", **small)
+        self.fork_button = w.Button(description="Fork", tooltip="Copy this conversation "
+                                    "(and its kept cache); go on with the copy", **small)
+        self.undo_button = w.Button(description="Undo", tooltip="Drop the last exchange; its "
+                                    "message comes back to the box", **small)
+        self.chat_buttons = w.HBox([self.new_button, self.fork_button, self.undo_button],
+                                   layout=w.Layout(display="none", flex_flow="row wrap"))
+        self.transcript = TranscriptView(layout=w.Layout(display="none"))
         #: One line when clicks wait for the running cell (no kernel subshell).
         self.wait_note = w.Label(value="", layout=w.Layout(display="none"))
         self.wait_note.add_class("llm-magic-wait-note")
         wrap = {"layout": w.Layout(flex_flow="row wrap")}  # a narrow output area: next line
         settings = w.HBox([self.model, self.seed], **wrap)
         sliders = w.HBox([self.temperature, self.top_p, self.max_new_tokens], **wrap)
-        buttons = w.HBox([self.generate_button, self.stop_button], **wrap)
-        super().__init__([self.prompt, settings, sliders, buttons, self.output, self.wait_note])
+        buttons = w.HBox([self.generate_button, self.stop_button, self.conversation,
+                          self.chat_buttons], **wrap)
+        super().__init__([self.transcript, self.prompt, settings, sliders, buttons, self.output,
+                          self.wait_note])
         self.add_class("llm-magic-playground")
         self._lock = threading.Lock()  # the playground's state: running, stop event, thread, last
         self._running = False
         self._stop_event: threading.Event | None = None
         self._thread: threading.Thread | None = None
         self.last: Generation | None = None
+        self.conv: Conversation | None = None  # the conversation mode's conversation
+        self._made: set[str] = set()  # ids of the conversations this playground started
         self.generate_button.on_click(lambda _b: self._guarded(self.generate))
         self.stop_button.on_click(lambda _b: self._guarded(self.stop))
+        self.new_button.on_click(lambda _b: self._guarded(self.new))
+        self.fork_button.on_click(lambda _b: self._guarded(self.fork))
+        self.undo_button.on_click(lambda _b: self._guarded(self.undo))
+        self.conversation.observe(lambda _change: self._guarded(self._mode), names="value")
         self.model.observe(lambda _change: self._guarded(self._fit_length), names="value")
         self._refresh_models()
         self._fit_length()
         self._unsubscribe = self.manager.events.subscribe(
-            self._on_event, kinds=("loaded", "unloaded", "default_changed"))
+            self._on_event, kinds=("loaded", "unloaded", "default_changed", "generation_start",
+                                   "generation_end"))
         waits = route(self)
         if note and waits:
             self.wait_note.value, self.wait_note.layout.display = waits, ""
 
     def _guarded(self, action: Any) -> None:
-        """Run a click's or an edit's action; an error is the output's one line, never printed."""
+        """Run a click's or an edit's action; an error is the view's one line, never printed."""
         try:
             action()
         except Exception as exc:
             log.debug("playground action failed", exc_info=True)
-            with self.output.hold_sync():
-                self.output.error, self.output.state = one_line(exc), "error"
+            view = self.transcript if self.conversation.value else self.output
+            with view.hold_sync():
+                view.error, view.state = one_line(exc), "error"
 
     # -- the model list
 
     def _on_event(self, event: Event) -> None:
-        self._refresh_models()
+        if event.kind in ("generation_start", "generation_end"):
+            self._other_turn(event)
+        else:
+            self._refresh_models()
 
     def _refresh_models(self) -> None:
         # Gathered outside the lock: the manager may hold its own lock while it emits.
@@ -194,7 +234,12 @@ class Playground(w.VBox):  # type: ignore[misc]
         }
 
     def generate(self, wait: bool = False) -> Generation | None:
-        """Start generating on a worker thread (``wait=True`` blocks and returns the result)."""
+        """Start generating on a worker thread (``wait=True`` blocks and returns the result).
+
+        In conversation mode this sends the box as the conversation's next turn (:meth:`send`).
+        """
+        if self.conversation.value:
+            return self.send(wait)
         out = self.output
         try:
             prompt = self.prompt.value
@@ -216,7 +261,7 @@ class Playground(w.VBox):  # type: ignore[misc]
             with out.hold_sync():
                 out.prompt, out.text, out.stats, out.error = prompt, "", "", ""
                 out.state = "waiting"
-            self.generate_button.disabled, self.stop_button.disabled = True, False
+            self._set_running(True)
         thread.start()
         if wait:
             thread.join()
@@ -253,7 +298,7 @@ class Playground(w.VBox):  # type: ignore[misc]
                 out.state = "stopped" if gen.interrupted else "done"
         finally:
             with self._lock:
-                self.generate_button.disabled, self.stop_button.disabled = False, True
+                self._set_running(False)
                 self._stop_event, self._running = None, False
 
     def stop(self, wait: bool = False) -> None:
@@ -275,6 +320,7 @@ class Playground(w.VBox):  # type: ignore[misc]
             self.stop()
             self._unsubscribe()
             self.output.close()
+            self.transcript.close()
         super().close()
 
     # -- static fallback
@@ -287,26 +333,39 @@ class Playground(w.VBox):  # type: ignore[misc]
                 ("top-p", f"{self.top_p.value:.2f}", ""),
                 ("max tokens", str(self.max_new_tokens.value), "")]
 
+    def _buttons(self) -> list[tuple[str, bool]]:
+        """The buttons as shown: (label, disabled); the conversation's only in its mode."""
+        shown = [self.generate_button, self.stop_button]
+        if self.conversation.value:
+            shown += [self.new_button, self.fork_button, self.undo_button]
+        return [(b.description, bool(b.disabled)) for b in shown]
+
     def lines(self) -> list[str]:
-        """The playground as lines of text: prompt, settings, buttons, output."""
+        """The playground as lines of text: prompt, settings, buttons, output (or transcript)."""
         settings = ", ".join(f"{label}: {value or f'({hint})'}"
                              for label, value, hint in self.controls())
-        stop = "Stop" if not self.stop_button.disabled else "Stop (disabled)"
-        generate = "Generate" if not self.generate_button.disabled else "Generate (disabled)"
-        return [f"prompt: {self.prompt.value or '(empty)'}", settings, f"[{generate}] [{stop}]",
-                *self.output.lines()]
+        buttons = " ".join(f"[{label}{' (disabled)' if off else ''}]"
+                           for label, off in self._buttons())
+        if not self.conversation.value:
+            return [f"prompt: {self.prompt.value or '(empty)'}", settings, buttons,
+                    *self.output.lines()]
+        return [*self.transcript.lines(), f"message: {self.prompt.value or '(empty)'}",
+                settings, f"{buttons} [x] conversation"]
 
     def html(self) -> str:
-        """Prompt, settings, buttons and output as escaped HTML, labelled as live."""
+        """Prompt, settings, buttons and output (or transcript) as escaped HTML, as live."""
+        on = bool(self.conversation.value)
         hint = f"<span style='color:#767676'>{escape(self.prompt.placeholder)}</span>"
         prompt = (f"<div style='margin:2px 0'>prompt <span style='white-space:pre-wrap;"
                   f"border:1px solid #bbb;padding:0 4px;display:inline-block;min-width:50%'>"
                   f"{escape(self.prompt.value) or hint}</span></div>")
         settings = "".join(control_html(*control) for control in self.controls())
-        buttons = (button_html("Generate", self.generate_button.disabled)
-                   + button_html("Stop", self.stop_button.disabled))
-        return (f"{prompt}<div style='margin:4px 0'>{settings}</div>"
-                f"<div style='margin:6px 0'>{buttons}</div>{self.output.html()}")
+        buttons = "".join(button_html(label, off) for label, off in self._buttons())
+        tick = f"<span>{'&#9745;' if on else '&#9744;'} conversation</span>"
+        head = self.transcript.html() if on else ""
+        tail = "" if on else self.output.html()
+        return (f"{head}{prompt}<div style='margin:4px 0'>{settings}</div>"
+                f"<div style='margin:6px 0'>{buttons}{tick}</div>{tail}")
 
     def __repr__(self) -> str:
         return "\n".join(self.lines())

@@ -1,6 +1,7 @@
 // The loaded models of llm_magic as a table with Unload and Pin buttons
 // (anywidget ES module). All data goes in with textContent; buttons send
-// {action, name} to the kernel, which calls the Python API.
+// {action, name} to the kernel, which calls the Python API. The measured memory
+// shows the model's kept conversation caches beside it ("9.0 MB + 698.4 KB cache").
 
 function ago(t) {
   if (!t) return "never";
@@ -58,6 +59,14 @@ function render({ model, el }) {
       cells[key] = td;
       tr.append(td);
     });
+    // The memory cell: the weights' bytes, then the kept caches' (shown while there are some).
+    const memory = node("span", "lm-memory");
+    const cache = node("span", "lm-cache");
+    cache.dataset.field = "cache";
+    cache.title = "Kept conversation caches: they count in the model's memory budget and " +
+      "leave first when memory runs short";
+    cache.style.color = "var(--jp-ui-font-color2, #555)";
+    cells.memory.append(memory, cache);
     const used = node("td");
     used.dataset.field = "last_used";
     const actions = node("td");
@@ -77,7 +86,7 @@ function render({ model, el }) {
     stop.dataset.action = "stop";
     actions.append(unload, pin);
     tr.append(used, actions);
-    return { tr, cells, used, pin, stop, actions };
+    return { tr, cells, used, pin, stop, actions, memory, cache };
   }
 
   function rows() {
@@ -96,8 +105,14 @@ function render({ model, el }) {
         row = makeRow(m.name);
         shown.set(m.name, row);
       }
-      COLUMNS.forEach(([key]) => setText(row.cells[key],
-        key === "name" && m.pinned ? `${m.name} (pinned)` : String(m[key] ?? "")));
+      COLUMNS.forEach(([key]) => {
+        if (key !== "memory") {
+          setText(row.cells[key], key === "name" && m.pinned ? `${m.name} (pinned)` : String(m[key] ?? ""));
+        }
+      });
+      setText(row.memory, String(m.memory ?? ""));
+      setText(row.cache, m.cache ? ` + ${m.cache} cache` : "");
+      row.cache.hidden = !m.cache;
       // While it generates, "last used" says so (in italics), and a Stop button shows.
       row.used.classList.toggle("lm-generating", !!m.generating);
       if (m.generating) {
