@@ -344,3 +344,36 @@ def test_undo_without_turns_and_forget_unknown(models, manager):
 
     with pytest.raises(InvalidOptionError, match="No conversation named"):
         forget("nope", manager=manager)
+
+
+def test_a_branch_of_a_turn_forks_the_conversation(models, manager):
+    manager.load(str(models["llama"]), name="llama", dtype="float32")
+    backend = manager.backend("llama")
+    conv = lm.chat(model="llama", manager=manager, max_new_tokens=8, logprobs=3)
+    conv.say(QUESTIONS[0])
+    turn = conv.say(QUESTIONS[1])
+    conv.say(QUESTIONS[2])
+    alt = turn.tokens[2].top[1][0]
+    branched = turn.branch(2, alt, manager=manager)
+    assert branched.conversation not in (None, conv.id) and branched.turn == 1
+    from llm_magic.generation.conversation import conversations
+
+    fork = next(c for c in conversations(manager=manager) if c.id == branched.conversation)
+    assert len(conv.turns) == 3 and len(fork.turns) == 2
+    assert fork.messages[:2] == conv.messages[:2]
+    assert fork.messages[-1]["content"] == branched.text
+    assert [r.id for r in branched.tokens[:3]] == [turn.tokens[0].id, turn.tokens[1].id, alt]
+    nxt = fork.say(QUESTIONS[3])  # the fork goes on, exactly
+    ids = [r.id for r in nxt.tokens]
+    assert ids == _reference(backend, nxt)[: len(ids)]
+
+
+def test_attention_and_the_lens_read_a_turn_with_the_whole_conversation(models, manager):
+    manager.load(str(models["gpt2"]), name="gpt2", dtype="float32")
+    conv = lm.chat(model="gpt2", manager=manager, max_new_tokens=6, logprobs=2)
+    conv.say(QUESTIONS[0])
+    turn = conv.say(QUESTIONS[1], attention=True)
+    total = len(turn.prompt_ids) + len(turn.tokens)
+    assert turn.attention.shape[2] == total and turn.stats.reused_tokens > 0
+    lens = lm.logit_lens(turn, manager=manager)
+    assert lens.shape[1] == total

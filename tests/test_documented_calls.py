@@ -195,6 +195,10 @@ METHODS: dict[tuple[str, str], str] = {
     ("AttentionMap", "to_html"): _AMAP + "assert 'layer 0, head 0' in amap.to_html(0, 0)",
     ("AttentionMap", "to_png"): _AMAP + "assert amap.to_png(layer=0, head=0)[:4] == b'\\x89PNG'",
     ("AttentionMap", "widget"): _AMAP + "w = amap.widget()\nw.close()",
+    ("Conversation", "branch"): LOAD + "c = lm.chat(max_new_tokens=3, logprobs=2)\n"
+                                       f"g = c.say({PROMPT!r})\n"
+                                       "b = c.branch(g, 1, g.tokens[1].top[1][0])\n"
+                                       "assert b.conversation != c.id and b.turn == 0",
     ("Conversation", "busy"): _CONV + "assert c.busy is False",
     ("Conversation", "cache_bytes"): _CONV + "assert c.cache_bytes > 0",
     ("Conversation", "fork"): _CONV + "f = c.fork()\nassert f.messages == c.messages",

@@ -40,7 +40,8 @@ from ..errors import (
 from ..manager import ModelManager, get_manager
 from ..manager.info import ago, size
 from . import room as _room
-from .core import Generation, _run
+from .core import TURN_BRANCH, Generation, _run
+from .core import branch as _branch
 from .request import make_request
 from .stream import Sink, sink
 
@@ -272,6 +273,17 @@ class Conversation:
         registry.add(twin)
         return twin
 
+    def branch(self, gen: Generation, position: int, token: int | str, *,
+               stream: bool | Sink | Callable[[str], Any] | None = None,
+               stop_event: threading.Event | None = None) -> Generation:
+        """Branch a turn of this conversation: a fork ends with the branched reply.
+
+        Same as ``gen.branch(position, token)`` for a turn ``gen``; the result's
+        ``.conversation`` is the fork's id (``find(name)`` or ``lm.conversations()``).
+        """
+        return _branch_turn(gen, position, token, stream=stream, stop_event=stop_event,
+                            manager=self._manager)
+
     def forget(self) -> int:
         """Free the kept cache and drop this conversation from the list; the bytes freed."""
         freed = self.cache_bytes
@@ -460,6 +472,34 @@ def _check_messages(messages: Iterable[Any] | None) -> list[dict[str, Any]]:
         raise InvalidOptionError("The last earlier message is the user's: end on a reply, and "
                                  "send the new message with conv.say(...).")
     return out
+
+
+def _branch_turn(gen: Generation, position: int, token: int | str, *,
+                 stream: bool | Sink | Callable[[str], Any] | None = None,
+                 stop_event: threading.Event | None = None,
+                 manager: ModelManager | None = None) -> Generation:
+    """A turn's branch, as the last turn of a fork of its conversation up to that turn."""
+    manager = manager or get_manager()
+    sent = [tuple(m) for m in gen.params.get("messages") or ()]
+    if not sent:
+        raise InvalidOptionError("This turn does not keep the messages it was sent, so its "
+                                 "conversation cannot be forked here.")
+    registry = _registry(manager)
+    parent = next((c for c in registry.named.values() if c.id == gen.conversation), None)
+    system = sent[0][1] if sent[0][0] == "system" else None
+    earlier = [{"role": r, "content": c} for r, c in sent if r != "system"][:-1]
+    fork = chat(model=gen.model, system=system, messages=earlier, manager=manager,
+                trim=parent.trim if parent else None, **(parent.options if parent else {}))
+    if parent is not None:
+        fork.turns = list(parent.turns[: len(earlier) // 2])
+    with fork._held("branch"):
+        result = _branch(gen, position, token, stream=stream, stop_event=stop_event,
+                         manager=manager, turn=(fork.id, tuple((r, c) for r, c in sent)))
+        fork._append(make_request(gen.prompt), result, "")
+    return fork.last or result
+
+
+TURN_BRANCH.append(_branch_turn)
 
 
 def find(name: str | None = None, *, manager: ModelManager | None = None) -> Conversation | None:

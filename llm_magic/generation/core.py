@@ -37,6 +37,11 @@ STOP_REASONS = {"length": "reached the token limit", "eos": "the model ended the
                 "error": "an error"}
 
 
+#: How a conversation's turn branches (it forks the conversation): set by
+#: ``generation.conversation`` when it is imported, which every turn's maker is.
+TURN_BRANCH: list[Callable[..., Generation]] = []
+
+
 @dataclass(frozen=True)
 class GenerationStats:
     """Counts and timings of one generation.
@@ -137,7 +142,14 @@ class Generation:
         >>> b = g.branch(3, alt)                                                   # doctest: +SKIP
         >>> b.parent == g.id, b.branch_at                                          # doctest: +SKIP
         (True, 3)
+
+        A branch of a conversation's turn forks the conversation: the branch is the
+        last turn of a new conversation (``lm.conversations()`` lists it), which
+        goes on from there.
         """
+        if self.conversation is not None and TURN_BRANCH:
+            return TURN_BRANCH[0](self, position, token, stream=stream, stop_event=stop_event,
+                                  manager=manager)
         return branch(self, position, token, stream=stream, stop_event=stop_event,
                       manager=manager)
 
@@ -432,7 +444,8 @@ def _result(request: GenerationRequest, job: Any, name: str, text: str,
 def branch(gen: Generation, position: int, token: int | str, *,
            stream: bool | Sink | Callable[[str], Any] | None = None,
            stop_event: threading.Event | None = None,
-           manager: ModelManager | None = None) -> Generation:
+           manager: ModelManager | None = None,
+           turn: tuple[str, tuple[tuple[str, str], ...]] | None = None) -> Generation:
     """A generation from ``gen`` with ``token`` at ``position``; see :meth:`Generation.branch`."""
     manager = manager or get_manager()
     records = gen.tokens
@@ -474,5 +487,7 @@ def branch(gen: Generation, position: int, token: int | str, *,
     branched = _Branch(records=lead, parent=gen.id, at=position, params=params)
     if total - position - 1 <= 0:
         request = dataclasses.replace(request, max_new_tokens=0)
+    if turn is not None:  # a conversation's turn: its fork keeps the cache, and its messages
+        request = dataclasses.replace(request, keep=turn[0], messages=turn[1])
     return _run(manager, name, request, sink(stream), stop_event or threading.Event(),
                 branched=branched)
