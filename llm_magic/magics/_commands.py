@@ -301,6 +301,29 @@ def _attention(magics: Host, args: Namespace) -> None:
     display(amap)
 
 
+# -- attribute ----------------------------------------------------------------
+
+
+@magic_arguments("llm attribute")
+@argument("--method", type=text, default="input_x_gradient", metavar="M",
+          help="saliency, input_x_gradient (the default), integrated_gradients or occlusion")
+@argument("--position", type=int, metavar="N",
+          help="only output token N (0 is the first, -1 the last); default: every output token")
+def _attribute(magics: Host, args: Namespace) -> None:
+    """Show which input tokens drove the output of the latest `%%llm --attribute` cell."""
+    from ..analysis.attribution import attribute
+    from ..generation import Generation
+
+    gen = getattr(magics, "attributed", None) or magics.shell.user_ns.get("_llm")
+    if not isinstance(gen, Generation):
+        raise UsageError("Nothing to attribute: run a cell with `%%llm --attribute` first, or "
+                         "call lm.attribute(text, model=...).")
+    with usage_errors():
+        result = attribute(gen, method=args.method, positions=args.position)
+    magics.shell.user_ns["_llm_attribution"] = result
+    display(result)
+
+
 # -- monitor, panel (the widgets) ---------------------------------------------
 
 
@@ -348,6 +371,7 @@ COMMANDS: dict[str, Command] = {
         Command("conversations", _conversations),
         Command("forget", _forget, "NAME | --all"),
         Command("attention", _attention),
+        Command("attribute", _attribute, "[--method M] [--position N]"),
         Command("monitor", _monitor, "[--cell [on|off]]"),
         Command("panel", _panel),
         Command("debug", _debug, "[on|off]"),

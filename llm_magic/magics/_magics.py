@@ -122,6 +122,8 @@ class CellJob:
     named_model: bool = False
     #: ``--resume ID``: start the conversation from that turn's history row.
     resume: int | None = None
+    #: ``--attribute``: keep the generation for ``%llm attribute`` (made with logprobs).
+    attribute: bool = False
 
     def run(self, model: str, output: CellOutput, stop_event: threading.Event | None = None
             ) -> Generation | list[Generation] | Scores:
@@ -236,6 +238,8 @@ class LLMMagics(Magics):
     ).tag(config=True)
 
     _default_set = False
+    #: The generation of the latest `%%llm --attribute` cell (`%llm attribute` reads it).
+    attributed: Generation | None = None
 
     @observe("history_enabled", "history_path")
     def _history_settings(self, change: Any) -> None:
@@ -305,6 +309,10 @@ class LLMMagics(Magics):
     @ma.argument("--lens", action="store_true",
                  help="also show the logit lens of the final sequence (prompt and output, or "
                       "the --score text): what each layer would predict; kept in `_llm_lens`")
+    @ma.argument("--attribute", action="store_true",
+                 help="keep this generation for `%%llm attribute` (which input tokens drove "
+                      "each output token); records its token ids (--logprobs 5 unless given), "
+                      "so the token view's why? works too")
     @ma.argument("--target-lang", type=text, metavar="LANG",
                  help="a translation model's output language code (mBART 'fr_XX', NLLB "
                       "'fra_Latn')")
@@ -354,6 +362,8 @@ class LLMMagics(Magics):
             _check_compare(args)
         if args.lens and args.batch:
             raise UsageError("--lens looks at one sequence: drop --batch.")
+        if args.attribute and (args.batch or args.score):
+            raise UsageError("--attribute keeps one generation: drop --batch and --score.")
         conversation = _conversation_of(args)
         if args.score:
             job = self._score_job(args, prompts[0] if len(prompts) == 1 else None, out)
@@ -367,7 +377,7 @@ class LLMMagics(Magics):
         }
         if args.target_lang is not None:
             options["target_lang"] = args.target_lang
-        if args.logprobs is not None or args.logprobs_mode is not None:
+        if args.logprobs is not None or args.logprobs_mode is not None or args.attribute:
             options["logprobs"] = 5 if args.logprobs is None else args.logprobs
             options["logprobs_mode"] = args.logprobs_mode or "raw"
         from ..generation import make_request
@@ -379,7 +389,8 @@ class LLMMagics(Magics):
         return CellJob(prompts, options, batch=args.batch, stream=stream and not args.batch,
                        attention=args.attention, fmt=args.format or self.format.lower(), out=out,
                        lens=args.lens, conversation=conversation, trim=args.trim,
-                       named_model=bool(args.model), resume=args.resume)
+                       named_model=bool(args.model), resume=args.resume,
+                       attribute=args.attribute)
 
     def _score_job(self, args: Namespace, text: str | None, out: str | None) -> CellJob:
         """A ``--score`` cell: the body is read, not continued; sampling options do not apply."""
@@ -462,6 +473,8 @@ class LLMMagics(Magics):
         self._shell.user_ns["_llm"] = result
         if job.out:
             self._shell.user_ns[job.out] = result
+        if job.attribute and isinstance(result, Generation):
+            self.attributed = result  # what `%llm attribute` reads
         if isinstance(result, (Generation, list)):
             output.finish(result)
             if in_notebook(self._shell):  # a terminal has shown the text already
@@ -533,7 +546,8 @@ def _check_compare(args: Namespace) -> None:
         raise UsageError("--compare needs two models or more on the line: `%%llm a b --compare`.")
     for flag, given in (("--batch", args.batch), ("--score", args.score),
                         ("--attention", args.attention), ("--logprobs", args.logprobs),
-                        ("--logprobs-mode", args.logprobs_mode), ("--lens", args.lens)):
+                        ("--logprobs-mode", args.logprobs_mode), ("--lens", args.lens),
+                        ("--attribute", args.attribute)):
         if given not in (None, False):
             raise UsageError(f"--compare does not combine with {flag}; drop it.")
 

@@ -14,7 +14,9 @@ is one of the token meant. Clicking an alternative sends
 the kernel runs :meth:`Generation.branch` on a worker thread with a stop
 event, streams the branch's text into ``stream`` and shows the new branch when
 it ends. Breadcrumbs (``crumbs``, ``current``) switch between the branches of
-one root. Messages may arrive on llm_magic's kernel subshell (see
+one root. "why?" on the pinned token (or "why not?" on one of its alternatives)
+shades the prompt and the earlier output by their attribution to it (see
+``_why``). Messages may arrive on llm_magic's kernel subshell (see
 ``_subshell``): the view's state changes under its one lock, and a failure is
 the view's one-line ``error``, never printed.
 
@@ -48,6 +50,7 @@ from ..generation.core import STOP_REASONS, Generation
 from ..manager import ModelManager
 from ._common import STATIC, esm, one_line, stop_with_comm, with_fallback
 from ._subshell import route
+from ._why import METHOD_WORDS, Explainer, Why
 
 __all__ = ["Payload", "TokensWidget", "encode", "stopped"]
 
@@ -223,6 +226,15 @@ class TokensWidget(anywidget.AnyWidget):  # type: ignore[misc]
     stream = t.Unicode("").tag(sync=True)  # the running branch's text so far
     error = t.Unicode("").tag(sync=True)
 
+    # "why?": the row on screen (see _why.Why; {} for none), its method and whether one runs.
+    explainable = t.Bool(False).tag(sync=True)
+    why = t.Dict().tag(sync=True)
+    why_scores = t.Bytes(b"").tag(sync=True)
+    why_prompt = t.List(t.Unicode()).tag(sync=True)
+    why_method = t.Unicode("input_x_gradient").tag(sync=True)
+    why_methods = t.Dict(METHOD_WORDS).tag(sync=True)
+    why_state = t.Unicode("").tag(sync=True)
+
     def __init__(self, result: Generation | Scores, metric: str = "probability", *,
                  manager: ModelManager | None = None, **kwargs: Any) -> None:
         if isinstance(result, Generation):
@@ -244,10 +256,11 @@ class TokensWidget(anywidget.AnyWidget):  # type: ignore[misc]
         self._stop: threading.Event | None = None
         self._thread: threading.Thread | None = None
         self._made: Generation | None = None
+        self._explainer = Explainer(self, manager)
         note = SERVED_NOTE if _served(result) else ("" if branchable else SCORES_NOTE)
         super().__init__(
             lead=lead, first_index=first, mode=mode, metric=metric, branchable=branchable,
-            note=note, legends={m: legend(m, mode) for m in METRICS},
+            explainable=branchable, note=note, legends={m: legend(m, mode) for m in METRICS},
             crumbs=[{"label": "original", "title": "the generation as it was made",
                      "state": "done", "parent": -1, "position": -1}], **kwargs)
         self._show(0)
@@ -261,6 +274,13 @@ class TokensWidget(anywidget.AnyWidget):  # type: ignore[misc]
     def _valid_metric(self, proposal: Any) -> str:
         if proposal["value"] not in METRICS:
             raise t.TraitError(f"metric must be one of {', '.join(METRICS)}, "
+                               f"not {proposal['value']!r}.")
+        return str(proposal["value"])
+
+    @t.validate("why_method")
+    def _valid_why_method(self, proposal: Any) -> str:
+        if proposal["value"] not in METHOD_WORDS:
+            raise t.TraitError(f"why_method must be one of {', '.join(METHOD_WORDS)}, "
                                f"not {proposal['value']!r}.")
         return str(proposal["value"])
 
@@ -314,6 +334,7 @@ class TokensWidget(anywidget.AnyWidget):  # type: ignore[misc]
                 self.ranks, self.entropy = p.ranks, p.entropy
                 self.string_ids, self.strings = p.string_ids, list(p.strings)
                 self.title = title
+                self.why, self.why_scores, self.why_prompt = {}, b"", []
                 self.revision += 1
 
     def _title(self, index: int) -> str:
@@ -337,6 +358,11 @@ class TokensWidget(anywidget.AnyWidget):  # type: ignore[misc]
                 self._branch_from(content)
             elif action == "stop":
                 self.stop()
+            elif action == "why":
+                self.explain(content.get("position"), content.get("choice"),
+                             method=content.get("method"))
+            elif action == "unwhy":
+                self._explainer.clear()
             else:
                 raise InvalidOptionError(f"Unknown action {action!r} from the view.")
         except Exception as exc:
@@ -439,6 +465,18 @@ class TokensWidget(anywidget.AnyWidget):  # type: ignore[misc]
             self._stop = self._thread = None
             if self.current == index:
                 self._show(index)
+
+    # -- why?
+
+    def explain(self, position: int, choice: int | None = None, *, method: str | None = None,
+                wait: bool = False) -> Why | None:
+        """Shade the inputs of token ``position`` (of the branch on screen) by their attribution.
+
+        ``choice`` (an index of the token's alternatives) attributes log p(chosen) -
+        log p(alternative) instead. Runs on a worker thread; with ``wait=True`` returns
+        the row (None if it failed: ``error`` says why).
+        """
+        return self._explainer.request(position, choice, method, wait=wait)
 
     def stop(self, wait: bool = False) -> None:
         """Stop the running branch (its text so far is kept as the branch)."""

@@ -5,7 +5,10 @@
 // pointer resting on a token previews it after PREVIEW_MS, never while a token is pinned,
 // so a pointer travelling to the panel over other tokens leaves it alone. Numbers arrive
 // as binary buffers (int32 ids and ranks, float16 log-probabilities and entropies) and a
-// string table. Every text is set with textContent; the panel and the breadcrumbs are
+// string table. "why?" (the token on the panel) and "why not?" (one of its alternatives) ask
+// the kernel for one attribution row; the prompt and the earlier output are then shaded by
+// it on a diverging scale (red raised the token's log-probability, blue lowered it), with
+// the numbers in nats on hover, until "back to probabilities". Every text is set with textContent; the panel and the breadcrumbs are
 // updated in place, so a click landing as they change still reaches its button.
 
 const METRICS = ["probability", "entropy", "surprisal"];
@@ -16,6 +19,46 @@ const PREVIEW_MS = 300; // how long the pointer rests on a token before the pane
 const HELP_BRANCH = "Click a token to pin it, then click an alternative to branch from there.";
 const HELP_SCORE = "Click a token to pin it and see its alternatives.";
 const EMPTY = "Click a token, or focus it with Tab, to see its alternatives here.";
+const POS = [178, 24, 43]; // "why?": raised the token's log-probability (or favoured it)
+const NEG = [33, 102, 172]; // lowered it
+
+// An attribution score s over the row's largest |score| as [r, g, b]: white at 0.
+function whyColour(s, largest) {
+  const x = largest > 0 && Number.isFinite(s) ? Math.max(-1, Math.min(1, s / largest)) : 0;
+  return x >= 0 ? mix(WHITE, POS, x) : mix(WHITE, NEG, -x);
+}
+
+// A score as the hover shows it: three significant digits, its sign always written.
+function signed(v) {
+  if (!Number.isFinite(v)) return "n/a";
+  const a = Math.abs(v);
+  const t = a === 0 ? "0" : a >= 0.01 ? a.toFixed(3) : a.toPrecision(2);
+  return `${v < 0 ? "\u2212" : "+"}${t}`;
+}
+
+// The diverging scale of "why?": blue, white at 0, red, from -largest to +largest.
+function divergingBar(caption, largest) {
+  const box = node("div", "llm-tokens-whyscale");
+  const ramp = node("canvas", "llm-tokens-whyramp");
+  ramp.width = 101;
+  ramp.height = 1;
+  const ctx = ramp.getContext("2d");
+  if (ctx) {
+    for (let l = 0; l <= 100; l++) {
+      ctx.fillStyle = rgb(whyColour((l - 50) / 50, 1));
+      ctx.fillRect(l, 0, 1, 1);
+    }
+  }
+  const ticks = node("div", "llm-tokens-whyticks");
+  const amount = largest > 0 ? largest.toPrecision(2) : "0";
+  for (const [cls, text] of [["lo", `\u2212${amount}`], ["mid", "0"], ["hi", `+${amount}`]]) {
+    ticks.append(node("span", `llm-tokens-whytick-${cls}`, text));
+  }
+  const bar = node("div", "llm-tokens-whybar");
+  bar.append(ramp, ticks);
+  box.append(bar, node("span", "llm-tokens-whycaption", caption));
+  return box;
+}
 
 // Keys pressed on a focused part of the view (arrows, Enter, Tab) are the view's: Lumino
 // matches the notebook's shortcuts from the focused element up to the first element that
@@ -108,6 +151,7 @@ function render({ model, el: host }) {
     const b = button("llm-tokens-metric", m);
     b.dataset.metric = m;
     b.addEventListener("click", () => {
+      if (root.dataset.why !== undefined) model.send({ action: "unwhy" });
       model.set("metric", m);
       model.save_changes();
     });
@@ -145,7 +189,15 @@ function render({ model, el: host }) {
   const unpin = button("llm-tokens-unpin", "Unpin");
   unpin.title = "Unpin this token (Escape): resting the pointer on a token previews it again";
   pinLine.append(pinState, unpin);
-  panelHead.append(empty, about, facts, flag, pinLine);
+  const whyLine = node("div", "llm-tokens-whyline");
+  const whyButton = button("llm-tokens-why", "why?");
+  whyButton.title = "Shade the prompt and the earlier output by their attribution to this token";
+  const methodLabel = node("label", "llm-tokens-dim", "by ");
+  const methodSelect = own(node("select", "llm-tokens-method"));
+  methodSelect.setAttribute("aria-label", "attribution method");
+  methodLabel.append(methodSelect);
+  whyLine.append(whyButton, methodLabel);
+  panelHead.append(empty, about, facts, flag, pinLine, whyLine);
   const table = node("table", "llm-tokens-alts");
   const headRow = node("tr");
   ["rank", "probability", "token", ""].forEach((h) => headRow.append(node("th", "", h)));
@@ -166,11 +218,29 @@ function render({ model, el: host }) {
   const waits = node("div", "llm-tokens-wait");
   const error = node("div", "llm-tokens-error");
   error.setAttribute("role", "alert");
-  root.append(head, crumbs, title, main, legend, status, note, waits, error);
+  // "why?": what the shading shows now, the way back, and the integrated gradients' check.
+  const whyHead = node("div", "llm-tokens-whyhead");
+  whyHead.setAttribute("aria-live", "polite");
+  const whyAbout = node("div", "llm-tokens-whyabout");
+  const whyBack = button("llm-tokens-whyback", "\u2190 back to probabilities");
+  whyBack.title = "Shade the tokens by probability again";
+  const whyWhat = node("span", "llm-tokens-whywhat");
+  whyAbout.append(whyBack, whyWhat);
+  const whyFacts = node("div", "llm-tokens-whyfacts");
+  const whyCheck = node("div", "llm-tokens-whycheck");
+  const whyWarn = node("div", "llm-tokens-whywarn");
+  whyWarn.setAttribute("role", "alert");
+  const whyRunning = node("div", "llm-tokens-whyrunning");
+  const whyScale = node("div", "llm-tokens-whylegend");
+  whyHead.append(whyAbout, whyFacts, whyCheck, whyWarn, whyScale);
+  root.append(head, crumbs, title, whyRunning, whyHead, main, legend, status, note, waits, error);
   host.append(root);
 
   let data = decode(model);
   let spans = [];
+  let leadSpan = null; // the prompt as one dimmed text
+  const whyLead = node("span", "llm-tokens-whylead"); // the prompt as tokens, under "why?"
+  let whyAsked = null; // { position, choice } of the row on screen: its button is pressed
   let shown = -1; // the token the panel shows
   let pinned = -1; // the token clicked or focused: the panel stays on it
   let timer = 0; // a pending preview
@@ -180,7 +250,8 @@ function render({ model, el: host }) {
     cancelPreview();
     box.replaceChildren();
     const lead = model.get("lead") || "";
-    if (lead) box.append(node("span", "llm-tokens-lead", visible(lead, true)));
+    leadSpan = lead ? node("span", "llm-tokens-lead", visible(lead, true)) : null;
+    if (leadSpan) box.append(leadSpan);
     spans = [];
     for (let i = 0; i < data.n; i++) {
       const text = data.text(i);
@@ -201,6 +272,18 @@ function render({ model, el: host }) {
   }
 
   function shade() {
+    const why = whyRow();
+    if (why) {
+      shadeWhy(why);
+      return;
+    }
+    delete root.dataset.why;
+    whyHead.hidden = true;
+    whyLead.replaceChildren();
+    whyLead.remove(); // in the text only under "why?"
+    if (leadSpan) leadSpan.hidden = false;
+    legend.hidden = false;
+    markWhy(null);
     const metric = model.get("metric");
     const x = shades(data, metric);
     spans.forEach((span, i) => {
@@ -208,11 +291,136 @@ function render({ model, el: host }) {
       span.style.backgroundColor = rgb(c);
       span.style.color = inkOn(c);
       span.dataset.shade = x[i].toFixed(3);
+      span.classList.remove("llm-tokens-whytarget", "llm-tokens-after");
+      span.removeAttribute("title");
+      delete span.dataset.score;
     });
     metricButtons.forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.metric === metric)));
     root.dataset.metric = metric;
     legend.textContent = (model.get("legends") || {})[metric] || "";
   }
+
+  // -- why?: one attribution row from the kernel, on the branch it was asked on
+
+  function whyRow() {
+    const info = model.get("why") || {};
+    if (info.position === undefined || info.branch !== model.get("current")) return null;
+    const scores = float32s(model.get("why_scores"));
+    const prompt = model.get("why_prompt") || [];
+    if (scores.length !== info.columns || prompt.length !== info.prompt_tokens
+      || info.position >= data.n || info.columns !== info.prompt_tokens + info.position) return null;
+    return { info, scores, prompt };
+  }
+
+  function paintWhy(span, v, largest, hover) {
+    const c = whyColour(v, largest);
+    span.style.backgroundColor = rgb(c);
+    span.style.color = inkOn(c);
+    span.dataset.score = String(v);
+    span.title = hover;
+  }
+
+  function shadeWhy({ info, scores, prompt }) {
+    const largest = info.largest || 0;
+    const saliency = info.method === "saliency";
+    const hover = (v, what) => saliency ? `${what}: gradient norm ${Math.abs(v).toPrecision(3)}`
+      : `${what}: ${signed(v)} nats`;
+    root.dataset.why = String(info.position);
+    if (leadSpan) leadSpan.hidden = true;
+    whyLead.replaceChildren();
+    prompt.forEach((text, j) => {
+      const span = tokenBox(text, "llm-tokens-input");
+      span.dataset.column = String(j);
+      paintWhy(span, scores[j], largest, hover(scores[j], `prompt token ${j}`));
+      whyLead.append(span);
+      for (const ch of text) if (ch === "\n") whyLead.append(document.createElement("br"));
+    });
+    const start = node("span", "llm-tokens-whysep", "\u25b8");
+    start.title = "the prompt ends here; the output starts";
+    whyLead.append(start);
+    box.insertBefore(whyLead, leadSpan ? leadSpan.nextSibling : box.firstChild);
+    const first = model.get("first_index") || 0;
+    spans.forEach((span, i) => {
+      span.classList.toggle("llm-tokens-whytarget", i === info.position);
+      span.classList.toggle("llm-tokens-after", i > info.position);
+      delete span.dataset.shade;
+      if (i < info.position) {
+        const v = scores[info.prompt_tokens + i];
+        paintWhy(span, v, largest, hover(v, `token ${i + first}`));
+        return;
+      }
+      delete span.dataset.score;
+      span.style.backgroundColor = rgb(WHITE);
+      span.style.color = i === info.position ? "#000" : "#767676"; // 4.5:1 on white
+      span.title = i === info.position ? `token ${i + first}: the token attributed`
+        : "after the token attributed: not one of its inputs";
+    });
+    metricButtons.forEach((b) => b.setAttribute("aria-pressed", "false"));
+    legend.hidden = true;
+    whyScale.replaceChildren(divergingBar(`${info.caption}; ${info.reading}.`, largest));
+    markWhy({ position: info.position, choice: info.choice });
+    setText(whyWhat, `${info.about}, by ${info.method_words}`);
+    const facts = [`f = ${info.target} = ${signed(info.f)} nats`];
+    if (!saliency) facts.push(`sum of the scores ${signed(info.sum)} nats`);
+    setText(whyFacts, facts.join(" \u00b7 "));
+    const complete = info.completeness;
+    setText(whyCheck, complete === null || complete === undefined ? ""
+      : `completeness error ${(100 * complete).toFixed(2)} % (the scores' sum against ` +
+        "f(input) \u2212 f(baseline); over 1 % is flagged)");
+    whyCheck.hidden = !whyCheck.textContent;
+    setText(whyWarn, info.warning || "");
+    whyWarn.hidden = !whyWarn.textContent;
+    whyHead.hidden = false;
+  }
+
+  // The button of the question on screen is pressed: "why?" of its token, or "why not?" of its row.
+  function markWhy(asked) {
+    whyAsked = asked;
+    const here = asked !== null && asked.position === shown;
+    whyButton.setAttribute("aria-pressed", String(here && asked.choice === -1));
+    for (const s of slots) {
+      const on = here && asked.choice >= 0 && s.position === asked.position
+        && s.choice === asked.choice;
+      s.whyNot.setAttribute("aria-pressed", String(on));
+      s.tr.classList.toggle("llm-tokens-whyrow", on);
+    }
+  }
+
+  function askWhy(position, choice) {
+    if (position < 0) return;
+    model.send({ action: "why", position, choice, method: methodSelect.value });
+  }
+
+  function drawMethods() {
+    const names = model.get("why_methods") || {};
+    const keys = Object.keys(names);
+    if (methodSelect.options.length !== keys.length) {
+      methodSelect.replaceChildren(...keys.map((k) => {
+        const o = node("option", "", names[k]);
+        o.value = k;
+        return o;
+      }));
+    }
+    methodSelect.value = model.get("why_method") || "input_x_gradient";
+    const explainable = !!model.get("explainable");
+    whyLine.hidden = !explainable;
+    const running = model.get("why_state") === "running";
+    root.dataset.whyState = running ? "running" : "idle";
+    setText(whyRunning, running ? "computing the attribution\u2026" : "");
+    whyRunning.hidden = !running;
+  }
+
+  whyButton.addEventListener("click", () => {
+    if (shown >= 0 && shown !== pinned) pin(shown);
+    askWhy(shown, -1);
+  });
+  methodSelect.addEventListener("change", () => {
+    model.set("why_method", methodSelect.value);
+    model.save_changes();
+    const info = (whyRow() || {}).info;
+    if (info) askWhy(info.position, info.choice);
+  });
+  whyBack.addEventListener("click", () => model.send({ action: "unwhy" }));
 
   // -- the alternatives: one kept row per place in the table
 
@@ -228,6 +436,25 @@ function render({ model, el: host }) {
     s.inButton = tokenBox("");
     s.branch.append(s.inButton);
     s.plain = tokenBox("");
+    s.markText = node("span");
+    // A row's one <button> is its branch; "why not?" is a second control, a role=button span
+    // that Tab reaches and Enter or Space presses.
+    s.whyNot = own(node("span", "llm-tokens-whynot", "why not?"));
+    s.whyNot.setAttribute("role", "button");
+    s.whyNot.tabIndex = 0;
+    s.whyNot.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        s.whyNot.click();
+      }
+    });
+    s.whyNot.addEventListener("click", () => {
+      if (s.position >= 0 && s.choice >= 0) {
+        if (s.position !== pinned) pin(s.position);
+        askWhy(s.position, s.choice);
+      }
+    });
+    s.mark.append(s.markText);
     s.tr.append(s.rank, s.prob, s.where, s.mark);
     // The row's token and alternative as they are now, read when the click lands.
     s.branch.addEventListener("click", () => {
@@ -254,7 +481,13 @@ function render({ model, el: host }) {
     if (s.where.firstChild !== holder) s.where.replaceChildren(holder);
     s.branch.title = `branch from token ${i + (model.get("first_index") || 0)} with ` +
       `\u201c${visible(alt.text)}\u201d`;
-    setText(s.mark, outside ? "\u25c0 chosen, outside" : chosen ? "\u25c0 chosen" : "");
+    setText(s.markText, outside ? "\u25c0 chosen, outside" : chosen ? "\u25c0 chosen" : "");
+    // Only where it applies: a row's buttons are what it offers (no hidden one in the chosen row).
+    if (chosen || !model.get("explainable")) s.whyNot.remove();
+    else if (s.whyNot.parentNode !== s.mark) s.mark.append(s.whyNot);
+    const other = `\u201c${visible(alt.text)}\u201d`;
+    s.whyNot.title = `why \u201c${visible(data.text(i))}\u201d and not ${other}: attribute ` +
+      `log p(chosen) \u2212 log p(${other})`;
   }
 
   const others = node("tr", "llm-tokens-others");
@@ -318,6 +551,7 @@ function render({ model, el: host }) {
     setText(othersProb, percent(rest));
     othersProb.dataset.value = String(rest);
     if (body.lastChild !== others) body.append(others);
+    markWhy(whyAsked);
   }
 
   // -- pinning and previews
@@ -449,10 +683,14 @@ function render({ model, el: host }) {
     ["change:crumbs", drawCrumbs], ["change:current", drawCrumbs], ["change:stream", drawStream],
     ["change:state", drawStatus], ["change:error", drawStatus], ["change:title", drawStatus],
     ["change:note", drawStatus], ["change:wait_note", drawStatus], ["change:lead", drawTokens],
-    ["change:branchable", drawStatus],
+    ["change:branchable", drawStatus], ["change:why", shade], ["change:why_scores", shade],
+    ["change:why_prompt", shade], ["change:why_method", drawMethods],
+    ["change:why_methods", drawMethods], ["change:why_state", drawMethods],
+    ["change:explainable", drawMethods],
   ];
   const unlisten = listen(model, listeners);
   drawStatus();
+  drawMethods();
   drawTokens();
   drawCrumbs();
   return () => {
