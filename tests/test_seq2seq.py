@@ -206,3 +206,11 @@ def test_the_reverse_and_the_limits(model, manager, tiny_gpt2):
         lm.chat(model=model, manager=manager).say("Hello")
     with pytest.raises(NotAvailableError, match="encoder–decoder"):
         lm.attention(SOURCE, model=model, manager=manager)
+
+
+def test_causes_say_they_do_not_read_these_models_yet(model, manager):
+    for call in (lambda: lm.attribute(SOURCE, model=model, manager=manager),
+                 lambda: lm.ablate(SOURCE, model=model, heads=[(0, 1)], manager=manager),
+                 lambda: lm.patch(SOURCE, SOURCE, model=model, answers=(1, 2), manager=manager)):
+        with pytest.raises(NotAvailableError, match="encoder–decoder model"):
+            call()

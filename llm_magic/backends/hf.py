@@ -808,6 +808,8 @@ class HFBackend(Backend):
         from . import _patching
 
         self._check_generates()
+        if self.seq2seq:
+            raise _s2s.unsupported(self.spec.name, "Ablation")
         ids = self._ids(source, "ablate")
         chosen = None if answers is None else self._answer_ids(answers)
         with _out_of_memory_guard(repr(self.spec.name), self.device):
@@ -821,6 +823,8 @@ class HFBackend(Backend):
         from . import _patching_grid
 
         self._check_generates()
+        if self.seq2seq:
+            raise _s2s.unsupported(self.spec.name, "Activation patching")
         clean_ids, corrupt_ids = self._ids(clean, "patch from"), self._ids(corrupt, "patch into")
         texts: tuple[str, ...] = ()
         if metric is None:
@@ -838,6 +842,8 @@ class HFBackend(Backend):
         from . import _attribution
 
         self._check_generates()
+        if self.seq2seq:
+            raise _s2s.unsupported(self.spec.name, "Attribution")
         ids = self._ids(source, "attribute")
         wanted = _attribution.rows_of(rows, len(ids), self.token_id)
         with _out_of_memory_guard(repr(self.spec.name), self.device):
