@@ -19,7 +19,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["MODEL_DIR"]
+__all__ = ["MODEL_DIR", "TRANSLATOR_DIR"]
 
 #: The directory holding the shipped weights, tokenizer and model card.
 MODEL_DIR: Path = Path(__file__).resolve().parent / "model"
+#: The bundled encoder–decoder (a tiny BART that rewrites dates as ``YYYY-MM-DD``), made by
+#: ``python -m llm_magic.demo.train_translator``; its model card is ``README.md`` there.
+TRANSLATOR_DIR: Path = Path(__file__).resolve().parent / "translator"

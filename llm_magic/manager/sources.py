@@ -25,12 +25,17 @@ def classify(source: str) -> tuple[str, str | None]:
     ('url', None)
     """
     if not isinstance(source, str) or not source.strip():
-        raise InvalidOptionError("Name a model to load: 'demo', a local directory or a hub id.")
+        raise InvalidOptionError("Name a model to load: 'demo', 'demo-translator', a local "
+                                 "directory or a hub id.")
     source = source.strip()
     if source == "demo":
         from ..demo import MODEL_DIR
 
         return "demo", str(MODEL_DIR)
+    if source == "demo-translator":  # the bundled encoder–decoder: dates to ISO 8601
+        from ..demo import TRANSLATOR_DIR
+
+        return "demo", str(TRANSLATOR_DIR)
     if source.startswith(("http://", "https://")):
         return "url", None
     path = os.path.expanduser(source)
@@ -57,7 +62,7 @@ def classify(source: str) -> tuple[str, str | None]:
 def default_name(source: str, kind: str, path: str | None) -> str:
     """A short, readable name: 'demo', a directory's or a hub repo's last part, a URL's host."""
     if kind == "demo":
-        return "demo"
+        return source.strip()
     if kind == "url":
         from urllib.parse import urlparse
 
