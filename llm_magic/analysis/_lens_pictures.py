@@ -273,6 +273,16 @@ def _overview(lens: _Lens, rows: list[int], metric: str, stride: int) -> str:
     )
 
 
+def _source(lens: _Lens) -> str:
+    """An encoder–decoder's source (what its encoder read), above its decoder's grid."""
+    source = getattr(lens, "source", None)
+    if source is None:
+        return ""
+    return ("<div style='font-size:12px;margin-top:2px;white-space:pre-wrap;"
+            f"overflow-wrap:anywhere'>source: {escape(visible(source))}; the rows are the "
+            "decoder's, the inputs its output after its start token</div>")
+
+
 def snapshot_html(lens: _Lens, *, metric: str = "probability", stride: int = 1) -> str:
     """The escaped snapshot, as the view first looks: the title, the legend and its colour
     bar, then the grid as a table (rows = layers by name, the output on top; the actual
@@ -319,7 +329,7 @@ def snapshot_html(lens: _Lens, *, metric: str = "probability", stride: int = 1) 
     return (
         "<div class='llm-magic-lens' style='font:13px/1.4 system-ui,sans-serif;color:#222;"
         "text-align:left;max-width:100%'>"
-        f"<div style='font-weight:600'>{escape(lens.summary())}</div>"
+        f"<div style='font-weight:600'>{escape(lens.summary())}</div>{_source(lens)}"
         f"<div style='font-size:11px;opacity:.75;margin-top:2px'>{escape(note)}</div>"
         f"{_heatmap.colour_bar_html(sc.caption, sc.ticks)}"
         f"{_overview(lens, rows, metric, stride) if shown < t else ''}"

@@ -27,6 +27,12 @@ column whose only reference is served is not shaded. Either way
 The first position where the greedy choices diverge (the two models' likeliest
 next tokens differ, or a sampled token is not the greedy one) is marked.
 
+Encoder–decoder models (two translation models, or one with several settings)
+are cross-scored the same way, each column's output teacher-forced as the
+output for the source, after each decoder's own start token. A comparison
+mixing them with causal or served models is refused before anything runs:
+the one reads an output for a source, the others a continuation.
+
 Examples
 --------
 >>> import llm_magic as lm
@@ -47,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 from ..backends.base import Backend
 from ..common import views as _views
 from ..common.text import check_text
-from ..errors import InvalidOptionError, LLMMagicError
+from ..errors import InvalidOptionError, LLMMagicError, NotAvailableError
 from ..generation import generate
 from ..manager import ModelManager, get_manager
 from ._align import Piece, boundaries, by_characters, by_tokens, compatible
@@ -219,6 +225,7 @@ def compare(prompt: str, models: Sequence[str] | None = None,
     manager = manager or get_manager()
     check_text(prompt, "The prompt")
     columns = _columns(manager, models, settings, model, options)
+    _one_kind(manager, [name for name, _ in columns])
     labels = _labels(columns, settings is not None)
     live = _live(labels, prompt) if stream is True else None
     generations = []
@@ -277,6 +284,23 @@ def _columns(manager: ModelManager, models: Sequence[str] | None,
                                      f"{', '.join(SETTINGS)}.")
         columns.append((name, {**_with_records(manager, name, options), **each}))
     return columns
+
+
+def _one_kind(manager: ModelManager, names: Sequence[str]) -> None:
+    """Refuse encoder–decoders beside causal or served models, before anything runs."""
+    names = list(dict.fromkeys(names))
+    seq2seq = [n for n in names if manager.info(n).kind == "seq2seq"]
+    if not seq2seq or len(seq2seq) == len(names):
+        return
+    others = [n for n in names if n not in seq2seq]
+    served = [n for n in others if not _scores(manager.backend(n))]
+    what = (f"{_served(served)} (a causal chat model)" if served
+            else f"{' and '.join(repr(n) for n in others)} {'is a' if len(others) == 1 else 'are'}"
+            f" causal LM{'' if len(others) == 1 else 's'}")
+    raise InvalidOptionError(
+        f"compare cannot cross-score encoder–decoder models ({', '.join(map(repr, seq2seq))}) "
+        f"against other kinds: {what}, which read a continuation, not an output for a source. "
+        "Compare each kind on its own.")
 
 
 def _with_records(manager: ModelManager, name: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -366,14 +390,14 @@ def _served(names: Sequence[str]) -> str:
 def _scored_column(manager: ModelManager, column: int, gen: Generation, names: list[str],
                    local: list[str], single: bool) -> tuple[list[CrossScore], str]:
     """A column of a model in this kernel: against every other model that can score too."""
-    ids = _sequence(gen)
-    if ids is None:
+    read = _read(manager, gen)
+    if read is None:
         return [], "Not cross-scored: it has no token ids to score."
-    own = _score(manager, gen.model, ids)
+    own = _score(manager, gen.model, read)
     if single:
-        return [_against_greedy(column, gen, own)], ""
+        return [_against_greedy(column, gen, own, read.n)], ""
     others = [o for o in names if o != gen.model]
-    scores = [_against(manager, column, gen, ids, own, o) for o in others if o in local]
+    scores = [_against(manager, column, gen, read, own, o) for o in others if o in local]
     served = [o for o in others if o not in local]
     if not served:
         return scores, ""
@@ -407,7 +431,7 @@ def _read_by(manager: ModelManager, column: int, gen: Generation, reader: str,
     output = _tokenizer(backend)(gen.text, add_special_tokens=False, verbose=False)["input_ids"]
     ids = [*context, *(int(i) for i in output)]
     n = len(context)
-    scored = _score(manager, reader, ids)
+    scored = _score(manager, reader, _Read(ids, n))
     unknown = (None, "", math.nan)
     pieces = [Piece(scored.texts[k], k, k + 1, math.nan, r.logprob, unknown, r.top[0])
               for k, r in enumerate(scored.records[n - 1:], start=n) if n >= 1]
@@ -421,20 +445,39 @@ def _read_by(manager: ModelManager, column: int, gen: Generation, reader: str,
     return CrossScore(column, gen.model, reader, "tokens", tuple(pieces), first, "reference")
 
 
-def _sequence(gen: Generation) -> list[int] | None:
+@dataclass(frozen=True)
+class _Read:
+    """How a model reads a column's text: ``ids`` after nothing (a causal model: the prompt's
+    and the output's) or, for an encoder–decoder, the output's ids for ``source``. ``n``:
+    where the output starts in the scored sequence (after the decoder's start token: 1)."""
+
+    ids: list[int]
+    n: int
+    source: str | tuple[int, ...] | None = None
+
+
+def _read(manager: ModelManager, gen: Generation) -> _Read | None:
     if gen.prompt_ids is None or gen.tokens is None or any(r.id is None for r in gen.tokens):
         return None
-    return [*gen.prompt_ids, *(int(r.id) for r in gen.tokens if r.id is not None)]
+    output = [int(r.id) for r in gen.tokens if r.id is not None]
+    if manager.info(gen.model).kind != "seq2seq":
+        return _Read([*gen.prompt_ids, *output], len(gen.prompt_ids))
+    lang = gen.params.get("target_lang")
+    if lang is not None:
+        raise NotAvailableError(f"its output follows a forced language token (target_lang="
+                                f"{lang!r}), which cross-scoring does not read yet.")
+    return _Read(output, 1, tuple(gen.prompt_ids))
 
 
-def _score(manager: ModelManager, name: str, ids: Sequence[int]) -> Any:
+def _score(manager: ModelManager, name: str, read: _Read) -> Any:
     with manager.checkout(name) as backend:
-        return backend.score(list(ids), logprobs=_TOP, max_tokens=len(ids) + 1)
+        if read.source is not None:  # an encoder–decoder's output, for its source
+            return backend.score_target(read.source, read.ids, logprobs=_TOP)
+        return backend.score(read.ids, logprobs=_TOP, max_tokens=len(read.ids) + 1)
 
 
-def _against_greedy(column: int, gen: Generation, own: Any) -> CrossScore:
+def _against_greedy(column: int, gen: Generation, own: Any, n: int) -> CrossScore:
     """One model: each token against the model's likeliest token at that step."""
-    n = len(gen.prompt_ids or ())
     pieces = [Piece(own.texts[k], k, k + 1, r.logprob, r.top[0][2], r.top[0], r.top[0])
               for k, r in enumerate(own.records[n - 1:], start=n) if n >= 1]
     first = next((j for j, p in enumerate(pieces)
@@ -442,22 +485,24 @@ def _against_greedy(column: int, gen: Generation, own: Any) -> CrossScore:
     return CrossScore(column, gen.model, "greedy", "tokens", tuple(pieces), first, "own")
 
 
-def _against(manager: ModelManager, column: int, gen: Generation, ids: list[int], own: Any,
+def _against(manager: ModelManager, column: int, gen: Generation, read: _Read, own: Any,
              other: str) -> CrossScore:
-    n = len(gen.prompt_ids or ())
+    n = read.n
     mine, theirs = manager.backend(gen.model), manager.backend(other)
     if _same_tokenizer(mine, theirs):
-        pieces = [p for p in by_tokens(own.texts, own.records, _score(manager, other, ids).records)
+        pieces = [p for p in by_tokens(own.texts, own.records, _score(manager, other, read).records)
                   if p.start >= n]
         first = next((j for j, p in enumerate(pieces) if p.own_top[0] != p.other_top[0]), None)
         return CrossScore(column, gen.model, other, "tokens", tuple(pieces), first)
     decode_mine, decode_theirs = _decoder(mine), _decoder(theirs)
-    text, own_ends = boundaries(ids, decode_mine)
-    their_ids = _encode(theirs, text)
-    their_text, their_ends = boundaries(their_ids, decode_theirs)
+    text, own_ends = boundaries(list(own.ids), decode_mine)
+    if read.source is None:
+        scored = _score(manager, other, _Read(_encode(theirs, text), 0))
+    else:  # the output as the other model writes it, for the source as it reads it
+        scored = _score(manager, other, _Read(_encode(theirs, text, target=True), 1, gen.prompt))
+    their_text, their_ends = boundaries(list(scored.ids), decode_theirs)
     agreed = _common_prefix(text, their_text)
     their_ends = [e if e <= agreed else -1 for e in their_ends]
-    scored = _score(manager, other, their_ids)
     start = max([e for e in own_ends[:n] if e != -1], default=0)
     pieces = []
     for p in by_characters(text, own_ends, own.records, their_ends, scored.records):
@@ -488,8 +533,11 @@ def _decoder(backend: Backend) -> Callable[[Sequence[int]], str]:
                                             clean_up_tokenization_spaces=False))
 
 
-def _encode(backend: Backend, text: str) -> list[int]:
-    ids = _tokenizer(backend)(text, add_special_tokens=True, verbose=False)["input_ids"]
+def _encode(backend: Backend, text: str, *, target: bool = False) -> list[int]:
+    """``text`` as the backend's tokenizer reads it (as an encoder–decoder's output: ``target``)."""
+    tokenizer = _tokenizer(backend)
+    ids = (tokenizer(text_target=text, verbose=False) if target else
+           tokenizer(text, add_special_tokens=True, verbose=False))["input_ids"]
     return [int(i) for i in ids]
 
 

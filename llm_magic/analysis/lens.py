@@ -19,6 +19,11 @@ Examples
 >>> lens.layers  # doctest: +SKIP
 ('embeddings', 'block 1', 'block 2', 'block 3', 'block 4')
 >>> lens.top(-1, 3)[0]  # the model's prediction after token 3  # doctest: +SKIP
+
+An encoder–decoder's lens is its decoder's, over an output for a source:
+``lm.logit_lens(source, target=output, model="t5")``, or a generation of it.
+The rows are the decoder's embeddings and blocks, the positions the output
+after the decoder's start token; the source is read once by the encoder.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..common import views as _views
 from ..common.text import check_text, shown
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, NotAvailableError
 from ..manager import ModelManager, get_manager
 from . import _lens_pictures
 from ._resolve import resolve
@@ -82,9 +87,13 @@ class LensMap:
     vocab_size : int
         The size of the model's output vocabulary.
     prompt_tokens : int or None
-        For a generation, how many of the tokens were the prompt.
+        For a generation, how many of the tokens were the prompt (of an
+        encoder–decoder's: 1, the decoder's start token).
     check : float
         How far the lens of the last block was from the model's own logits.
+    source : str or None
+        An encoder–decoder's source (what its encoder read); None for a causal
+        model. Then the rows are the decoder's and the tokens its output.
 
     Examples
     --------
@@ -108,18 +117,20 @@ class LensMap:
     vocab_size: int
     prompt_tokens: int | None = None
     check: float = 0.0
+    source: str | None = None
 
     @classmethod
     def from_capture(cls, capture: LensCapture, model: str,
-                     prompt_tokens: int | None = None) -> LensMap:
-        """Wrap a backend's capture."""
+                     prompt_tokens: int | None = None, source: str | None = None) -> LensMap:
+        """Wrap a backend's capture (an encoder–decoder's decoder when ``source`` is given)."""
         rows = capture.top_ids.shape[0]
-        layers = ("embeddings", *(f"block {i}" for i in range(1, rows)))
+        of = "" if source is None else "decoder "
+        layers = (f"{of}embeddings", *(f"{of}block {i}" for i in range(1, rows)))
         return cls(model=model, tokens=capture.texts, input_ids=capture.ids, layers=layers,
                    ids=capture.top_ids, probs=capture.top_probs, final_prob=capture.final_prob,
                    final_rank=capture.final_rank, entropy=capture.entropy, kl=capture.kl,
                    vocab=capture.vocab, vocab_size=capture.vocab_size,
-                   prompt_tokens=prompt_tokens, check=capture.check)
+                   prompt_tokens=prompt_tokens, check=capture.check, source=source)
 
     # -- shape and values -------------------------------------------------------
 
@@ -253,7 +264,8 @@ class LensMap:
         """One line: model, rows, positions, top-k, how often the final prediction is right."""
         rows, t, k = self.shape
         right = sum(self.correct)
-        return (f"LensMap of {self.model!r}: {rows} rows (embeddings + {rows - 1} blocks) x "
+        of = "" if self.source is None else "'s decoder"
+        return (f"LensMap of {self.model!r}{of}: {rows} rows (embeddings + {rows - 1} blocks) x "
                 f"{t} positions, top {k}; final prediction right at {right} of "
                 f"{max(t - 1, 0)} positions")
 
@@ -303,8 +315,37 @@ def _sequence(source: Any, name: str) -> tuple[str | Sequence[int], int | None]:
     return prompt + text, None
 
 
+def _check_target(target: Any) -> str | tuple[int, ...] | None:
+    """None, a non-empty text, or token ids (integers, not booleans)."""
+    if target is None or isinstance(target, str):
+        return target if target is None else check_text(
+            target, "The target", hint="write the output to look at")
+    if isinstance(target, Sequence) and target and all(
+            isinstance(i, int) and not isinstance(i, bool) for i in target):
+        return tuple(target)
+    raise InvalidOptionError(f"target is an output: a text, or its token ids, not {shown(target)}.")
+
+
+def _pair(source: Any, name: str, target: str | Sequence[int] | None
+          ) -> tuple[str | Sequence[int], str | Sequence[int] | None, int | None]:
+    """An encoder–decoder's source and output: a text and ``target``, or a generation's
+    source ids and output ids (its prompt and text when ids are missing), and the prefix."""
+    if isinstance(source, str):
+        return source, target, None
+    lang = (getattr(source, "params", None) or {}).get("target_lang")
+    if lang is not None:
+        raise NotAvailableError(
+            f"This generation's output follows a forced language token (target_lang={lang!r}), "
+            "and the logit lens of such an output is not available in this version.")
+    prompt_ids = getattr(source, "prompt_ids", None)
+    new_ids = [getattr(r, "id", None) for r in getattr(source, "tokens", None) or ()]
+    if getattr(source, "model", None) == name and prompt_ids and new_ids and None not in new_ids:
+        return tuple(prompt_ids), tuple(int(i) for i in new_ids if i is not None), 1
+    return source.prompt, source.text, 1
+
+
 def logit_lens(text_or_generation: Any, model: str | None = None, top: int = 5,
-               max_tokens: int | None = None, *,
+               max_tokens: int | None = None, *, target: str | Sequence[int] | None = None,
                manager: ModelManager | None = None) -> LensMap:
     """The exact logit lens of a text, or of a generation's final sequence.
 
@@ -323,6 +364,10 @@ def logit_lens(text_or_generation: Any, model: str | None = None, top: int = 5,
     max_tokens : int, optional
         Refuse longer sequences (default 2,048); the message says what the lens
         would take.
+    target : str or list of int, optional
+        For an encoder–decoder (T5, BART, Marian) and a source text: the output
+        whose decoder the lens reads (a text, tokenized as the model's output,
+        or its ids). A generation of the model holds its own.
 
     Returns
     -------
@@ -336,6 +381,9 @@ def logit_lens(text_or_generation: Any, model: str | None = None, top: int = 5,
         A served model, or an architecture whose lens does not reproduce its own
         logits (its final norm cannot be found, or its output is scaled in a way
         the lens does not know).
+    InvalidOptionError
+        ``target`` with a causal model or a generation, or an encoder–decoder
+        given a text without one.
 
     Examples
     --------
@@ -345,6 +393,7 @@ def logit_lens(text_or_generation: Any, model: str | None = None, top: int = 5,
     ...                 logprobs=5)  # doctest: +SKIP
     >>> lm.logit_lens(g).prompt_tokens == g.stats.prompt_tokens  # doctest: +SKIP
     True
+    >>> lm.logit_lens("def add(a, b):", target="return a + b", model="t5")  # doctest: +SKIP
     """
     manager = manager or get_manager()
     top = _check_top(top)
@@ -356,9 +405,18 @@ def logit_lens(text_or_generation: Any, model: str | None = None, top: int = 5,
     elif not isinstance(getattr(text_or_generation, "prompt", None), str):  # before any load
         raise InvalidOptionError("logit_lens reads a text or a Generation, not "
                                  f"{type(text_or_generation).__name__}.")
+    elif target is not None:
+        raise InvalidOptionError("A Generation holds its own output: drop target=, or give "
+                                 "the source as a text with target=.")
+    output: str | Sequence[int] | None = _check_target(target)
     name = resolve(manager, model,
                    of=None if isinstance(text_or_generation, str) else text_or_generation)
-    source, prompt_tokens = _sequence(text_or_generation, name)
+    text = None
+    if manager.info(name).kind == "seq2seq":
+        source, output, prompt_tokens = _pair(text_or_generation, name, output)
+        text = getattr(text_or_generation, "prompt", text_or_generation)
+    else:
+        source, prompt_tokens = _sequence(text_or_generation, name)
     with manager.checkout(name) as backend:
-        captured = backend.logit_lens(source, top=top, max_tokens=limit)
-    return LensMap.from_capture(captured, name, prompt_tokens)
+        captured = backend.logit_lens(source, top=top, max_tokens=limit, target=output)
+    return LensMap.from_capture(captured, name, prompt_tokens, source=text)

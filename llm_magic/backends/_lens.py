@@ -39,7 +39,8 @@ entering the final norm, and the model's head over the final norm's output,
 must both equal the logits of the model's own forward pass, at the first and
 last positions. An architecture where any of this fails (blocks that run
 twice, a norm or a scale this module does not know) is refused in one line; a
-plausible but wrong grid is never drawn.
+plausible but wrong grid is never drawn. An encoder–decoder's decoder is read
+the same way, its trunk and head found by ``_lens_seq2seq``, through :func:`grid`.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ from .base import LensCapture
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CHECK_TOLERANCE", "final_norm", "kernel_bytes", "lens", "payload_bytes"]
+__all__ = ["CHECK_TOLERANCE", "check_size", "final_norm", "grid", "kernel_bytes", "lens",
+           "payload_bytes"]
 
 #: How far the self-check lets the lens of the last block drift from the model's
 #: logits, in float32. A half-precision model's own logits are rounded to its
@@ -355,6 +357,25 @@ def _check(model: Any, head: _Head, norm: Any, run: _Pass, at: list[int]) -> flo
     return diff
 
 
+def check_size(n: int, rows: int, k: int, max_tokens: int, context_length: int | None,
+               what: str = "sequence") -> None:
+    """Refuse an empty sequence, one past the lens's cap, or one past what the model reads."""
+    if n == 0:
+        raise InvalidOptionError("The text encodes to no tokens; write some text.")
+    if n > max_tokens:
+        raise InvalidOptionError(
+            f"The {what} is {n} tokens, past the logit lens cap of {max_tokens}: its lens "
+            f"would take {format_size(kernel_bytes(rows, n, k))} in the kernel and "
+            f"{format_size(payload_bytes(rows, n, k))} in the view ({rows} rows x {n} positions "
+            f"x top {k}). Shorten the text, or pass max_tokens={n} if that is fine."
+        )
+    if context_length is not None and n > context_length:
+        raise PromptTooLongError(
+            f"The {what} is {n} tokens, but the model reads at most {context_length}. "
+            "Shorten the text."
+        )
+
+
 def lens(model: Any, tokenizer: Any, ids: Sequence[int], *, top: int, max_tokens: int,
          context_length: int | None = None, texts: TokenTexts | None = None) -> LensCapture:
     """The exact logit lens of ``ids``: rows = embeddings, each block (the last = the output).
@@ -365,51 +386,43 @@ def lens(model: Any, tokenizer: Any, ids: Sequence[int], *, top: int, max_tokens
     >>> cap.top_ids.shape  # rows, positions, k  # doctest: +SKIP
     (5, 3, 5)
     """
-    import numpy as np
     import torch
 
     ids = [int(i) for i in ids]
-    n = len(ids)
-    if n == 0:
-        raise InvalidOptionError("The text encodes to no tokens; write some text.")
-    layers = _layers(model)
     head = _Head(model)
-    vocab = int(head.weight.shape[0])
-    k = min(int(top), vocab)
-    rows = layers + 1
-    if n > max_tokens:
-        raise InvalidOptionError(
-            f"The sequence is {n} tokens, past the logit lens cap of {max_tokens}: its lens "
-            f"would take {format_size(kernel_bytes(rows, n, k))} in the kernel and "
-            f"{format_size(payload_bytes(rows, n, k))} in the view ({rows} rows x {n} positions "
-            f"x top {k}). Shorten the text, or pass max_tokens={n} if that is fine."
-        )
-    if context_length is not None and n > context_length:
-        raise PromptTooLongError(
-            f"The sequence is {n} tokens, but the model reads at most {context_length}. "
-            "Shorten the text."
-        )
+    k = min(int(top), int(head.weight.shape[0]))
+    check_size(len(ids), _layers(model) + 1, k, max_tokens, context_length)
     trunk = _trunk(model)
     norm = _float32(final_norm(model))
-    at = sorted({0, n - 1})
-    device = head.weight.device
+    at = sorted({0, len(ids) - 1})
     with torch.inference_mode():
         run = _forward(model, ids, at, trunk)
-        check = _check(model, head, norm, run, at)
-        hidden = run.hidden
-        del run
-        out_ids = torch.empty((rows, n, k), dtype=torch.int32, device=device)
-        out_probs = torch.empty((rows, n, k), dtype=torch.float32, device=device)
-        metrics = torch.zeros((4, rows, n), dtype=torch.float32, device=device)
-        chunk = _chunk_size(head.weight.nbytes, vocab)
-        for lo in range(0, n, chunk):
-            hi = min(n, lo + chunk)
-            _chunk(head, norm, hidden, lo, hi, k, out_ids, out_probs, metrics)
-        del hidden
-        _finish(out_probs, metrics)
-        top_ids = out_ids.cpu().numpy()
-        top_probs = out_probs.cpu().numpy()
-        final_prob, final_rank, entropy, kl = metrics.cpu().numpy()
+        return grid(model, head, norm, run, ids, at, k=k, tokenizer=tokenizer, texts=texts)
+
+
+def grid(model: Any, head: _Head, norm: Any, run: _Pass, ids: list[int], at: list[int], *,
+         k: int, tokenizer: Any, texts: TokenTexts | None) -> LensCapture:
+    """Check one pass (:func:`_check`), then reduce every row of it to the capture."""
+    import numpy as np
+    import torch
+
+    check = _check(model, head, norm, run, at)
+    hidden = run.hidden
+    del run
+    rows, n, vocab = len(hidden), len(ids), int(head.weight.shape[0])
+    device = head.weight.device
+    out_ids = torch.empty((rows, n, k), dtype=torch.int32, device=device)
+    out_probs = torch.empty((rows, n, k), dtype=torch.float32, device=device)
+    metrics = torch.zeros((4, rows, n), dtype=torch.float32, device=device)
+    chunk = _chunk_size(head.weight.nbytes, vocab)
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        _chunk(head, norm, hidden, lo, hi, k, out_ids, out_probs, metrics)
+    del hidden
+    _finish(out_probs, metrics)
+    top_ids = out_ids.cpu().numpy()
+    top_probs = out_probs.cpu().numpy()
+    final_prob, final_rank, entropy, kl = metrics.cpu().numpy()
     texts = texts or TokenTexts(tokenizer)  # the backend's own keeps each id's text
     vocab_texts = {int(i): texts(int(i)) for i in np.unique(np.concatenate(
         [top_ids.reshape(-1), np.asarray(ids, dtype=np.int32)]))}

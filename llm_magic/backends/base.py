@@ -468,16 +468,18 @@ class Backend(abc.ABC):
             "kernel (a local directory, a cached hub id or 'demo')."
         )
 
-    def score_target(self, source: str, target: str, *, logprobs: int,
-                     max_tokens: int | None = None) -> ScoreCapture:
-        """Teacher-force ``target`` as the continuation of (or the output for) ``source``."""
+    def score_target(self, source: str | Sequence[int], target: str | Sequence[int], *,
+                     logprobs: int, max_tokens: int | None = None) -> ScoreCapture:
+        """Teacher-force ``target`` as the continuation of (or the output for) ``source``
+        (each a text, or token ids)."""
         raise NotAvailableError(
             f"The {self.kind!r} backend cannot score a given text: it needs the model's "
             "probabilities of every token here. Load the model in this kernel to score.")
 
-    def logit_lens(self, source: str | Sequence[int], *, top: int,
-                   max_tokens: int) -> LensCapture:
-        """The exact logit lens of one forward pass over ``source`` (a text or token ids).
+    def logit_lens(self, source: str | Sequence[int], *, top: int, max_tokens: int,
+                   target: str | Sequence[int] | None = None) -> LensCapture:
+        """The exact logit lens of one forward pass over ``source`` (a text or token ids);
+        of an encoder–decoder's decoder over ``target``, its output for ``source``.
 
         Raises :class:`~llm_magic.errors.InvalidOptionError` past ``max_tokens``,
         and :class:`~llm_magic.errors.NotAvailableError` for a model whose lens

@@ -736,8 +736,8 @@ class HFBackend(Backend):
                                    max_tokens=max_tokens or 1_000_000,
                                    context_length=self.context_length)
 
-    def score_target(self, source: str, target: str, *, logprobs: int,
-                     max_tokens: int | None = None) -> Any:
+    def score_target(self, source: str | Sequence[int], target: str | Sequence[int], *,
+                     logprobs: int, max_tokens: int | None = None) -> Any:
         """Teacher-force ``target`` after (causal) or for (encoder–decoder) ``source``.
 
         The capture's ids are the token before the target (read, not scored), then
@@ -749,7 +749,8 @@ class HFBackend(Backend):
         if self.seq2seq:
             return _s2s.score_target(self, source, target, logprobs=logprobs)
         head = self._ids(source, "score")
-        tail = list(self.tokenizer(target, add_special_tokens=False, verbose=False)["input_ids"])
+        tail = (list(self.tokenizer(target, add_special_tokens=False, verbose=False)["input_ids"])
+                if isinstance(target, str) else self._ids(target, "score"))
         if not tail:
             raise InvalidOptionError("The target encodes to no tokens; write the text to score.")
         with _out_of_memory_guard(repr(self.spec.name), self.device):
@@ -759,13 +760,20 @@ class HFBackend(Backend):
         cut = len(head) - 1
         return type(full)(full.ids[cut:], full.texts[cut:], full.records)
 
-    def logit_lens(self, source: str | Sequence[int], *, top: int, max_tokens: int) -> Any:
-        """The exact, self-checked logit lens of one forward pass (see ``backends/_lens``)."""
-        from . import _lens
+    def logit_lens(self, source: str | Sequence[int], *, top: int, max_tokens: int,
+                   target: str | Sequence[int] | None = None) -> Any:
+        """The exact, self-checked logit lens of one forward pass (see ``backends/_lens``;
+        an encoder–decoder's decoder over ``target``: ``backends/_lens_seq2seq``)."""
+        from . import _lens, _lens_seq2seq
 
         self._check_generates()
         if self.seq2seq:
-            raise _s2s.unsupported(self.spec.name, "The logit lens")
+            with _out_of_memory_guard(repr(self.spec.name), self.device):
+                return _lens_seq2seq.lens_of(self, source, target, top=top, max_tokens=max_tokens)
+        if target is not None:
+            raise InvalidOptionError(
+                f"target= is an encoder–decoder's output; {self.spec.name!r} is a causal LM: "
+                "look at the whole text, lm.logit_lens(source + target, model=...).")
         ids = self._ids(source, "look at")
         with _out_of_memory_guard(repr(self.spec.name), self.device):
             return _lens.lens(self.model, self.tokenizer, ids, top=top, max_tokens=max_tokens,

@@ -106,14 +106,17 @@ def inputs(backend: Any, request: GenerationRequest, source: list[int]
     return found, prefix, room
 
 
-def score_target(backend: Any, source: str, target: str, *, logprobs: int) -> ScoreCapture:
-    """Teacher-force ``target`` as the output for ``source``: one record per target token."""
+def score_target(backend: Any, source: str | Sequence[int], target: str | Sequence[int], *,
+                 logprobs: int) -> ScoreCapture:
+    """Teacher-force ``target`` (a text, or output ids) as the output for ``source``: one record
+    per target token."""
     from . import _logprobs
 
     name = backend.spec.name
     source_ids = backend._ids(source, "translate")
     check_source(name, len(source_ids), backend.context_length)
-    target_ids = list(backend.tokenizer(text_target=target, verbose=False)["input_ids"])
+    target_ids = (list(backend.tokenizer(text_target=target, verbose=False)["input_ids"])
+                  if isinstance(target, str) else backend._ids(target, "score"))
     if not target_ids:
         raise InvalidOptionError("The target encodes to no tokens; write the output to score.")
     decoder = [decoder_start(backend.model, backend.pad_id), *target_ids]
