@@ -38,7 +38,12 @@ from .errors import (
 from .history import HistoryRow, HistoryTable, RerunResult, history, rerun
 
 if TYPE_CHECKING:
-    from .analysis.attention import AttentionMap, attention, attention_max_tokens
+    from .analysis.attention import (
+        AttentionMap,
+        Seq2SeqAttention,
+        attention,
+        attention_max_tokens,
+    )
     from .analysis.attribution import Attribution, attribute
     from .analysis.compare import Comparison, compare
     from .analysis.lens import LensMap, logit_lens
@@ -55,7 +60,8 @@ if TYPE_CHECKING:
 # The rest of the API imports on first use (``__getattr__`` below): ``%load_ext
 # llm_magic`` then compiles and runs a few modules instead of forty.
 _LAZY = {
-    **dict.fromkeys(["AttentionMap", "attention", "attention_max_tokens"], "analysis.attention"),
+    **dict.fromkeys(["AttentionMap", "Seq2SeqAttention", "attention", "attention_max_tokens"],
+                    "analysis.attention"),
     **dict.fromkeys(["Attribution", "attribute"], "analysis.attribution"),
     **dict.fromkeys(["Comparison", "compare"], "analysis.compare"),
     **dict.fromkeys(["LensMap", "logit_lens"], "analysis.lens"),
@@ -109,6 +115,7 @@ __all__ = [
     "QualityReport",
     "RerunResult",
     "Scores",
+    "Seq2SeqAttention",
     "ServerError",
     "TokenRecord",
     "UnloadReport",

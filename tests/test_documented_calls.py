@@ -37,6 +37,9 @@ def _raises(call: str, error: str, text: str) -> str:
             f"else:\n    raise AssertionError('no {error}')")
 
 
+_S2S = ("g = lm.load('demo-translator').generate('3/3/2021', max_new_tokens=12, logprobs=1)\n"
+        "a = lm.attention(g)\n")
+
 #: One program per public name of llm_magic; each starts in a process without llm_magic.
 NAMES: dict[str, str] = {
     "AttentionMap": f"amap = lm.attention({PROMPT!r}, model='demo')\n"
@@ -64,6 +67,7 @@ NAMES: dict[str, str] = {
                    "assert isinstance(a, lm.Attribution)",
     "attribute": f"a = lm.attribute({PROMPT!r}, model='demo', method='integrated_gradients')\n"
                  "assert a.scores.shape[0] == 1 and a.completeness[0] < 0.01",
+    "Seq2SeqAttention": _S2S + "assert isinstance(a, lm.Seq2SeqAttention)",
     "Estimate": "assert isinstance(lm.estimate('demo'), lm.Estimate)",
     "Generation": LOAD + f"g = lm.generate({PROMPT!r}, max_new_tokens=3)\n"
                          "assert isinstance(g, lm.Generation)",
@@ -195,6 +199,16 @@ METHODS: dict[tuple[str, str], str] = {
     ("AttentionMap", "to_html"): _AMAP + "assert 'layer 0, head 0' in amap.to_html(0, 0)",
     ("AttentionMap", "to_png"): _AMAP + "assert amap.to_png(layer=0, head=0)[:4] == b'\\x89PNG'",
     ("AttentionMap", "widget"): _AMAP + "w = amap.widget()\nw.close()",
+    ("AttentionMap", "columns"): _AMAP + "assert amap.columns == amap.labels",
+    ("AttentionMap", "described"): _AMAP + "assert amap.described == 'causal'",
+    ("Seq2SeqAttention", "best_head"): _S2S + "assert len(a.best_head()) == 3",
+    ("Seq2SeqAttention", "from_capture"): _S2S + "assert callable(type(a).from_capture)",
+    ("Seq2SeqAttention", "kinds"): _S2S + "assert a.kinds == ('encoder', 'decoder', 'cross')",
+    ("Seq2SeqAttention", "nbytes"): _S2S + "assert a.nbytes > 0",
+    ("Seq2SeqAttention", "summary"): _S2S + "assert 'demo-translator' in a.summary()",
+    ("Seq2SeqAttention", "to_html"): _S2S + "assert 'cross-attention' in a.to_html()",
+    ("Seq2SeqAttention", "to_png"): _S2S + "assert a.to_png()[:4] == b'\\x89PNG'",
+    ("Seq2SeqAttention", "widget"): _S2S + "w = a.widget()\nw.close()",
     ("Conversation", "branch"): LOAD + "c = lm.chat(max_new_tokens=3, logprobs=2)\n"
                                        f"g = c.say({PROMPT!r})\n"
                                        "b = c.branch(g, 1, g.tokens[1].top[1][0])\n"
@@ -223,7 +237,8 @@ METHODS: dict[tuple[str, str], str] = {
 }
 
 CLASSES = ("ModelHandle", "Generation", "GenerationStats", "LensMap", "Comparison", "Scores",
-           "AttentionMap", "Conversation", "Ablation", "Patching", "Attribution")
+           "AttentionMap", "Conversation", "Ablation", "Patching", "Attribution",
+           "Seq2SeqAttention")
 
 
 def _public_members(cls: type) -> set[str]:

@@ -204,7 +204,7 @@ def test_the_reverse_and_the_limits(model, manager, tiny_gpt2):
         lm.generate("word " * 200, model=model, max_new_tokens=3, manager=manager)
     with pytest.raises(NotAvailableError, match="conversation needs a causal LM"):
         lm.chat(model=model, manager=manager).say("Hello")
-    with pytest.raises(NotAvailableError, match="encoder–decoder"):
+    with pytest.raises(InvalidOptionError, match="encoder–decoder model: its attention needs"):
         lm.attention(SOURCE, model=model, manager=manager)
 
 

@@ -23,7 +23,13 @@ Examples
 
 from __future__ import annotations
 
-from .attention import AttentionMap, attention, attention_max_tokens, last_attention
+from .attention import (
+    AttentionMap,
+    Seq2SeqAttention,
+    attention,
+    attention_max_tokens,
+    last_attention,
+)
 from .attribution import Attribution, attribute
 from .compare import Comparison, compare
 from .lens import LensMap, logit_lens
@@ -32,6 +38,6 @@ from .quality import QualityReport, quality
 from .tokens import Scores, TokenRecord, score
 
 __all__ = ["Ablation", "AttentionMap", "Attribution", "Comparison", "LensMap", "Patching",
-           "QualityReport", "Scores", "TokenRecord", "ablate", "attention",
+           "QualityReport", "Scores", "Seq2SeqAttention", "TokenRecord", "ablate", "attention",
            "attention_max_tokens", "attribute", "compare", "last_attention", "logit_lens",
            "patch", "quality", "score"]

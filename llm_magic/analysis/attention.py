@@ -19,11 +19,13 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..common.attention_map import AttentionMap, attention_max_tokens
 from ..common.attention_map import max_tokens as max_tokens_or_cap
+from ..common.attention_seq2seq import Seq2SeqAttention
 from ..common.text import check_text
+from ..errors import InvalidOptionError, NotAvailableError
 from ..manager import ModelManager, get_manager
 from ._resolve import resolve
 
@@ -31,35 +33,80 @@ if TYPE_CHECKING:
 
     from ..backends.base import Backend
 
-__all__ = ["AttentionMap", "attention", "attention_max_tokens", "last_attention"]
+__all__ = ["AttentionMap", "Seq2SeqAttention", "attention", "attention_max_tokens",
+           "last_attention"]
+
 
 def capture(backend: Backend, source: str | Sequence[int], model: str, *,
-            max_tokens: int | None = None, prompt_tokens: int | None = None) -> AttentionMap:
+            max_tokens: int | None = None, prompt_tokens: int | None = None,
+            target: str | Sequence[int] | None = None) -> AttentionMap | Seq2SeqAttention:
     """Capture with a checked-out backend (the model's lock held by the caller)."""
-    captured = backend.capture_attention(source, max_tokens=max_tokens_or_cap(max_tokens))
+    limit = max_tokens_or_cap(max_tokens)
+    if target is not None or getattr(backend, "seq2seq", False):
+        if not getattr(backend, "seq2seq", False):
+            raise InvalidOptionError(
+                f"{model!r} is not an encoder–decoder model: target= applies only to one (T5, "
+                f"BART, Marian). Look at the whole text with lm.attention(text, model={model!r}).")
+        return Seq2SeqAttention.from_capture(
+            backend.capture_attention(source, max_tokens=limit, target=target), model)
+    captured = backend.capture_attention(source, max_tokens=limit)
     return AttentionMap.from_capture(captured, model, prompt_tokens)
 
 
-def attention(text: str, model: str | None = None, *, max_tokens: int | None = None,
-              manager: ModelManager | None = None) -> AttentionMap:
-    """The attention of one plain forward pass over ``text``.
+def _check_target(target: Any) -> None:
+    """A text or a list of token ids; anything else refused here, not deep in the model."""
+    if target is None or isinstance(target, str):
+        return
+    if not isinstance(target, (list, tuple)) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in target):
+        raise InvalidOptionError(f"target must be a text or a list of token ids, not "
+                                 f"{type(target).__name__} {str(target)[:40]!r}.")
+
+
+def _from_generation(gen: Any) -> tuple[str, list[int], list[int], int]:
+    """A generation's model, source (prompt) ids, output ids and prompt length."""
+    if gen.prompt_ids is None or gen.tokens is None:
+        raise NotAvailableError(
+            "This generation did not keep its token ids: generate with logprobs=1 (its "
+            "token records), or with attention=True (then gen.attention is the capture).")
+    if gen.params.get("target_lang") and gen.attention is None:
+        raise NotAvailableError(
+            "This generation forced a target language: its capture needs the forced token; "
+            "generate with attention=True (then gen.attention is the capture).")
+    return gen.model, list(gen.prompt_ids), [int(r.id) for r in gen.tokens], len(gen.prompt_ids)
+
+
+def attention(text: Any, model: str | None = None, *,
+              target: str | Sequence[int] | None = None, max_tokens: int | None = None,
+              manager: ModelManager | None = None) -> AttentionMap | Seq2SeqAttention:
+    """The attention of one plain forward pass over ``text`` (or a generation, or a source
+    and its ``target`` on an encoder–decoder model).
 
     Parameters
     ----------
-    text : str
+    text : str or Generation
         The text, tokenized as the model's tokenizer does by default (special
-        tokens such as ``[CLS]`` and ``[SEP]`` included).
+        tokens such as ``[CLS]`` and ``[SEP]`` included); the source of an
+        encoder–decoder. A :class:`~llm_magic.Generation` (with its token
+        records, ``logprobs=K``) is looked at whole: its prompt and output ids
+        (an encoder–decoder's source, and its output after the decoder's start
+        token); its model unless ``model`` names another.
     model : str, optional
         A loaded model's name, or a source to load (a directory, a cached hub id,
         ``"demo"``): causal LMs and encoders (BERT-style) alike. The default
         model when omitted.
+    target : str or sequence of int, optional
+        An encoder–decoder's output: a text, or the ids after the decoder's
+        start token. Required there (or a Generation); refused on other models.
     max_tokens : int, optional
         Refuse longer sequences (default :func:`attention_max_tokens`): the
         weights take layers x heads x T^2 x 2 bytes in the kernel.
 
     Returns
     -------
-    AttentionMap
+    AttentionMap or Seq2SeqAttention
+        A :class:`Seq2SeqAttention` (``.encoder``, ``.decoder``, ``.cross``) for an
+        encoder–decoder model.
 
     Raises
     ------
@@ -75,11 +122,26 @@ def attention(text: str, model: str | None = None, *, max_tokens: int | None = N
     (4, 4)
     """
     manager = manager or get_manager()
-    check_text(text, "The text", hint="write some text to look at")
     limit = max_tokens_or_cap(max_tokens)
+    _check_target(target)
+    source: str | list[int] = text
+    prompt_tokens = None
+    if hasattr(text, "prompt_ids") and hasattr(text, "tokens"):
+        if target is not None:
+            raise InvalidOptionError("A generation brings its own output: drop target=.")
+        model = model or text.model
+        if text.attention is not None and model == text.model and max_tokens is None:
+            return text.attention  # type: ignore[no-any-return]
+        _, ids, output, prompt_tokens = _from_generation(text)
+        source, target = ids, output
+    else:
+        check_text(text, "The text", hint="write some text to look at")
     name = resolve(manager, model)
     with manager.checkout(name) as backend:
-        return capture(backend, text, name, max_tokens=limit)
+        if prompt_tokens is not None and not getattr(backend, "seq2seq", False):
+            source, target = [*source, *(target or [])], None
+        return capture(backend, source, name, max_tokens=limit, target=target,
+                       prompt_tokens=prompt_tokens)
 
 
 def last_attention(manager: ModelManager | None = None) -> AttentionMap | None:

@@ -443,9 +443,13 @@ class Backend(abc.ABC):
         return results
 
     def capture_attention(
-        self, source: str | Sequence[int], *, max_tokens: int
-    ) -> AttentionCapture:
+        self, source: str | Sequence[int], *, max_tokens: int,
+        target: str | Sequence[int] | None = None,
+    ) -> Any:
         """The exact attention of one forward pass over ``source`` (a text or token ids).
+
+        An :class:`AttentionCapture`; for an encoder–decoder model, ``target`` is its
+        output and the capture holds three (``encoder``, ``decoder``, ``cross``).
 
         A text is tokenized as the model's tokenizer does by default (special
         tokens included). Raises :class:`~llm_magic.errors.InvalidOptionError`

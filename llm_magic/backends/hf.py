@@ -249,6 +249,13 @@ class HFJob(GenerationJob):
     def prompt_ids(self) -> list[int]:
         return list(self._prompt_ids)
 
+    def decoder_ids(self) -> list[int] | None:
+        """An encoder–decoder's output as the decoder read it: its prefix (start token, a
+        forced language), then every output token (None for a causal model)."""
+        if not self.seq2seq:
+            return None
+        return self.inputs["decoder_input_ids"][0].tolist() + self._detok.ids[self._lead:]
+
     def token_records(self) -> tuple[Any, ...] | None:
         return self._records
 
@@ -616,12 +623,15 @@ class HFBackend(Backend):
                 f"model={self.spec.name!r}), or generate with a causal LM (GPT-2, Llama, ...)."
             )
 
-    def capture_attention(self, source: str | Sequence[int], *, max_tokens: int) -> Any:
-        """The exact attention of one eager forward pass (see ``backends/_attention``)."""
-        from . import _attention
+    def capture_attention(self, source: str | Sequence[int], *, max_tokens: int,
+                          target: str | Sequence[int] | None = None) -> Any:
+        """The exact attention of one eager forward pass (see ``backends/_attention``; an
+        encoder–decoder's three kinds over ``source`` and ``target``: ``_attention_seq2seq``)."""
+        from . import _attention, _attention_seq2seq
 
-        if self.seq2seq:
-            raise _s2s.unsupported(self.spec.name, "The attention capture")
+        if self.seq2seq or target is not None:
+            with _out_of_memory_guard(repr(self.spec.name), self.device):
+                return _attention_seq2seq.capture_for(self, source, target, max_tokens=max_tokens)
         ids = self._ids(source, "look at")
         with _out_of_memory_guard(repr(self.spec.name), self.device):
             return _attention.capture(self.model, self.tokenizer, ids, causal=not self.encoder,

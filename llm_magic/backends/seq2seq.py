@@ -132,7 +132,8 @@ def score_target(backend: Any, source: str | Sequence[int], target: str | Sequen
 def unsupported(name: str, what: str) -> NotAvailableError:
     return NotAvailableError(
         f"{what} of {name!r}, an encoder–decoder model, is not available in this version; "
-        "generation, token records, branches and lm.score(source, target=...) are.")
+        "generation, token records, branches, lm.score(source, target=...), the attention, "
+        "the logit lens and compare are.")
 
 
 def batch_ids(backend: Any, requests: Sequence[GenerationRequest]) -> None:

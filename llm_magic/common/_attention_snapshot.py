@@ -19,7 +19,7 @@ from .visible import visible
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["head_plot", "page", "scale", "thumbnails", "token_list"]
+__all__ = ["block_mean2", "head_plot", "page", "scale", "thumbnails", "token_list"]
 
 #: Pixels of the heatmap at most, and the cell size from which tokens label the axes
 #: (MAX_SIDE and LABELLED in attention.js).
@@ -37,38 +37,54 @@ def _cell(t: int) -> int:
     return max(1, min(24, MAX_SIDE // max(t, 1)))
 
 
-def head_plot(values: np.ndarray, labels: tuple[str, ...], prompt_tokens: int | None = None
-              ) -> str:
-    """The heatmap of one head (T x T) with the tokens along both axes where cells allow;
-    a generation's new tokens in green (the view underlines them in green)."""
-    t = int(values.shape[-1])
-    cell = _cell(t)
-    if t * cell <= MAX_SIDE:
+def _pixels(values: np.ndarray, cell: int) -> tuple[np.ndarray, int, int]:
+    """Palette pixels of a (rows x cols) head: ``cell`` pixels a token, or block means."""
+    n_rows, n_cols = (int(n) for n in values.shape[-2:])
+    if max(n_rows, n_cols) * cell <= MAX_SIDE:
         pixels = _heatmap.levels(values).repeat(cell, axis=0).repeat(cell, axis=1)
-        side = t * cell
-    else:  # more tokens than pixels: block means, one pixel each
-        pixels = _heatmap.levels(_heatmap.block_mean(values, MAX_SIDE))
-        side = MAX_SIDE
+        return pixels, n_cols * cell, n_rows * cell
+    # more tokens than pixels: block means, at most one pixel each
+    h, w = min(n_rows, MAX_SIDE), min(n_cols, MAX_SIDE)
+    return _heatmap.levels(block_mean2(values, h, w)), w, h
+
+
+def head_plot(values: np.ndarray, labels: tuple[str, ...], prompt_tokens: int | None = None,
+              *, columns: tuple[str, ...] | None = None, axes: tuple[str, str] | None = None
+              ) -> str:
+    """The heatmap of one head (rows x columns) with the tokens along both axes where cells
+    allow; a generation's new tokens in green (the view underlines them in green).
+
+    ``columns`` are the columns' tokens where they differ from the rows' (cross-attention);
+    ``axes`` names rows and columns ("output", "source")."""
+    t = int(values.shape[-2])
+    n_cols = int(values.shape[-1])
+    columns = labels if columns is None else columns
+    cell = _cell(max(t, n_cols))
+    pixels, width, height = _pixels(values, cell)
     img = (f"<img alt='attention heatmap' src='{_heatmap.png_src(_heatmap.encode_png(pixels))}'"
-           f" width='{side}' height='{side}' style='display:block;width:{side}px;"
-           f"height:{side}px;max-width:none;border:1px solid #ccc;image-rendering:pixelated;"
+           f" width='{width}' height='{height}' style='display:block;width:{width}px;"
+           f"height:{height}px;max-width:none;border:1px solid #ccc;image-rendering:pixelated;"
            "margin:0'>")
     rows = cols = ""
     new = t if prompt_tokens is None else prompt_tokens
-    if cell >= LABELLED and t == len(labels):
+    row_name, col_name = ("query token", "key token") if axes is None else (
+        f"{axes[0]} token (query)", f"{axes[1]} token (key)")
+    if cell >= LABELLED and t == len(labels) and n_cols == len(columns):
         font = f"font-size:{min(11, cell - 2)}px;line-height:{cell}px"
         ink = [";color:#006d2c;font-weight:600" if i >= new else "" for i in range(t)]
+        col_ink = ink if columns is labels else [""] * n_cols
         rows = "".join(f"<div style='{_LABEL};{font};height:{cell}px;max-width:120px;"
                        f"text-align:right{ink[i]}'>{escape(visible(w))}</div>"
                        for i, w in enumerate(labels))
         cols = "".join(f"<div style='{_LABEL};{font};width:{cell}px;max-height:90px;"
-                       f"writing-mode:vertical-rl;transform:rotate(180deg);text-align:left{ink[i]}'>"
-                       f"{escape(visible(w))}</div>" for i, w in enumerate(labels))
-        axes = "rows: query token, columns: key token"
+                       "writing-mode:vertical-rl;transform:rotate(180deg);text-align:left"
+                       f"{col_ink[i]}'>{escape(visible(w))}</div>" for i, w in enumerate(columns))
+        axes_note = f"rows: {row_name}, columns: {col_name}"
     else:
-        axes = f"rows: query tokens 0 to {t - 1}, columns: key tokens 0 to {t - 1}"
+        rows_of, cols_of = (name.replace("token", "tokens", 1) for name in (row_name, col_name))
+        axes_note = f"rows: {rows_of} 0 to {t - 1}, columns: {cols_of} 0 to {n_cols - 1}"
     if new < t:
-        axes += f"; tokens {new} to {t - 1} (in green where labelled) were generated"
+        axes_note += f"; tokens {new} to {t - 1} (in green where labelled) were generated"
     plot = (
         "<div style='display:grid;grid-template-columns:auto auto;align-items:end;"
         "justify-content:start'><div></div>"
@@ -76,14 +92,16 @@ def head_plot(values: np.ndarray, labels: tuple[str, ...], prompt_tokens: int | 
         f"{cols}</div>"
         "<div style='display:flex;flex-direction:column;align-self:start;margin-right:4px;"
         f"padding-top:1px'>{rows}</div>{img}<div></div>"
-        f"<div style='{_NOTE}'>{escape(axes)}</div></div>"
+        f"<div style='{_NOTE}'>{escape(axes_note)}</div></div>"
     )
     return plot
 
 
-def token_list(labels: tuple[str, ...]) -> str:
-    """The tokens in order, under a map too dense for token labels on its axes ("" else)."""
-    if not labels or _cell(len(labels)) >= LABELLED:
+def token_list(labels: tuple[str, ...], name: str | None = None, side: int | None = None
+               ) -> str:
+    """The tokens in order, under a map too dense for token labels on its axes ("" else);
+    ``name`` says which ("source"), ``side`` is the map's most tokens a side."""
+    if not labels or _cell(side or len(labels)) >= LABELLED:
         return ""
     token = ("display:inline-block;white-space:pre;unicode-bidi:isolate;border:1px solid "
              "#ddd;border-radius:3px;padding:0 2px;margin:0 2px 2px 0")
@@ -91,7 +109,8 @@ def token_list(labels: tuple[str, ...]) -> str:
                     for w in labels[:TOKENS])
     more = f" … (+{len(labels) - TOKENS})" if len(labels) > TOKENS else ""
     return ("<div style='font-size:11px;font-family:ui-monospace,monospace;margin-top:4px;"
-            f"max-height:12em;overflow-y:auto'>tokens 0 to {len(labels) - 1}: {shown}{more}</div>")
+            f"max-height:12em;overflow-y:auto'>{name + ' ' if name else ''}tokens 0 to "
+            f"{len(labels) - 1}: {shown}{more}</div>")
 
 
 def scale(top: float, mean: bool = False) -> str:
@@ -151,3 +170,24 @@ def page(title: str, plot: str, bar: str, tokens: str, grid: str) -> str:
         f"<div style='max-width:100%;overflow-x:auto'>{plot}"
         f"<div style='width:0;min-width:100%'>{bar}{tokens}</div></div>{grid}</div></div>"
     )
+
+
+def block_mean2(values: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Shrink (or grow, by repeating) the last two axes of ``values`` to (rows, cols)."""
+    import numpy as np
+
+    if rows == cols and values.shape[-1] == values.shape[-2]:
+        return _heatmap.block_mean(values, rows)
+    out = np.asarray(values, dtype=np.float32)
+    for axis, size in ((-2, rows), (-1, cols)):
+        t = out.shape[axis]
+        if t == size:
+            continue
+        if t < size:
+            out = np.take(out, (np.arange(size) * t) // size, axis=axis)
+            continue
+        edges = (np.arange(size) * t) // size
+        counts = np.diff(np.append(edges, t)).astype(np.float32)
+        out = np.add.reduceat(out, edges, axis=axis)
+        out = out / (counts[:, None] if axis == -2 else counts)
+    return out  # type: ignore[no-any-return]

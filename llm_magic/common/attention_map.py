@@ -68,6 +68,15 @@ class AttentionMap:
     pooled : numpy.ndarray or None
         Every head averaged over blocks, (layers, heads, s, s) with s = min(T, 32):
         the overview behind thumbnails and the PNG grid.
+    kind : str
+        "causal", "encoder" (a BERT-style encoder, or an encoder–decoder's encoder),
+        "decoder" (an encoder–decoder's decoder) or "cross" (its cross-attention:
+        rows = output tokens, columns = source tokens). Defaults from ``causal``.
+    key_labels : tuple of str or None
+        The columns' tokens where they are not the rows' (cross-attention: the source).
+    axes : tuple of (str, str) or None
+        What the rows and columns are ("output", "source"); None: query and key tokens
+        of one sequence.
 
     Examples
     --------
@@ -84,22 +93,51 @@ class AttentionMap:
     causal: bool
     prompt_tokens: int | None = None
     pooled: np.ndarray | None = None
+    kind: str = ""
+    key_labels: tuple[str, ...] | None = None
+    axes: tuple[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            object.__setattr__(self, "kind", "causal" if self.causal else "encoder")
 
     @classmethod
-    def from_capture(cls, capture: Any, model: str,
-                     prompt_tokens: int | None = None) -> AttentionMap:
-        """Wrap a backend's capture (``llm_magic.backends.base.AttentionCapture``)."""
+    def from_capture(cls, capture: Any, model: str, prompt_tokens: int | None = None,
+                     **more: Any) -> AttentionMap:
+        """Wrap a backend's capture (``llm_magic.backends.base.AttentionCapture``); ``more``
+        sets ``kind``, ``key_labels`` and ``axes``."""
         return cls(tokens=capture.tokens, labels=capture.labels, layers=capture.layers,
                    model=model, causal=capture.causal, prompt_tokens=prompt_tokens,
-                   pooled=capture.pooled)
+                   pooled=capture.pooled, **more)
 
     # -- shape and values ---------------------------------------------------
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        """(layers, heads, T, T)."""
-        heads, t, _ = self.layers[0].shape
-        return (len(self.layers), heads, t, t)
+        """(layers, heads, T, T): rows (queries) by columns (keys; the source for "cross")."""
+        heads, rows, cols = self.layers[0].shape
+        return (len(self.layers), heads, rows, cols)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns' (keys') tokens as readable text: ``labels`` unless cross-attention."""
+        return self.labels if self.key_labels is None else self.key_labels
+
+    @property
+    def described(self) -> str:
+        """The kind in words: "causal", "encoder", "cross-attention: output × source"."""
+        words = {"decoder": "decoder self-attention", "cross": "cross-attention"}
+        if self.axes is None:
+            return words.get(self.kind, self.kind)
+        if self.kind == "encoder":
+            return f"encoder self-attention: {self.axes[0]} × {self.axes[1]}"
+        return f"{words.get(self.kind, self.kind)}: {self.axes[0]} × {self.axes[1]}"
+
+    def _counted(self) -> str:
+        _, _, rows, cols = self.shape
+        if self.axes is None or self.axes[0] == self.axes[1]:
+            return f"{rows} tokens"
+        return f"{rows} {self.axes[0]} × {cols} {self.axes[1]} tokens"
 
     @property
     def nbytes(self) -> int:
@@ -155,11 +193,11 @@ class AttentionMap:
         """
         import numpy as np
 
-        s = min(self.shape[2], size)
+        s = min(max(self.shape[2:]), size)
         if self.pooled is not None and self.pooled.shape[-1] == s:
             small = self.pooled
         else:
-            small = np.stack([_heatmap.block_mean(weights, s) for weights in self.layers])
+            small = np.stack([_snapshot.block_mean2(weights, s, s) for weights in self.layers])
         top = small.max(axis=(2, 3), keepdims=True)
         top[top <= 0] = 1
         return np.rint(small / top * 254).astype(np.uint8)  # type: ignore[no-any-return]
@@ -192,7 +230,7 @@ class AttentionMap:
         if head is not None and layer is None:
             raise InvalidOptionError("Name the layer of that head: to_png(layer=L, head=H).")
         self._check(layer, head)
-        t = self.shape[2]
+        rows, cols = self.shape[2:]
         if layer is None:
             tiles = self.thumbnails()
             grow = max(1, 64 // tiles.shape[-1])  # tiles of about 64 pixels
@@ -200,14 +238,16 @@ class AttentionMap:
             pixels = _heatmap.grid_pixels(tiles)
         else:
             values = self.head(layer, head) if head is not None else self.mean(layer)
-            side = t * max(1, 256 // t) if t <= 256 else min(t, 1024)
-            pixels = _heatmap.levels(_heatmap.block_mean(values, side))
+            t = max(rows, cols)
+            grow = max(1, 256 // t) if t <= 256 else 1
+            pixels = _heatmap.levels(_snapshot.block_mean2(values, min(rows * grow, 1024),
+                                                 min(cols * grow, 1024)))
         png = _heatmap.encode_png(pixels)
         if path is not None:
             Path(path).write_bytes(png)
         return png
 
-    def to_html(self, layer: int = 0, head: int | None = 0) -> str:
+    def to_html(self, layer: int = 0, head: int | None = 0, note: str = "") -> str:
         """An escaped HTML snapshot of the view as it first looks: one head, labelled.
 
         The head (or, with ``head=None``, the mean of the layer's heads) as a
@@ -218,17 +258,23 @@ class AttentionMap:
         Examples
         --------
         >>> html = amap.to_html(layer=1, head=2)  # doctest: +SKIP
+
+        ``note`` ends the title (why this head is shown).
         """
         self._check(layer, head)
         values = self.head(layer, head) if head is not None else self.mean(layer)
-        layers, heads, t, _ = self.shape
-        kind = "causal" if self.causal else "encoder"
         which = f"head {head}" if head is not None else "mean of heads"
-        title = f"{self.model} ({kind}), {t} tokens: layer {layer}, {which}"
+        title = f"{self.model} ({self.described}), {self._counted()}: layer {layer}, {which}"
+        if note:
+            title += f" ({note})"
         top = float(values.max()) if values.size else 0.0
-        return _snapshot.page(title, _snapshot.head_plot(values, self.labels, self.prompt_tokens),
-                              _snapshot.scale(top, mean=head is None),
-                              _snapshot.token_list(self.labels),
+        plot = _snapshot.head_plot(values, self.labels, self.prompt_tokens,
+                                   columns=self.key_labels, axes=self.axes)
+        side = max(self.shape[2:])
+        tokens = _snapshot.token_list(self.labels, self.axes[0] if self.axes else None, side)
+        if self.key_labels is not None and self.axes is not None:
+            tokens += _snapshot.token_list(self.key_labels, self.axes[1], side)
+        return _snapshot.page(title, plot, _snapshot.scale(top, mean=head is None), tokens,
                               _snapshot.thumbnails(self.thumbnails(), layer, head))
 
     def widget(self, layer: int = 0, head: int = 0) -> Any:
@@ -246,9 +292,9 @@ class AttentionMap:
 
     def summary(self) -> str:
         """One line: model, shape, size in the kernel."""
-        layers, heads, t, _ = self.shape
-        kind = "causal" if self.causal else "encoder"
-        return (f"AttentionMap of {self.model!r} ({kind}): {t} tokens, {layers} layers x "
+        layers, heads, _, _ = self.shape
+        return (f"AttentionMap of {self.model!r} ({self.described}): {self._counted()}, "
+                f"{layers} layers x "
                 f"{heads} heads, {format_size(self.nbytes)} in float16")
 
     def __repr__(self) -> str:
@@ -266,3 +312,4 @@ def _check_limit(value: Any) -> int:
 def max_tokens(value: int | None) -> int:
     """``value`` checked, or the current cap when None."""
     return _DEFAULT["max_tokens"] if value is None else _check_limit(value)
+

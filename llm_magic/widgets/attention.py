@@ -74,20 +74,82 @@ class AttentionWidget(anywidget.AnyWidget):
     thumbs = traitlets.Bytes(b"").tag(sync=True)
     thumb_size = traitlets.Int(0).tag(sync=True)
 
-    def __init__(self, amap: AttentionMap, layer: int = 0, head: int = 0, **kwargs: Any) -> None:
-        self._map = amap
+    #: An encoder–decoder's view: the kinds it switches among ("encoder", "decoder",
+    #: "cross"; empty for one map), the kind shown and its words ("cross-attention: ...").
+    kinds = traitlets.List(traitlets.Unicode(), default_value=[]).tag(sync=True)
+    kind = traitlets.Unicode("").tag(sync=True)
+    kind_title = traitlets.Unicode("").tag(sync=True)
+    #: The columns' tokens where they differ from the rows' (cross-attention: the source),
+    #: and what rows and columns are ("output", "source"; empty: query and key tokens).
+    key_tokens = traitlets.List(traitlets.Unicode(), default_value=[]).tag(sync=True)
+    key_size = traitlets.Int(0).tag(sync=True)
+    row_axis = traitlets.Unicode("").tag(sync=True)
+    col_axis = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(self, amap: Any, layer: int = 0, head: int = 0, kind: str | None = None,
+                 **kwargs: Any) -> None:
+        kinds = tuple(getattr(amap, "kinds", ()))
+        self._maps = {k: amap[k] for k in kinds} if kinds else {"": amap}
+        self._whole = amap
+        kind = kind if kind is not None else (kinds[-1] if kinds else "")
+        self._map = self._maps[kind]
         self._lock = threading.Lock()
-        n_layers, n_heads, t, _ = amap.shape
+        super().__init__(kinds=list(kinds), kind=kind, **self._fields(self._map),
+                         layer=layer, head=head, **kwargs)
+        self._send_head()
+        route(self)
+
+    @staticmethod
+    def _fields(amap: AttentionMap) -> dict[str, Any]:
+        """The traits that follow the map shown (a kind's map, for an encoder–decoder)."""
+        n_layers, n_heads, t, cols = amap.shape
         thumbs = amap.thumbnails(THUMB)
-        super().__init__(
+        axes = amap.axes or ("", "")
+        return dict(
             model_name=amap.model, tokens=list(amap.labels), size=t, n_layers=n_layers,
             n_heads=n_heads, causal=amap.causal,
             prompt_tokens=-1 if amap.prompt_tokens is None else amap.prompt_tokens,
-            layer=layer, head=head, thumbs=thumbs.tobytes(), thumb_size=int(thumbs.shape[-1]),
-            **kwargs,
-        )
+            thumbs=thumbs.tobytes(), thumb_size=int(thumbs.shape[-1]),
+            key_tokens=[] if amap.key_labels is None else list(amap.key_labels),
+            key_size=cols if amap.key_labels is not None else 0,
+            row_axis=axes[0], col_axis=axes[1], kind_title=amap.described)
+
+    @traitlets.validate("kind")
+    def _valid_kind(self, proposal: Any) -> str:
+        value = str(proposal["value"])
+        if value not in self._maps:
+            raise traitlets.TraitError(f"kind must be one of {', '.join(self._maps)}; "
+                                       f"got {value!r}.")
+        return value
+
+    @traitlets.observe("kind")
+    def _on_kind(self, change: Any) -> None:
+        amap = self._maps.get(change["new"])
+        if not hasattr(self, "_lock") or amap is None or amap is self._map:
+            return  # the construction's own value, or no change
+        with self._lock:
+            self._map, self._switching = amap, True
+            layer, head = (0, 0)
+            if change["new"] == "cross" and hasattr(self._whole, "best_head"):
+                layer, head, _ = self._whole.best_head()
+            try:
+                self._switch(amap, layer, head)
+            finally:
+                self._switching = False
         self._send_head()
-        route(self)
+
+    def _switch(self, amap: AttentionMap, layer: int, head: int) -> None:
+        """The traits of ``amap``, in one message; layer and head valid at every step."""
+        with self.hold_sync():
+            # The head first, then the shape: both valid for the old and the new map.
+            self.set_trait("layer", 0)
+            self.set_trait("head", 0)
+            self.set_trait("mean", False)
+            self.set_trait("selected", -1)
+            for name, value in self._fields(amap).items():
+                self.set_trait(name, value)
+            self.set_trait("layer", layer)
+            self.set_trait("head", head)
 
     @traitlets.validate("layer")
     def _valid_layer(self, proposal: Any) -> int:
@@ -110,7 +172,7 @@ class AttentionWidget(anywidget.AnyWidget):
 
     @traitlets.observe("layer", "head", "mean")
     def _on_choice(self, change: Any) -> None:
-        if hasattr(self, "_map") and self.size:
+        if hasattr(self, "_map") and self.size and not getattr(self, "_switching", False):
             self._send_head()
 
     def _send_head(self) -> None:
@@ -136,7 +198,12 @@ class AttentionWidget(anywidget.AnyWidget):
         if shown is None:  # pragma: no cover - a widget without a view
             return None
         head = None if self.mean else self.head
-        html = self._map.to_html(layer=self.layer, head=head)
+        note = ""
+        if self.kind == "cross" and hasattr(self._whole, "best_head"):
+            best = self._whole.best_head()
+            if (self.layer, head) == best[:2]:
+                note = f"the best-aligned head: its rows' largest weights average {best[2]:.2f}"
+        html = self._map.to_html(layer=self.layer, head=head, note=note)
         data, metadata = with_fallback(shown, html, repr(self._map))
         data["image/png"] = base64.b64encode(
             self._map.to_png(layer=self.layer, head=head)).decode("ascii")

@@ -36,7 +36,16 @@ function render({ model, el: root }) {
   layerLabel.append(layerSelect);
   const headLabel = node("label", "", " Head ");
   headLabel.append(headSelect);
-  bar.append(title, layerLabel, headLabel);
+  // An encoder–decoder's view switches among its kinds (none for one map).
+  const kindSelect = node("select", "llm-attn-kind");
+  const kindLabel = node("label", "llm-attn-kindlabel", "Attention ");
+  kindLabel.append(kindSelect);
+  const KIND_NAMES = {
+    encoder: "encoder self-attention (source \u00d7 source)",
+    decoder: "decoder self-attention (output \u00d7 output)",
+    cross: "cross-attention (output \u00d7 source)",
+  };
+  bar.append(title, kindLabel, layerLabel, headLabel);
 
   const main = node("div", "llm-attn-main");
   const plotBox = node("div", "llm-attn-plotbox");
@@ -61,13 +70,19 @@ function render({ model, el: root }) {
   main.append(plotBox, gridBox);
 
   const hover = node("div", "llm-attn-hover", "Hover over the map to read a weight; click a token below.");
+  const stripName = node("div", "llm-attn-stripname");
   const strip = node("div", "llm-attn-tokens");
+  const keyName = node("div", "llm-attn-stripname");
+  const keyStrip = node("div", "llm-attn-tokens llm-attn-keytokens");
+  // The strips' names and the columns' strip are on the page only for an encoder–decoder.
   box.append(bar, main, hover, strip);
   root.append(box);
 
   let weights = new Float32Array(0);
-  let size = 0;
+  let size = 0; // rows (queries)
+  let cols = 0; // columns (keys): the source's tokens for cross-attention, else `size`
   let spans = [];
+  let keySpans = []; // the columns' tokens where they are not the rows' (shaded on a click)
   let width = 0; // pixels of the view's width (0 until it is on the page)
   let labelRoom = ROW_LABELS; // pixels of the row labels at 11 px
   let side = MAX_SIDE; // pixels the map may take: what the width leaves beside the labels
@@ -89,6 +104,25 @@ function render({ model, el: root }) {
     return Math.min(ROW_LABELS, Math.ceil(most) + 6);
   }
 
+  function keyTokens() {
+    const keys = model.get("key_tokens") || [];
+    return keys.length ? keys : model.get("tokens") || [];
+  }
+
+  function axisNames() {
+    const r = model.get("row_axis");
+    const c = model.get("col_axis");
+    return r ? [`${r} token (query)`, `${c} token (key)`] : ["query token", "key token"];
+  }
+
+  function fillKinds() {
+    const kinds = model.get("kinds") || [];
+    kindLabel.style.display = kinds.length ? "" : "none";
+    kindSelect.replaceChildren();
+    for (const k of kinds) kindSelect.append(new Option(KIND_NAMES[k] || k, k));
+    kindSelect.value = model.get("kind");
+  }
+
   function fillSelects() {
     const nl = model.get("n_layers");
     const nh = model.get("n_heads");
@@ -107,7 +141,28 @@ function render({ model, el: root }) {
 
   function fillTokens() {
     const tokens = model.get("tokens") || [];
+    const keys = model.get("key_tokens") || [];
     const prompt = model.get("prompt_tokens");
+    const [rowName, colName] = [model.get("row_axis"), model.get("col_axis")];
+    stripName.textContent = rowName
+      ? `${rowName} tokens${keys.length ? ` (click one to shade the ${colName} tokens it read)` : ""}:`
+      : "";
+    keyName.textContent = keys.length ? `${colName} tokens:` : "";
+    keyStrip.replaceChildren();
+    keySpans = keys.map((token, j) => {
+      const span = node("span", "llm-attn-token", token);
+      span.dataset.index = String(j);
+      span.title = `${colName} token ${j}`;
+      keyStrip.append(span);
+      return span;
+    });
+    if (rowName) strip.before(stripName);
+    else stripName.remove();
+    if (keys.length) strip.after(keyName, keyStrip);
+    else {
+      keyName.remove();
+      keyStrip.remove();
+    }
     strip.replaceChildren();
     spans = tokens.map((token, i) => {
       const span = node("span", "llm-attn-token", token);
@@ -122,20 +177,29 @@ function render({ model, el: root }) {
       return span;
     });
     const t = model.get("model_name");
-    const kind = model.get("causal") ? "causal" : "encoder";
-    title.textContent = `${t} (${kind}), ${tokens.length} tokens `;
+    const kind = model.get("kind_title") || (model.get("causal") ? "causal" : "encoder");
+    const counted = keys.length
+      ? `${tokens.length} ${rowName} \u00d7 ${keys.length} ${colName} tokens`
+      : `${tokens.length} tokens`;
+    title.textContent = `${t} (${kind}), ${counted} `;
     labelRoom = measureLabels(tokens);
     side = sideNow();
     fillAxes(tokens);
   }
 
   function fillAxes(tokens) {
-    const n = tokens.length;
+    const keys = keyTokens();
+    const n = Math.max(tokens.length, keys.length);
     const cell = cellPixels(n, side);
+    const [rowName, colName] = axisNames();
     rowLabels.replaceChildren();
     colLabels.replaceChildren();
     const labelled = n > 0 && cell >= LABELLED;
     plot.classList.toggle("llm-attn-labelled", labelled);
+    axes.textContent = labelled
+      ? `rows: ${rowName}, columns: ${colName}`
+      : `rows: ${rowName.replace("token", "tokens")} 0 to ${tokens.length - 1}, ` +
+        `columns: ${colName.replace("token", "tokens")} 0 to ${keys.length - 1}`;
     if (!labelled) return;
     const font = `${Math.min(11, cell - 2)}px`;
     tokens.forEach((token, i) => {
@@ -145,6 +209,8 @@ function render({ model, el: root }) {
       row.style.fontSize = font;
       row.title = `query ${i}`;
       rowLabels.append(row);
+    });
+    keys.forEach((token, i) => {
       const col = node("div", "llm-attn-label", token);
       col.style.width = `${cell}px`;
       col.style.lineHeight = `${cell}px`;
@@ -156,15 +222,16 @@ function render({ model, el: root }) {
 
   function drawHeatmap() {
     size = model.get("size");
+    cols = model.get("key_size") || size;
     weights = halves(model.get("data"));
-    if (!size || weights.length !== size * size) return;
+    if (!size || weights.length !== size * cols) return;
     let top = 0;
     for (let i = 0; i < weights.length; i++) if (weights[i] > top) top = weights[i];
     const scaleBy = top > 0 ? 254 / top : 0;
-    offscreen.width = size;
+    offscreen.width = cols;
     offscreen.height = size;
     const octx = offscreen.getContext("2d");
-    const image = octx.createImageData(size, size);
+    const image = octx.createImageData(cols, size);
     const px = image.data;
     for (let i = 0; i < weights.length; i++) {
       px.set(paletteColour(Math.max(0, Math.min(254, Math.round(weights[i] * scaleBy)))), 4 * i);
@@ -172,14 +239,16 @@ function render({ model, el: root }) {
     }
     octx.putImageData(image, 0, 0);
     // One canvas pixel per token where tokens outnumber the pixels; whole pixels per cell else.
-    const cell = cellPixels(size, side);
-    const shown = Math.min(size * cell, side);
+    const most = Math.max(size, cols);
+    const cell = cellPixels(most, side);
+    const fits = most * cell <= side;
+    const across = fits ? cols * cell : Math.max(1, Math.round((side * cols) / most));
+    const down = fits ? size * cell : Math.max(1, Math.round((side * size) / most));
     const ratio = Math.max(1, Math.round(window.devicePixelRatio || 1));
-    const drawn = size * cell <= side ? shown * ratio : size;
-    canvas.width = drawn;
-    canvas.height = drawn;
-    canvas.style.width = `${shown}px`;
-    canvas.style.height = `${shown}px`;
+    canvas.width = fits ? across * ratio : cols;
+    canvas.height = fits ? down * ratio : size;
+    canvas.style.width = `${across}px`;
+    canvas.style.height = `${down}px`;
     paintHeatmap();
     canvas.dataset.drawn = model.get("data_key");
     canvas.dataset.max = top.toFixed(4);
@@ -195,18 +264,19 @@ function render({ model, el: root }) {
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     ctx.drawImage(offscreen, 0, 0, canvas.width, canvas.height);
     if (!size) return;
-    const unit = canvas.width / size;
+    const unit = canvas.width / cols;
+    const down = canvas.height / size;
     const css = canvas.width / Math.max(1, parseFloat(canvas.style.width) || canvas.width);
     const sel = model.get("selected");
     if (sel >= 0) {
       ctx.strokeStyle = "#e6550d";
-      ctx.lineWidth = Math.max(1, Math.min(2 * css, unit / 2));
-      ctx.strokeRect(0, sel * unit, canvas.width, unit);
+      ctx.lineWidth = Math.max(1, Math.min(2 * css, down / 2));
+      ctx.strokeRect(0, sel * down, canvas.width, down);
     }
     if (hovered) {
       // A dark ring inside a white one: seen on the palest and on the darkest shade.
       const x = hovered.col * unit;
-      const y = hovered.row * unit;
+      const y = hovered.row * down;
       const w = Math.max(unit, 4 * css);
       ctx.lineWidth = 3 * css;
       ctx.strokeStyle = "#fff";
@@ -222,12 +292,15 @@ function render({ model, el: root }) {
     const sel = model.get("selected");
     let top = 0;
     if (sel >= 0 && sel < size) {
-      for (let j = 0; j < size; j++) top = Math.max(top, weights[sel * size + j]);
+      for (let j = 0; j < cols; j++) top = Math.max(top, weights[sel * cols + j]);
     }
-    spans.forEach((span, j) => {
-      span.classList.toggle("llm-attn-selected", j === sel);
-      if (sel >= 0 && sel < size && top > 0) {
-        const w = weights[sel * size + j];
+    // Square maps shade the one strip; cross-attention shades the source's strip.
+    const shaded = keySpans.length ? keySpans : spans;
+    if (keySpans.length) spans.forEach((span, i) => span.classList.toggle("llm-attn-selected", i === sel));
+    shaded.forEach((span, j) => {
+      if (!keySpans.length) span.classList.toggle("llm-attn-selected", j === sel);
+      if (sel >= 0 && sel < size && top > 0 && j < cols) {
+        const w = weights[sel * cols + j];
         const shade = paletteColour(Math.max(0, Math.min(254, Math.round((w / top) * 254))));
         span.style.backgroundColor = rgb(shade);
         span.style.color = inkOn(shade);
@@ -249,7 +322,7 @@ function render({ model, el: root }) {
   }
 
   function cellAt(event) {
-    const at = cellUnder(canvas, event, size, size);
+    const at = cellUnder(canvas, event, cols, size);
     return at && { row: at.y, col: at.x };
   }
 
@@ -262,9 +335,13 @@ function render({ model, el: root }) {
       paintHeatmap();
     }
     const tokens = model.get("tokens");
-    const w = weights[at.row * size + at.col];
+    const keys = keyTokens();
+    const rowName = model.get("row_axis") || "query";
+    const colName = model.get("col_axis") || "key";
+    const w = weights[at.row * cols + at.col];
     hover.textContent =
-      `query ${at.row} "${tokens[at.row]}" \u2192 key ${at.col} "${tokens[at.col]}": ${w.toFixed(4)}`;
+      `${rowName} ${at.row} "${tokens[at.row]}" \u2192 ${colName} ${at.col} "${keys[at.col]}": ` +
+      `${w.toFixed(4)}`;
     hover.dataset.value = w.toFixed(4);
   });
   canvas.addEventListener("mouseleave", () => {
@@ -383,6 +460,10 @@ function render({ model, el: root }) {
     model.save_changes();
   });
 
+  kindSelect.addEventListener("change", () => {
+    model.set("kind", kindSelect.value);
+    model.save_changes();
+  });
   layerSelect.addEventListener("change", () => {
     model.set("layer", Number(layerSelect.value));
     model.save_changes();
@@ -426,10 +507,14 @@ function render({ model, el: root }) {
     ["change:data", drawHeatmap], ["change:selected", shadeTokens],
     ["change:layer", onChoice], ["change:head", onChoice], ["change:mean", onChoice],
     ["change:thumbs", drawThumbs], ["change:tokens", onTokens],
+    ["change:kind", () => { fillKinds(); fillSelects(); onTokens(); }],
+    ["change:key_tokens", onTokens], ["change:n_layers", fillSelects],
+    ["change:n_heads", fillSelects],
   ];
   const unlisten = listen(model, listeners);
 
   width = box.clientWidth;
+  fillKinds();
   fillSelects();
   fillTokens();
   drawHeatmap();
