@@ -377,3 +377,14 @@ def test_attention_and_the_lens_read_a_turn_with_the_whole_conversation(models, 
     assert turn.attention.shape[2] == total and turn.stats.reused_tokens > 0
     lens = lm.logit_lens(turn, manager=manager)
     assert lens.shape[1] == total
+
+
+def test_a_conversation_on_a_quantized_model_is_exact(manager):
+    handle = manager.load("demo", quantize="int8")
+    backend = manager.backend(handle.name)
+    conv = lm.chat(model=handle.name, manager=manager, max_new_tokens=8, logprobs=1)
+    conv.say(QUESTIONS[1])
+    gen = conv.say(QUESTIONS[3])
+    assert gen.stats.reused_tokens > 0
+    ids = [r.id for r in gen.tokens]
+    assert ids == _reference(backend, gen)[: len(ids)]

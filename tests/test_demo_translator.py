@@ -339,3 +339,16 @@ def test_a_cell_translates_its_body():
     finally:
         lm.unload("demo-translator")
         ip.run_line_magic("unload_ext", "llm_magic")
+
+
+def test_a_translation_is_recorded_rerun_and_quantized(manager, store):
+    import llm_magic as lm
+
+    manager.load("demo-translator")
+    text, iso = next(iter(WRITTEN.items()))
+    gen = lm.generate(text, model="demo-translator", max_new_tokens=16, manager=manager)
+    again = lm.rerun(gen.id, manager=manager)
+    assert again.matches and again.generation.text == iso
+    small = manager.load("demo-translator", quantize="int8")
+    assert small.info.quantization == "int8" and small.info.kind == "seq2seq"
+    assert lm.generate(text, model=small.name, max_new_tokens=16, manager=manager).text == iso
