@@ -171,3 +171,14 @@ def test_a_conversation_turn_interrupted_in_the_kernel_is_kept_and_the_next_is_e
     msgs = run(kc, check)
     assert "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream").strip() \
         == "True True"
+
+
+def test_a_cell_translates_with_the_demo_translator_in_the_kernel(kernel):
+    _, kc = kernel
+    msgs = run(kc, "%%llm demo-translator -n 16 --attention --logprobs 2\nSunday, the seventh of "
+                   "July, 1963")
+    assert displays(msgs)
+    assert value(kc, "_llm.text") == "1963-07-07"
+    assert value(kc, "type(_llm.attention).__name__") == "Seq2SeqAttention"
+    assert value(kc, "__import__('llm_magic').models()[0].kind") == "seq2seq"
+    run(kc, "%llm unload demo-translator")

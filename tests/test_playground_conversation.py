@@ -158,7 +158,7 @@ def test_a_cell_turn_never_interleaves_with_the_widgets(long_model):
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "llm_magic")
     manager = lm.get_manager()
-    manager.load(str(long_model), name="chatty")
+    manager.load(str(long_model), name="pg-long")
     pg = Playground(manager=manager)
     try:
         pg.conversation.value = True
@@ -199,7 +199,7 @@ def test_a_cell_turn_never_interleaves_with_the_widgets(long_model):
     finally:
         pg.close()
         forget(all=True, manager=manager)
-        manager.unload("chatty")
+        manager.unload("pg-long")
 
 
 # --------------------------------------------------------------------------- new, fork, undo
