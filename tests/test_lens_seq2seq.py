@@ -190,7 +190,7 @@ def test_refusals_each_in_one_line(built, manager, tiny_gpt2):
         lm.logit_lens(SOURCE, target="   ", model="bart", manager=manager)
     with pytest.raises(InvalidOptionError, match="not in the vocabulary"):
         lm.logit_lens(SOURCE, target=[10**9], model="bart", manager=manager)
-    with pytest.raises(PromptTooLongError, match="decoder of 'bart' reads at most 63"):
+    with pytest.raises(PromptTooLongError, match="decoder of 'bart' writes at most 63"):
         lm.logit_lens(SOURCE, target="word " * 100, model="bart", manager=manager)
     with pytest.raises(PromptTooLongError, match="encoder of 'bart' reads at most 64"):
         lm.logit_lens("word " * 100, target=TARGET, model="bart", manager=manager)

@@ -171,12 +171,7 @@ def capture_for(backend: Any, source: str | Sequence[int], target: str | Sequenc
             f"target= (lm.attention(source, model={name!r}, target=output)), or a Generation "
             "(lm.attention(gen)).")
     source_ids = backend._ids(source, "look at")
-    if isinstance(target, str):
-        if not target.strip():
-            raise InvalidOptionError("The target is empty: give the output to look at.")
-        target_ids = list(backend.tokenizer(text_target=target, verbose=False)["input_ids"])
-    else:
-        target_ids = backend._ids(target, "look at")
+    target_ids = _s2s.output_ids(backend, target, "look at")
     start = _s2s.decoder_start(backend.model, backend.pad_id)
     return capture(backend.model, backend.tokenizer, source_ids, [start, *target_ids], name=name,
                    max_tokens=max_tokens, context_length=backend.context_length,

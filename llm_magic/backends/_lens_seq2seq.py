@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import InvalidOptionError, NotAvailableError, PromptTooLongError
+from ..errors import InvalidOptionError, NotAvailableError
 from ._lens import _arch, _check_streams, _float32, _Head, _Pass, _stream, _Trunk, check_size, grid
 from .base import LensCapture
 
@@ -193,7 +193,7 @@ def lens_of(backend: Any, source: str | Sequence[int], target: str | Sequence[in
             top: int, max_tokens: int) -> LensCapture:
     """The decoder's lens for a backend's encoder–decoder: ``target`` (a text, tokenized as
     the model's output, or its ids) after the decoder's start token, for ``source``."""
-    from .seq2seq import check_source, decoder_limit, decoder_start
+    from .seq2seq import check_source, decoder_ids
 
     name = backend.spec.name
     if target is None:
@@ -203,20 +203,7 @@ def lens_of(backend: Any, source: str | Sequence[int], target: str | Sequence[in
             "Generation of it.")
     source_ids = backend._ids(source, "translate")
     check_source(name, len(source_ids), backend.context_length)
-    if isinstance(target, str):
-        if not target.strip():
-            raise InvalidOptionError("The target is empty: write the output to look at.")
-        target_ids = list(backend.tokenizer(text_target=target, verbose=False)["input_ids"])
-    else:
-        target_ids = backend._ids(target, "look at")
-    if not target_ids:
-        raise InvalidOptionError("The target encodes to no tokens; write the output to look at.")
+    decoder = decoder_ids(backend, target, "look at")
     model = backend.model
-    decoder = [decoder_start(model, backend.pad_id), *target_ids]
-    limit = decoder_limit(model.config)
-    if limit is not None and len(decoder) > limit:
-        raise PromptTooLongError(
-            f"The output is {len(target_ids)} tokens, but the decoder of {name!r} reads at "
-            f"most {limit - 1} after its start token. Shorten it.")
     return lens(model, backend.tokenizer, source_ids, decoder, top=top, max_tokens=max_tokens,
                 texts=backend._texts())

@@ -116,6 +116,14 @@ class GenerationRequest:
     #: A translation model's output language (mBART, NLLB: its first token is forced).
     target_lang: str | None = None
 
+    def chat_messages(self) -> list[dict[str, str]]:
+        """What a chat template (or a chat endpoint) is given: a conversation's messages,
+        else the system text and the prompt as its one user message."""
+        if self.messages is not None:
+            return [{"role": role, "content": text} for role, text in self.messages]
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return [*head, {"role": "user", "content": self.prompt}]
+
 
 @dataclass(frozen=True)
 class BatchResult:

@@ -535,18 +535,11 @@ class HFBackend(Backend):
                 f"Model {self.spec.name!r} has no chat template. Generate without chat "
                 "(chat=False, `--no-chat`)."
             )
-        if request.messages is not None:
-            if not use_chat:
-                return _kept.transcript(request.messages), False
-            messages = [{"role": role, "content": text} for role, text in request.messages]
-        else:
-            messages = []
-            if request.system:
-                messages.append({"role": "system", "content": request.system})
-            messages.append({"role": "user", "content": request.prompt})
+        if request.messages is not None and not use_chat:
+            return _kept.transcript(request.messages), False
         if use_chat:
             text = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
+                request.chat_messages(), tokenize=False, add_generation_prompt=True
             )
             return str(text), True
         if request.system:

@@ -300,14 +300,8 @@ class OpenAIBackend(Backend):
         chat = bool(request.chat) or (request.messages is not None and request.chat is None)
         if request.messages is not None and not chat:  # a conversation, as a plain transcript
             options["prompt"] = transcript(request.messages)
-        elif chat:
-            if request.messages is not None:  # a conversation: the server caches its prefix
-                messages = [{"role": role, "content": text} for role, text in request.messages]
-            else:
-                messages = []
-                if request.system:
-                    messages.append({"role": "system", "content": request.system})
-                messages.append({"role": "user", "content": request.prompt})
+        elif chat:  # a conversation's messages: the server caches their common prefix
+            messages = request.chat_messages()
             if request.lead:  # a branch: the server continues the assistant's answer
                 messages.append({"role": "assistant", "content": request.lead})
                 options["extra_body"] = {**options.get("extra_body", {}),

@@ -68,6 +68,33 @@ def check_source(name: str, n: int, limit: int | None) -> None:
             "Shorten it, or split it into parts.")
 
 
+def output_ids(backend: Any, target: str | Sequence[int], purpose: str) -> list[int]:
+    """An output's ids: a text tokenized as the model's output (``text_target``), or ids
+    checked against the vocabulary; an empty one is refused."""
+    if isinstance(target, str):
+        if not target.strip():
+            raise InvalidOptionError(f"The target is empty: write the output to {purpose}.")
+        found = list(backend.tokenizer(text_target=target, verbose=False)["input_ids"])
+    else:
+        found = backend._ids(target, purpose)
+    if not found:
+        raise InvalidOptionError(f"The target is empty (no tokens): write the output to {purpose}.")
+    return found
+
+
+def decoder_ids(backend: Any, target: str | Sequence[int], purpose: str) -> list[int]:
+    """The decoder's input for ``target``: its start token, then the output's ids, refused
+    past the decoder's limit (with the number and the limit)."""
+    found = output_ids(backend, target, purpose)
+    decoder = [decoder_start(backend.model, backend.pad_id), *found]
+    limit = decoder_limit(backend.model.config)
+    if limit is not None and len(decoder) > limit:
+        raise PromptTooLongError(
+            f"The output is {len(found)} tokens, but the decoder of {backend.spec.name!r} "
+            f"writes at most {limit - 1} after its start token. Shorten it.")
+    return decoder
+
+
 def _target_lang(tokenizer: Any, name: str, lang: str) -> int:
     """The id that starts the output in ``lang`` (mBART, NLLB, M2M: a forced first token)."""
     codes = getattr(tokenizer, "lang_code_to_id", None)
@@ -112,19 +139,9 @@ def score_target(backend: Any, source: str | Sequence[int], target: str | Sequen
     per target token."""
     from . import _logprobs
 
-    name = backend.spec.name
     source_ids = backend._ids(source, "translate")
-    check_source(name, len(source_ids), backend.context_length)
-    target_ids = (list(backend.tokenizer(text_target=target, verbose=False)["input_ids"])
-                  if isinstance(target, str) else backend._ids(target, "score"))
-    if not target_ids:
-        raise InvalidOptionError("The target encodes to no tokens; write the output to score.")
-    decoder = [decoder_start(backend.model, backend.pad_id), *target_ids]
-    limit = decoder_limit(backend.model.config)
-    if limit is not None and len(decoder) > limit:
-        raise PromptTooLongError(
-            f"The target is {len(target_ids)} tokens, but the decoder of {name!r} writes at "
-            f"most {limit - 1}. Shorten it.")
+    check_source(backend.spec.name, len(source_ids), backend.context_length)
+    decoder = decoder_ids(backend, target, "score")
     return _logprobs.score_seq2seq(backend.model, backend.tokenizer, source_ids, decoder,
                                    k=logprobs)
 

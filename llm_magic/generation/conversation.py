@@ -186,7 +186,7 @@ class Conversation:
         if ids is None:
             return request, 0
         if limit is None:
-            return request, len(ids)
+            return dataclasses.replace(request, prefix_ids=tuple(ids)), len(ids)
         room = min(request.max_new_tokens, max(1, limit // 4)) if self.trim else 1
         assert request.messages is not None
         messages = list(request.messages)
@@ -213,7 +213,8 @@ class Conversation:
             warnings.warn(f"Conversation {self.name!r} dropped its {dropped} oldest turn(s) to "
                           f"fit the {limit:,}-token context; its cache is rebuilt from there.",
                           LLMMagicWarning, stacklevel=5)
-        return request, len(ids)
+        # The backend reads these ids as they are: a turn is rendered and tokenized once.
+        return dataclasses.replace(request, prefix_ids=tuple(ids)), len(ids)
 
     def _append(self, request: GenerationRequest, gen: Generation, note: str) -> Generation:
         if note:
@@ -393,35 +394,13 @@ def chat(model: str | None = None, system: str | None = None, *, name: str | Non
          manager: ModelManager | None = None, **options: Any) -> Conversation:
     """Start a conversation with a loaded model; each turn reuses the model's kept cache.
 
-    Parameters
-    ----------
-    model : str, optional
-        A loaded model's name; the default model when omitted.
-    system : str, optional
-        The system message (chat template) or the transcript's first paragraph.
-    name : str, optional
-        Its name in ``lm.conversations()`` and ``%%llm --conversation NAME``;
-        "chat-1", "chat-2", ... when omitted.
-    trim : {None, "oldest"}
-        When the conversation outgrows the context: None refuses with the
-        numbers; "oldest" drops the oldest turns and says so.
-    messages : list of dict, optional
-        Earlier turns to start from: alternating ``{"role": "user"|"assistant",
-        "content": ...}`` dicts, a user message first (a leading system message
-        sets ``system``). The first turn computes them all; later turns reuse.
-    **options
-        Defaults for every turn: ``max_new_tokens``, ``temperature``, ``top_p``,
-        ``top_k``, ``seed``, ``stop``, ``chat``, ``logprobs``, ``logprobs_mode``,
-        ``attention``.
-
-    Returns
-    -------
-    Conversation
+    ``lm.chat`` (``history.conversations.chat``) documents the parameters; it calls this,
+    and also rebuilds a conversation from history (``resume=``).
 
     Examples
     --------
-    >>> conv = lm.chat(model="demo", max_new_tokens=20)   # doctest: +SKIP
-    >>> print(conv.say("Hello"))                          # doctest: +SKIP
+    >>> conv = chat(model="demo", max_new_tokens=20)   # doctest: +SKIP
+    >>> print(conv.say("Hello"))                        # doctest: +SKIP
     """
     manager = manager or get_manager()
     if trim not in TRIMS:

@@ -28,14 +28,13 @@ from ..events import Event
 from ..generation import Generation
 from ..generation.conversation import Conversation, chat, find
 from ..manager import ModelManager
-from ._common import one_line, stoppable
+from ._common import Throttled, one_line, stoppable
 from ._transcript import TranscriptView, registered
 
 __all__ = ["ConversationMode"]
 
 log = logging.getLogger("llm_magic.widgets")
 
-_THROTTLE = 0.1  # seconds between streamed updates of the reply
 _SETTLE = 60.0  # seconds to wait for a cell's turn to end before the transcript shows it
 
 
@@ -232,16 +231,12 @@ class ConversationMode:
     def _turn(self, conv: Conversation, text: str, options: dict[str, Any],
               stop_event: threading.Event, result: list[Generation]) -> None:
         view = self.transcript
-        pieces: list[str] = []
-        sent = [0.0]
 
-        def stream(piece: str) -> None:
-            pieces.append(piece)
-            now = time.monotonic()
-            if now - sent[0] >= _THROTTLE:
-                sent[0] = now
-                with view.hold_sync():
-                    view.state, view.pending_text = "generating", "".join(pieces)
+        def publish(text: str) -> None:
+            with view.hold_sync():
+                view.state, view.pending_text = "generating", text
+
+        stream = Throttled(publish)
 
         try:
             with stoppable(self.manager.events, stop_event):  # the models table's Stop too
@@ -250,8 +245,8 @@ class ConversationMode:
             if not isinstance(exc, LLMMagicError):
                 log.debug("playground turn failed", exc_info=True)
             with view.hold_sync():  # not a turn: what came stays shown, the message in the box
-                view.pending_prompt = text if pieces else ""
-                view.pending_text = "".join(pieces)
+                view.pending_prompt = text if stream.text else ""
+                view.pending_text = stream.text
                 view.error, view.state = one_line(exc), "error"
         else:
             result.append(gen)

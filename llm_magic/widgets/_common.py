@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from html import escape
 from pathlib import Path
@@ -21,6 +22,32 @@ NA = "n/a"  # what a field shows when NVML reports it unsupported or it cannot b
 
 
 SHARED_ESM = "_shared.js"  # the helpers every view's module starts with
+
+
+#: Seconds between a view's streamed updates: each is a message to the browser and a redraw.
+THROTTLE = 0.1
+
+
+class Throttled:
+    """A stream sink that collects the pieces and hands ``publish`` the text so far, at
+    most every :data:`THROTTLE` seconds; :attr:`text` is everything streamed (what a
+    view keeps when the generation fails or ends)."""
+
+    def __init__(self, publish: Callable[[str], None]) -> None:
+        self._publish = publish
+        self._pieces: list[str] = []
+        self._sent = 0.0
+
+    def __call__(self, piece: str) -> None:
+        self._pieces.append(piece)
+        now = time.monotonic()
+        if now - self._sent >= THROTTLE:
+            self._sent = now
+            self._publish(self.text)
+
+    @property
+    def text(self) -> str:
+        return "".join(self._pieces)
 
 
 def esm(name: str) -> str:

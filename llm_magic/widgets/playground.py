@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from html import escape
 from typing import Any
 
@@ -47,7 +46,16 @@ from ..generation import Generation, generate
 from ..generation.conversation import Conversation
 from ..manager import ModelManager, get_manager
 from ._chat import ConversationMode
-from ._common import button_html, control_html, css, esm, one_line, stoppable, with_fallback
+from ._common import (
+    Throttled,
+    button_html,
+    control_html,
+    css,
+    esm,
+    one_line,
+    stoppable,
+    with_fallback,
+)
 from ._subshell import route
 from ._transcript import TranscriptView
 
@@ -55,7 +63,6 @@ __all__ = ["Playground", "StreamView"]
 
 log = logging.getLogger("llm_magic.widgets")
 
-_THROTTLE = 0.1  # seconds between streamed updates of the output
 _MAX_TOKENS = 8192  # the slider's end for a model whose context length is unknown
 
 
@@ -270,16 +277,12 @@ class Playground(ConversationMode, w.VBox):  # type: ignore[misc]
 
     def _run(self, prompt: str, kwargs: dict[str, Any], stop_event: threading.Event) -> None:
         out = self.output
-        pieces: list[str] = []
-        sent = [0.0]
 
-        def stream(piece: str) -> None:
-            pieces.append(piece)
-            now = time.monotonic()
-            if now - sent[0] >= _THROTTLE:
-                sent[0] = now
-                with out.hold_sync():
-                    out.state, out.text = "generating", "".join(pieces)
+        def publish(text: str) -> None:
+            with out.hold_sync():
+                out.state, out.text = "generating", text
+
+        stream = Throttled(publish)
 
         try:
             with stoppable(self.manager.events, stop_event):  # the models table's Stop too
@@ -289,7 +292,7 @@ class Playground(ConversationMode, w.VBox):  # type: ignore[misc]
             if not isinstance(exc, LLMMagicError):
                 log.debug("playground generation failed", exc_info=True)
             with out.hold_sync():
-                out.text, out.error, out.state = "".join(pieces), one_line(exc), "error"
+                out.text, out.error, out.state = stream.text, one_line(exc), "error"
         else:
             with self._lock:
                 self.last = gen

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +47,7 @@ from ..errors import InvalidOptionError
 from ..generation import branch as branch_generation
 from ..generation.core import STOP_REASONS, Generation
 from ..manager import ModelManager
-from ._common import STATIC, esm, one_line, stop_with_comm, with_fallback
+from ._common import STATIC, Throttled, esm, one_line, stop_with_comm, with_fallback
 from ._subshell import route
 from ._why import METHOD_WORDS, Explainer, Why
 
@@ -56,7 +55,6 @@ __all__ = ["Payload", "TokensWidget", "encode", "stopped"]
 
 log = logging.getLogger("llm_magic.widgets")
 
-_THROTTLE = 0.1  # seconds between streamed updates of a branch's text
 SERVED_NOTE = ("Served model: a branch sends the text before the chosen token to the server, "
                "which tokenises it again (its ids may differ from these).")
 SCORES_NOTE = "A scored text: the alternatives are shown; only a generation branches."
@@ -427,16 +425,11 @@ class TokensWidget(anywidget.AnyWidget):  # type: ignore[misc]
 
     def _run(self, parent: Generation, position: int, token: int | str,
              stop: threading.Event) -> None:
-        pieces: list[str] = []
-        sent = [0.0]
+        def publish(text: str) -> None:
+            with self._lock:
+                self.stream = text
 
-        def stream(piece: str) -> None:
-            pieces.append(piece)
-            now = time.monotonic()
-            if now - sent[0] >= _THROTTLE:
-                sent[0] = now
-                with self._lock:
-                    self.stream = "".join(pieces)
+        stream = Throttled(publish)
 
         try:
             made = branch_generation(parent, position, token, stream=stream, stop_event=stop,
@@ -446,7 +439,7 @@ class TokensWidget(anywidget.AnyWidget):  # type: ignore[misc]
             with self._lock, self.hold_sync():
                 crumbs = self.crumbs[:-1]
                 back = self.crumbs[-1]["parent"]
-                self.stream, self.state, self.error = "".join(pieces), "error", one_line(exc)
+                self.stream, self.state, self.error = stream.text, "error", one_line(exc)
                 self.current = back if self.current >= len(crumbs) else self.current
                 self.crumbs = crumbs
                 self._stop = self._thread = None
