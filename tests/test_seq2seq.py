@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _models import build_tokenizer
+from _models import build_seq2seq
 
 import llm_magic as lm
 from llm_magic.errors import (
@@ -20,51 +20,10 @@ from llm_magic.errors import (
 SOURCE = "def add(a, b): return a + b"
 
 
-def _build(out: Path, arch: str) -> Path:
-    from transformers import (
-        BartConfig,
-        BartForConditionalGeneration,
-        MarianConfig,
-        MarianMTModel,
-        T5Config,
-        T5ForConditionalGeneration,
-    )
-
-    tok = build_tokenizer(out, 512)
-    eos = tok.eos_token_id
-    torch.manual_seed(0)
-    ids = dict(vocab_size=len(tok), pad_token_id=eos, eos_token_id=eos,
-               decoder_start_token_id=eos)
-    if arch == "t5":
-        model = T5ForConditionalGeneration(T5Config(
-            d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=8,
-            n_positions=64, **ids))
-    elif arch == "bart":
-        model = BartForConditionalGeneration(BartConfig(
-            d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-            max_position_embeddings=64, bos_token_id=eos, forced_eos_token_id=None, **ids))
-    else:
-        model = MarianMTModel(MarianConfig(
-            d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-            max_position_embeddings=64, **ids))
-    model.generation_config.pad_token_id = eos
-    model.generation_config.decoder_start_token_id = eos
-    model.generation_config.forced_eos_token_id = None
-    model.generation_config.forced_bos_token_id = None
-    model.generation_config.bad_words_ids = None
-    # Random weights would often end at once: these outputs run their full length, on
-    # llm_magic's side and transformers' alike (both read the model's generation config).
-    model.generation_config.suppress_tokens = [eos]
-    model.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def seq2seq(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("seq2seq")
-    return {arch: _build(root / arch, arch) for arch in ("t5", "bart", "marian")}
+    return {arch: build_seq2seq(root / arch, arch) for arch in ("t5", "bart", "marian")}
 
 
 def _raw(backend, source: str, n: int) -> list[int]:
@@ -206,11 +165,3 @@ def test_the_reverse_and_the_limits(model, manager, tiny_gpt2):
         lm.chat(model=model, manager=manager).say("Hello")
     with pytest.raises(InvalidOptionError, match="encoder–decoder model: its attention needs"):
         lm.attention(SOURCE, model=model, manager=manager)
-
-
-def test_causes_say_they_do_not_read_these_models_yet(model, manager):
-    for call in (lambda: lm.attribute(SOURCE, model=model, manager=manager),
-                 lambda: lm.ablate(SOURCE, model=model, heads=[(0, 1)], manager=manager),
-                 lambda: lm.patch(SOURCE, SOURCE, model=model, answers=(1, 2), manager=manager)):
-        with pytest.raises(NotAvailableError, match="encoder–decoder model"):
-            call()

@@ -93,9 +93,12 @@ def html(attribution: Any) -> str:
     head = ["<th style='text-align:left;position:sticky;left:0;background:#fff;"
             "white-space:nowrap'>"
             "output ↓ · input →</th>"]
+    source = attribution.source_tokens
     for j, text in enumerate(columns):
-        edge = "border-left:2px solid #888;" if prompt is not None and j == prompt else ""
-        head.append(f"<th title='{escape(f'input token {j}: {text!r}', quote=True)}' "
+        edge = ("border-left:2px solid #888;" if prompt is not None and j == prompt else
+                "border-left:2px dashed #888;" if source is not None and j == source else "")
+        side = "" if source is None else " (source)" if j < source else " (decoder input)"
+        head.append(f"<th title='{escape(f'input token {j}{side}: {text!r}', quote=True)}' "
                     f"style='{edge}white-space:pre;font-weight:normal;padding:1px 3px'>"
                     f"{escape(text)}</th>")
     body = []

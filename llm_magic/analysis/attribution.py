@@ -83,7 +83,11 @@ class Attribution:
     model : str
         The model's name.
     prompt_tokens : int or None
-        How many of the input tokens were the prompt (a generation).
+        How many of the input tokens come before the output (a generation, or ``output=``).
+    source_tokens : int or None
+        An encoder–decoder's: how many of the input tokens are the source (read by the
+        encoder); the decoder's start token (and any forced language token) follow, then
+        the output.
     """
 
     scores: np.ndarray
@@ -100,6 +104,7 @@ class Attribution:
     notes: tuple[str, ...]
     model: str
     prompt_tokens: int | None = None
+    source_tokens: int | None = None
 
     @property
     def unit(self) -> str:
@@ -210,19 +215,23 @@ def _targets(target: Any, contrast: Any) -> tuple[Any, Any]:
     return a, b
 
 
-def _positions(positions: Any, count: int) -> list[int]:
+def _positions(positions: Any, count: int | None) -> list[int]:
+    """Output token indexes, negatives from the end; ``count`` None: not known yet (the
+    backend tokenizes the output, then checks the range and resolves negatives)."""
     if positions is None:
-        return list(range(count))
+        return [] if count is None else list(range(count))
     items = [positions] if isinstance(positions, int) else positions
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not items:
         raise InvalidOptionError(f"positions must be an output token's index or a list of "
                                  f"them, not {shown(positions)}.")
     out = []
     for p in items:
-        if isinstance(p, bool) or not isinstance(p, int) or not -count <= p < count:
-            raise InvalidOptionError(f"positions picks output tokens 0 to {count - 1} (or "
-                                     f"negative from the end), not {shown(p)}.")
-        out.append(p % count)
+        if isinstance(p, bool) or not isinstance(p, int) or (
+                count is not None and not -count <= p < count):
+            end = "the output's tokens" if count is None else f"output tokens 0 to {count - 1}"
+            raise InvalidOptionError(f"positions picks {end} (or negative from the end), not "
+                                     f"{shown(p)}.")
+        out.append(p if count is None else p % count)
     if len(set(out)) != len(out):
         raise InvalidOptionError(f"positions names an output token twice: {shown(positions)}.")
     return out
@@ -254,6 +263,7 @@ def _generation(gen: Any, name: str, backend: Any) -> tuple[list[int], int, list
 def attribute(generation_or_text: Any, model: str | None = None, target: int | str | None = None,
               method: str = "input_x_gradient", *, steps: int = 50, baseline: Any = None,
               contrast: Sequence[int | str] | None = None, positions: Any = None,
+              output: str | Sequence[int] | None = None, target_lang: str | None = None,
               max_tokens: int | None = None,
               manager: ModelManager | None = None) -> Attribution:
     """Attribute output tokens to the input tokens before them.
@@ -262,15 +272,18 @@ def attribute(generation_or_text: Any, model: str | None = None, target: int | s
     ----------
     generation_or_text : str or Generation
         A text: attribute the model's greedy next token after it (one row), or
-        ``target``. A ``Generation`` (best with ``logprobs=K``, whose token ids
-        are the chosen ones): attribute each output token to the prompt and the
-        earlier output tokens.
+        ``target``; with ``output``, each token of the output. A ``Generation``
+        (best with ``logprobs=K``, whose token ids are the chosen ones): attribute
+        each output token to the prompt and the earlier output tokens. For an
+        encoder–decoder model (T5, BART, Marian) the text is the source, and the
+        inputs are the source's tokens, then the decoder's start token (and any
+        forced language token), then the earlier output tokens.
     model : str, optional
         A loaded model's name, or a source to load. Default: the generation's
         model, or the default model for a text.
     target : str or int, optional
         The token to attribute instead (one token's text or its id); for a
-        generation, with a single position in ``positions``.
+        generation or an output, with a single position in ``positions``.
     method : str
         ``"saliency"``, ``"input_x_gradient"`` (default), ``"integrated_gradients"``
         or ``"occlusion"``.
@@ -283,7 +296,14 @@ def attribute(generation_or_text: Any, model: str | None = None, target: int | s
     contrast : (a, b), optional
         Attribute f = log p(a) - log p(b) instead of log p(token).
     positions : int or list of int, optional
-        A generation's output tokens to attribute (indexes into its tokens).
+        The output tokens to attribute (indexes into a generation's tokens or the
+        output's; negative from the end). Default: all of them.
+    output : str or list of int, optional
+        An output to attribute, teacher-forced: after the text (a causal model) or
+        for the source (an encoder–decoder, tokenized as its output). The classic
+        question: which source tokens made this translation.
+    target_lang : str, optional
+        An encoder–decoder's forced language token before ``output`` (mBART, NLLB).
     max_tokens : int, optional
         Refuse longer sequences (default 1,024); the message says what it would take.
 
@@ -295,7 +315,7 @@ def attribute(generation_or_text: Any, model: str | None = None, target: int | s
     ------
     InvalidOptionError
         An unknown method, bad steps, a target that is not one token, an empty
-        text, positions out of range, or a sequence past ``max_tokens``.
+        text or output, positions out of range, or a sequence past ``max_tokens``.
     NotAvailableError
         A served model, or gradients through int4 weights (occlusion still works).
 
@@ -305,41 +325,94 @@ def attribute(generation_or_text: Any, model: str | None = None, target: int | s
     >>> a = lm.attribute("def f(x):\\n    return", model="demo")  # doctest: +SKIP
     >>> g = lm.generate("import os", model="demo", max_new_tokens=5, logprobs=3)  # doctest: +SKIP
     >>> lm.attribute(g, method="integrated_gradients").completeness  # doctest: +SKIP
+    >>> lm.attribute("3/3/2021", model="demo-translator", output="2021-03-03")  # doctest: +SKIP
     """
     manager = manager or get_manager()
     limit = ATTRIBUTION_MAX_TOKENS if max_tokens is None else max_tokens
     _check(method, steps, baseline, limit)
     goal, other = _targets(target, contrast)
     text = isinstance(generation_or_text, str)
+    if output is not None:
+        output = _output(output, text)
+    if target_lang is not None:
+        check_text(target_lang, "target_lang", hint="give a language code such as 'fr_XX'")
     if text:
         check_text(generation_or_text, "The text", hint="write some text to attribute")
-        if positions is not None:
-            raise InvalidOptionError("positions= picks output tokens of a Generation; a text "
-                                     "has one, the next token.")
+        if positions is not None and output is None:
+            raise InvalidOptionError("positions= picks output tokens of a Generation or of "
+                                     "output=; a text alone has one, the next token.")
     elif not isinstance(getattr(generation_or_text, "prompt", None), str) or not isinstance(
             getattr(generation_or_text, "text", None), str):
         raise InvalidOptionError("attribute reads a text or a Generation, not "
                                  f"{type(generation_or_text).__name__}.")
     name = resolve(manager, model, of=None if text else generation_or_text)
     with manager.checkout(name) as backend:
-        if text:
+        notes: list[str] = []
+        extra: dict[str, Any] = {}
+        prompt_tokens: int | None = None
+        if text and output is None:
             source: str | list[int] = generation_or_text
             rows: list[tuple[int | None, Any, Any]] = [(None, goal, other)]
-            prompt_tokens: int | None = None
-            notes: list[str] = []
+            if target_lang is not None:
+                extra["target_lang"] = target_lang
+        elif text or getattr(backend, "seq2seq", False):
+            source, extra, count, notes = (
+                (generation_or_text, {"output": output, "target_lang": target_lang}, None, [])
+                if text else _seq2seq_generation(generation_or_text, name))
+            rows = _rows(positions, count, goal, other)
         else:
             source, prompt_tokens, notes = _generation(generation_or_text, name, backend)
             count = len(source) - prompt_tokens
             if count == 0:
                 raise InvalidOptionError("The generation has no output tokens to attribute.")
-            picked = _positions(positions, count)
-            if goal is not None and len(picked) != 1:
-                raise InvalidOptionError("target= and contrast= apply to a single output "
-                                         "token: pass positions=k with them.")
-            rows = [(prompt_tokens + k, goal, other) for k in picked]
+            rows = [(len(source) - count + (k or 0), g, o)
+                    for k, g, o in _rows(positions, count, goal, other)]
         captured = backend.attribute(source, rows=rows, method=method, steps=steps,
-                                     baseline=baseline, max_tokens=limit)
+                                     baseline=baseline, max_tokens=limit, **extra)
     return _result(captured, method, name, prompt_tokens, notes)
+
+
+def _output(value: Any, text: bool) -> str | list[int]:
+    if not text:
+        raise InvalidOptionError("output= goes with a text (the prompt or source); a "
+                                 "Generation carries its own output.")
+    if isinstance(value, str):
+        return check_text(value, "The output", hint="write the output to attribute")
+    if isinstance(value, Sequence) and value and all(
+            isinstance(i, int) and not isinstance(i, bool) for i in value):
+        return list(value)
+    raise InvalidOptionError(f"output must be a text or a list of token ids, not {shown(value)}.")
+
+
+def _rows(positions: Any, count: int | None, goal: Any,
+          other: Any) -> list[tuple[int | None, Any, Any]]:
+    """Rows for output tokens ``positions`` (``count`` None: checked by the backend)."""
+    picked = _positions(positions, count)
+    if goal is not None and len(picked) != 1:
+        raise InvalidOptionError("target= and contrast= apply to a single output token: pass "
+                                 "positions=k with them.")
+    return [(k, goal, other) for k in picked]
+
+
+def _seq2seq_generation(gen: Any, name: str) -> tuple[Any, dict[str, Any], int | None,
+                                                        list[str]]:
+    """An encoder–decoder generation's source, output and forced language, as it ran."""
+    records = getattr(gen, "tokens", None) or ()
+    ids = [getattr(r, "id", None) for r in records]
+    same = gen.model == name
+    source = list(gen.prompt_ids) if same and gen.prompt_ids else gen.prompt
+    notes = []
+    chosen = [i for i in ids if i is not None]
+    if same and records and len(chosen) == len(ids):
+        output: Any = chosen
+    else:
+        output = gen.text
+        notes.append("The output was tokenized again from its text: generate with logprobs=K "
+                     "to attribute the very tokens chosen.")
+    if not output:
+        raise InvalidOptionError("The generation has no output tokens to attribute.")
+    extra = {"output": output, "target_lang": gen.params.get("target_lang")}
+    return source, extra, len(output) if isinstance(output, list) else None, notes
 
 
 def _result(cap: Any, method: str, name: str, prompt_tokens: int | None,
@@ -352,7 +425,9 @@ def _result(cap: Any, method: str, name: str, prompt_tokens: int | None,
         contrast_ids=cap.contrast_ids, input_ids=cap.ids, input_tokens=cap.texts,
         output_tokens=tuple(outputs), positions=cap.positions, value=cap.value,
         completeness=cap.completeness, baseline=cap.baseline,
-        notes=(*cap.notes, *notes), model=name, prompt_tokens=prompt_tokens)
+        notes=(*cap.notes, *notes), model=name,
+        prompt_tokens=prompt_tokens if cap.prompt_tokens is None else cap.prompt_tokens,
+        source_tokens=cap.source_tokens)
     if result.completeness is not None:
         worst = float(max(result.completeness))
         if not worst <= COMPLETENESS_TOLERANCE:

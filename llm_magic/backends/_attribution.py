@@ -28,7 +28,8 @@ from ..common.sizes import format_size
 from ..errors import InvalidOptionError, NotAvailableError, PromptTooLongError
 from ._attribution_setup import baseline_of, check_gradients, describe
 
-__all__ = ["METHODS", "PASS_BYTES", "AttributionCapture", "Row", "attribute", "nodes", "rows_of"]
+__all__ = ["METHODS", "PASS_BYTES", "AttributionCapture", "Row", "attribute", "nodes", "rows_after",
+           "rows_of"]
 
 METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "occlusion")
 #: Estimated activation bytes one forward and backward pass may hold (the copies per pass).
@@ -68,6 +69,10 @@ class AttributionCapture:
     completeness: Any
     baseline: str | None
     notes: tuple[str, ...]
+    #: An encoder–decoder's: how many columns are the source, and how many come before the
+    #: output (the source, then the decoder's start and any forced language token).
+    source_tokens: int | None = None
+    prompt_tokens: int | None = None
 
 
 @contextlib.contextmanager
@@ -369,6 +374,23 @@ def _targets(model: Any, x: Any, ids: list[int], rows: Sequence[Row], vocab: int
                                      "two different tokens.")
         out.append(Row(row.position, target, row.contrast))
     return out
+
+
+def rows_after(specs: Sequence[tuple[Any, Any, Any]], before: int,
+               count: int) -> list[tuple[Any, Any, Any]]:
+    """Rows whose positions index an output of ``count`` tokens after ``before`` tokens (None:
+    the token after the output; negative: from its end; no rows: every output token), as
+    positions in the whole sequence; an empty output refused."""
+    if count == 0:
+        raise InvalidOptionError("The output encodes to no tokens; write the output to "
+                                 "attribute.")
+    for position, _, _ in specs:
+        if position is not None and (isinstance(position, bool) or not -count <= position < count):
+            raise InvalidOptionError(f"Output token {position} is not in the output (tokens 0 "
+                                     f"to {count - 1}, or negative from the end).")
+    if not specs:
+        specs = [(k, None, None) for k in range(count)]
+    return [(None if p is None else before + p % count, t, c) for p, t, c in specs]
 
 
 def rows_of(specs: Sequence[tuple[Any, Any, Any]], n: int,

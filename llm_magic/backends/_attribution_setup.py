@@ -68,10 +68,10 @@ def baseline_of(model: Any, embed: Any, spec: Any, length: int, pad_id: int | No
     if not 0 <= int(token) < vocab:
         raise InvalidOptionError(f"baseline token {token} is not in the vocabulary "
                                  f"(ids 0 to {vocab - 1}).")
-    with torch.no_grad():
-        row = embed(torch.tensor([int(token)], device=x_like.device))[0]
+    with torch.no_grad():  # every position embedded (an encoder–decoder's differ by side)
+        rows = embed(torch.full((length,), int(token), device=x_like.device))
     what = "the pad token " if spec == "pad" else "token "
-    return row.expand(length, -1).clone(), (
+    return rows.detach().clone(), (
         f"the embedding of {what}{int(token)} ({texts(int(token))!r}) in place of every input "
         "token's, the first (BOS) token included")
 

@@ -534,13 +534,17 @@ class Backend(abc.ABC):
         )
 
     def attribute(self, source: str | Sequence[int], *, rows: Sequence[tuple[Any, Any, Any]],
-                  method: str, steps: int, baseline: Any, max_tokens: int) -> Any:
+                  method: str, steps: int, baseline: Any, max_tokens: int,
+                  output: str | Sequence[int] | None = None,
+                  target_lang: str | None = None) -> Any:
         """Attribute output tokens of ``source`` (a text or token ids) to the tokens before them.
 
         Each row is (position, target, contrast): the output token's position in
         the sequence (None: the next token after it), the token to attribute
         (None: the one there, or the greedy next one) and the token it is
-        contrasted with (None: none), as ids or one token's text.
+        contrasted with (None: none), as ids or one token's text. With ``output``
+        (teacher-forced after the text, or an encoder–decoder's output for the
+        source, its forced ``target_lang`` token first), positions index the output.
         """
         raise NotAvailableError(
             f"The {self.kind!r} backend cannot attribute: it needs the model's gradients in "

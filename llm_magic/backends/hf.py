@@ -10,6 +10,7 @@ seeded sampling (``_sampling``) and stopping (``_stopping``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import threading
@@ -848,21 +849,37 @@ class HFBackend(Backend):
                                         context_length=self.context_length, answer_texts=texts)
 
     def attribute(self, source: str | Sequence[int], *, rows: Sequence[tuple[Any, Any, Any]],
-                  method: str, steps: int, baseline: Any, max_tokens: int) -> Any:
-        """Attribute output tokens to the tokens before them (see ``backends/_attribution``)."""
-        from . import _attribution
+                  method: str, steps: int, baseline: Any, max_tokens: int,
+                  output: str | Sequence[int] | None = None,
+                  target_lang: str | None = None) -> Any:
+        """Attribute output tokens to the tokens before them (see ``backends/_attribution``;
+        an encoder–decoder's to its source and decoder input: ``_attribution_seq2seq``)."""
+        from . import _attribution, _attribution_seq2seq
 
         self._check_generates()
         if self.seq2seq:
-            raise _s2s.unsupported(self.spec.name, "Attribution")
+            with _out_of_memory_guard(repr(self.spec.name), self.device):
+                return _attribution_seq2seq.attribute(
+                    self, source, rows=rows, output=output, target_lang=target_lang,
+                    method=method, steps=steps, baseline=baseline, max_tokens=max_tokens)
+        if target_lang is not None:
+            raise InvalidOptionError(f"target_lang applies to translation models; "
+                                     f"{self.spec.name!r} is a causal LM.")
         ids = self._ids(source, "attribute")
+        before = None
+        if output is not None:  # rows index the output, teacher-forced after the text
+            tail = (list(self.tokenizer(output, add_special_tokens=False, verbose=False)[
+                "input_ids"]) if isinstance(output, str) else self._ids(output, "attribute"))
+            before, rows = len(ids), _attribution.rows_after(rows, len(ids), len(tail))
+            ids += tail
         wanted = _attribution.rows_of(rows, len(ids), self.token_id)
         with _out_of_memory_guard(repr(self.spec.name), self.device):
-            return _attribution.attribute(
+            cap = _attribution.attribute(
                 self.model, ids, wanted, method=method, steps=steps, baseline=baseline,
                 max_tokens=max_tokens, texts=self._texts(), pad_id=self.pad_id,
                 context_length=self.context_length,
                 quantized=getattr(self.quantized, "scheme", None))
+        return cap if before is None else dataclasses.replace(cap, prompt_tokens=before)
 
     def token_id(self, text: str) -> int:
         """The id of ``text`` when the tokenizer makes exactly one token of it."""
