@@ -16,8 +16,11 @@ from typing import Any
 from ..common import heatmap as _heatmap
 from ..common.visible import visible
 
-__all__ = ["BLUE", "CELL", "RED", "colour", "diverging", "from_capture", "level",
-           "patching_html", "patching_png", "png_size"]
+__all__ = ["BLUE", "CELL", "PART_NAMES", "RED", "colour", "diverging", "from_capture", "level",
+           "patching_html", "patching_png", "png_size", "position_word"]
+
+#: An encoder–decoder's parts, as a summary names them.
+PART_NAMES = {"encoder": "encoder", "decoder": "decoder", "cross": "cross-attention"}
 
 #: The colours of -1 and +1 (0 is white).
 BLUE, RED = (33, 102, 172), (178, 24, 43)
@@ -62,13 +65,22 @@ def colour(value: float) -> tuple[int, int, int]:
 # -- the result ------------------------------------------------------------------------------
 
 
+def position_word(part: str | None) -> str:
+    """What a column's position indexes: "positions", "source positions", "decoder positions"."""
+    return {None: "positions", "encoder": "source positions"}.get(part, "decoder positions")
+
+
 def from_capture(cls: Any, cap: Any, model: str, metric: Any) -> Any:
     """A :class:`~llm_magic.analysis.patching.Patching` of a backend's capture."""
+    part = getattr(cap, "part", None)
+    # An encoder–decoder's decoder or cross-attention is patched at the decoder's positions.
+    labels = (cap.decoder_texts if getattr(cap, "positions", "input") == "decoder"
+              else cap.corrupt_texts)
     if cap.over == "heads":
         columns = tuple(f"head {h}" for h in cap.columns)
     else:
         columns = tuple((f"{b}" if a == b else f"{a}\u2192{b}")
-                        + f" {visible(cap.corrupt_texts[b])!r}" for a, b in cap.columns)
+                        + f" {visible(labels[b])!r}" for a, b in cap.columns)
     if metric is None:
         a, b = cap.answer_texts
         name = f"logit({visible(a)!r}) \u2212 logit({visible(b)!r}) at the last position"
@@ -78,12 +90,14 @@ def from_capture(cls: Any, cap: Any, model: str, metric: Any) -> Any:
     sanity = (f"sanity: clean patched into clean changed the logits by exactly "
               f"{cap.clean_change:g}; the unpatched corrupt run equals the model's own logits "
               f"(torch.equal: {cap.corrupt_equal})")
+    stack = "" if part is None else ("encoder " if part == "encoder" else "decoder ")
     return cls(model=model, over=cap.over, grid=cap.grid, values=cap.values,
-               rows=tuple(f"layer {i}" for i in range(cap.grid.shape[0])), columns=columns,
-               clean_value=cap.clean_value, corrupt_value=cap.corrupt_value,
+               rows=tuple(f"{stack}layer {i}" for i in range(cap.grid.shape[0])),
+               columns=columns, clean_value=cap.clean_value, corrupt_value=cap.corrupt_value,
                metric_name=name, sanity=sanity, clean_tokens=cap.clean_texts,
                corrupt_tokens=cap.corrupt_texts, forwards=cap.forwards,
-               rows_per_forward=cap.rows_per_forward)
+               rows_per_forward=cap.rows_per_forward, part=part,
+               decoder_tokens=tuple(getattr(cap, "decoder_texts", ())))
 
 
 # -- PNG ------------------------------------------------------------------------------------
@@ -193,9 +207,16 @@ def patching_html(p: Any) -> str:
                        f"{_heatmap.hex_colour(rgb)};color:{_heatmap.ink(rgb)}'>"
                        f"{escape(f'{v:.2f}')}</td>")
         body.append("<tr style='background:transparent'>" + "".join(tds) + "</tr>")
-    what = "heads (each at every patched position)" if p.over == "heads" else \
-        "positions (corrupt token)"
-    note = (f"rows: layers; columns: {what}; metric: {p.metric_name}; "
+    part = getattr(p, "part", None)
+    where = position_word(part)
+    token = "the decoder token both runs read" if part in ("decoder", "cross") else \
+        "corrupt token"
+    what = f"heads (each at every patched {where[:-1]})" if p.over == "heads" else \
+        f"{where} ({token})"
+    rows = "layers" if part is None else (
+        "encoder layers" if part == "encoder" else
+        "decoder layers" + " (their cross-attention)" * (part == "cross"))
+    note = (f"rows: {rows}; columns: {what}; metric: {p.metric_name}; "
             f"{p.forwards} batched forwards of up to {p.rows_per_forward} rows.")
     return (
         f"<div class='llm-magic-patching' style='{_BOX}'>"
@@ -217,6 +238,11 @@ def ablation_html(a: Any) -> str:
              "<th style='text-align:left'>predicted after</th>"
              "<th style='text-align:right'>\u0394 log-prob of the answer, nats</th>"
              "<th style='text-align:right'>KL, nats</th></tr>"]
+    source = getattr(a, "source_tokens", ())
+    intro = "" if not getattr(a, "part", None) else (
+        "<div style='font-size:11px;opacity:.75;margin-top:2px'>"
+        + escape(f"decoder positions (start token, then the target) for the source "
+                 f"{''.join(visible(t) for t in source)!r}") + "</div>")
     for t, token in enumerate(a.tokens):
         before = visible(a.text(int(a.base_top_ids[t, 0])))
         after = visible(a.text(int(a.top_ids[t, 0])))
@@ -228,6 +254,6 @@ def ablation_html(a: Any) -> str:
                      f"<td style='text-align:right'>{escape(answers)}</td>"
                      f"<td style='text-align:right'>{float(a.kl[t]):.4f}</td></tr>")
     return (f"<div class='llm-magic-ablation' style='{_BOX}'>"
-            f"<div style='font-weight:600'>{escape(a.summary())}</div>"
+            f"<div style='font-weight:600'>{escape(a.summary())}</div>{intro}"
             "<div style='overflow-x:auto;max-width:100%'><table style='border-collapse:collapse;"
             f"font-size:12px'>{''.join(lines)}</table></div></div>")

@@ -13,12 +13,19 @@ for bit.
   sanity line: clean patched into clean changes nothing, and the unpatched corrupt run
   is the model's own.
 
+On an encoder–decoder (T5, BART, Marian, ``"demo-translator"``) the text is the source, the
+decoder reads its start token then ``target=`` (teacher-forced), and ``part=`` picks the
+stack: ``"encoder"``, ``"decoder"`` or ``"cross"`` (the decoder's cross-attention).
+Predictions are compared at the decoder's positions.
+
 Examples
 --------
 >>> import llm_magic as lm
 >>> p = lm.patch("The cat sat on the mat", "The dog sat on the mat", model="demo",
 ...              answers=(" mat", " rug"))  # doctest: +SKIP
 >>> p.grid.shape  # layers x positions  # doctest: +SKIP
+>>> e = lm.patch("3 March 2021", "3 March 2022", model="demo-translator", target="202",
+...              answers=("1", "2"), part="encoder")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -29,18 +36,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..common.text import check_text, shown
+from ..common.text import shown
 from ..errors import InvalidOptionError
 from ..manager import ModelManager, get_manager
+from . import _patching_checks as _checks
 from . import _patching_pictures as _pictures
+from ._patching_checks import PARTS
 from ._resolve import resolve
 
-__all__ = ["MODES", "OVER", "Ablation", "Patching", "ablate", "patch"]
+__all__ = ["MODES", "OVER", "PARTS", "Ablation", "Patching", "ablate", "patch"]
 
 #: What :func:`patch` can patch.
 OVER = ("resid", "attn", "mlp", "heads")
 #: How :func:`ablate` removes a part.
 MODES = ("zero", "mean")
+#: What each part's parts are called in :attr:`Ablation.ablated`.
+_PART_WORDS = {"encoder": "encoder ", "decoder": "decoder ", "cross": "cross-attention "}
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -51,7 +62,7 @@ class Ablation:
     ----------
     model : str
     tokens : tuple of str
-        The input tokens' texts.
+        The input tokens' texts (an encoder–decoder's: the decoder's, its start token first).
     ablated : str
         What was removed, in words.
     mode : str
@@ -68,6 +79,11 @@ class Ablation:
     kl : numpy.ndarray
         ``[T]``: KL(unablated || ablated) in nats.
     vocab : dict of int to str
+    part : str or None
+        An encoder–decoder's ablated stack (``"encoder"``, ``"decoder"``, ``"cross"``);
+        None for a causal model.
+    source_tokens : tuple of str
+        An encoder–decoder's source tokens (empty for a causal model).
 
     Examples
     --------
@@ -89,6 +105,8 @@ class Ablation:
     delta: Any
     kl: Any
     vocab: dict[int, str]
+    part: str | None = None
+    source_tokens: tuple[str, ...] = ()
 
     def text(self, token_id: int) -> str:
         """The text of a token id of this result."""
@@ -106,10 +124,11 @@ class Ablation:
 
     def summary(self) -> str:
         """One line: the model, what was ablated, the largest change."""
-        worst = float(abs(self.delta).max()) if self.delta.size else 0.0
+        worst, n = float(abs(self.delta).max()) if self.delta.size else 0.0, len(self.tokens)
         return (f"Ablation of {self.model!r} ({self.ablated}, {self.mode}): "
-                f"{len(self.tokens)} positions; largest log-probability change "
-                f"{worst:.3f} nats, mean KL {float(self.kl.mean()):.4f} nats")
+                f"{n} {'decoder ' * bool(self.part)}position{'s' * (n != 1)}; largest "
+                f"log-probability change {worst:.3f} nats, mean KL "
+                f"{float(self.kl.mean()):.4f} nats")
 
     def to_html(self) -> str:
         """An escaped HTML table: each position's token, prediction before and after, change."""
@@ -147,6 +166,12 @@ class Patching:
     clean_tokens, corrupt_tokens : tuple of str
     forwards, rows_per_forward : int
         How the patched runs were batched.
+    part : str or None
+        An encoder–decoder's patched stack: ``"encoder"`` (columns: source positions),
+        ``"decoder"`` or ``"cross"`` (columns: decoder positions, or heads); None for a
+        causal model. Rows are then that stack's layers.
+    decoder_tokens : tuple of str
+        An encoder–decoder's decoder tokens, read in both runs (empty for a causal model).
 
     Examples
     --------
@@ -168,11 +193,15 @@ class Patching:
     corrupt_tokens: tuple[str, ...]
     forwards: int
     rows_per_forward: int
+    part: str | None = None
+    decoder_tokens: tuple[str, ...] = ()
 
     def summary(self) -> str:
-        """One line: model, what was patched, the grid's shape, the metric's two ends."""
-        what = "heads" if self.over == "heads" else "positions"
-        return (f"Patching of {self.model!r} over {self.over}: {len(self.rows)} layers x "
+        """One line: model, what was patched (in which stack), the grid's shape, the metric's
+        two ends."""
+        what = "heads" if self.over == "heads" else _pictures.position_word(self.part)
+        where = "" if self.part is None else f" in the {_pictures.PART_NAMES[self.part]}"
+        return (f"Patching of {self.model!r} over {self.over}{where}: {len(self.rows)} layers x "
                 f"{len(self.columns)} {what}; {self.metric_name}: clean "
                 f"{self.clean_value:.4g}, corrupt {self.corrupt_value:.4g}")
 
@@ -200,68 +229,11 @@ class Patching:
         return f"<{self.summary()}>"
 
 
-# -- checks --------------------------------------------------------------------------------
-
-
-def _index(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidOptionError(f"{what} must be an integer index, not {shown(value)}.")
-    return value
-
-
-def _indices(values: Any, what: str) -> list[int]:
-    if values is None:
-        return []
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise InvalidOptionError(f"{what} must be a list of layer indices, not {shown(values)}.")
-    return [_index(v, f"Each of {what}") for v in values]
-
-
-def _pairs(values: Any, what: str, example: str) -> list[tuple[int, int]]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise InvalidOptionError(f"{what} must be a list of {example} pairs, not "
-                                 f"{shown(values)}.")
-    out = []
-    for pair in values:
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise InvalidOptionError(f"Each of {what} must be a {example} pair, not "
-                                     f"{shown(pair)}.")
-        out.append((_index(pair[0], f"In {what}, {example.split(', ')[0]}"),
-                    _index(pair[1], f"In {what}, {example.split(', ')[1]}")))
-    return out
-
-
-def _answers(values: Any, exactly: int | None) -> list[str | int]:
-    if isinstance(values, (str, int)) or not isinstance(values, Sequence):
-        values = [values]
-    out: list[str | int] = []
-    for v in values:
-        if isinstance(v, str):
-            out.append(check_text(v, "An answer", allow_blank=True,
-                                  hint="name a token's text or its id"))
-        elif isinstance(v, int) and not isinstance(v, bool):
-            out.append(v)
-        else:
-            raise InvalidOptionError(f"An answer is a token's text or id, not {shown(v)}.")
-    if exactly is not None and len(out) != exactly or not out:
-        raise InvalidOptionError(f"answers must be {exactly or 'one or more'} tokens "
-                                 f"(texts or ids), not {shown(values)}.")
-    return out
-
-
-def _source(value: Any, what: str) -> str | list[int]:
-    if isinstance(value, str):
-        return check_text(value, what, hint="write some text")
-    if isinstance(value, Sequence) and value and all(
-            isinstance(i, int) and not isinstance(i, bool) for i in value):
-        return list(value)
-    raise InvalidOptionError(f"{what} must be a text or a list of token ids, not {shown(value)}.")
-
-
 # -- the calls -----------------------------------------------------------------------------
 
 
 def ablate(text: str | Sequence[int], model: str | None = None, *,
+           target: str | Sequence[int] | None = None, part: str | None = None,
            heads: Sequence[tuple[int, int]] | None = None, layers: Sequence[int] | None = None,
            mlp: Sequence[int] | None = None, mode: str = "zero",
            answers: Sequence[str | int] | str | int | None = None,
@@ -271,8 +243,17 @@ def ablate(text: str | Sequence[int], model: str | None = None, *,
     Parameters
     ----------
     text : str or list of int
+        The text (an encoder–decoder's source, which its encoder reads).
     model : str, optional
         A loaded model's name or a source to load (default: the default model).
+    target : str or list of int, optional
+        Encoder–decoder only: the output its decoder reads after its start token,
+        teacher-forced (a text, tokenized as the model's output without its end token, or
+        output ids). Default: none, so one position, the first output token's prediction.
+    part : {"decoder", "encoder", "cross"}, optional
+        Encoder–decoder only: the stack that ``heads``, ``layers`` and ``mlp`` index (default
+        ``"decoder"``: its self-attention and MLPs; ``"encoder"``: the encoder's; ``"cross"``:
+        the decoder's cross-attention, heads and layers only).
     heads : list of (layer, head)
         Heads to remove: their slice of the attention output before the output projection.
     layers : list of int
@@ -280,7 +261,8 @@ def ablate(text: str | Sequence[int], model: str | None = None, *,
     mlp : list of int
         MLPs (or sparse MoE blocks) whose output is removed.
     mode : {"zero", "mean"}
-        Replace by zero, or by its mean over the positions of this text.
+        Replace by zero, or by its mean over the positions of this text (an encoder–decoder:
+        over the positions of the ablated stack, the source's for the encoder).
     answers : list of str or int, optional
         Tokens whose log-probability change is reported at every position (each exactly one
         token); default: the model's own prediction at each position.
@@ -292,8 +274,11 @@ def ablate(text: str | Sequence[int], model: str | None = None, *,
     Raises
     ------
     InvalidOptionError
-        An empty text, an unknown mode, a layer or head out of range, a bool for an
-        index, an answer that is not one token.
+        An empty text or target, an unknown mode or part, a layer or head out of range (of
+        the chosen stack), a bool for an index, an answer that is not one token,
+        ``target``/``part`` on a causal model, ``mlp`` with ``part="cross"``.
+    PromptTooLongError
+        A source past the encoder's limit, a target past the decoder's.
     NotAvailableError
         A served model, or an architecture whose blocks cannot be found.
 
@@ -301,32 +286,39 @@ def ablate(text: str | Sequence[int], model: str | None = None, *,
     --------
     >>> a = lm.ablate("def f(x):", model="demo", heads=[(0, 1), (1, 2)],
     ...               mode="mean")  # doctest: +SKIP
+    >>> t = lm.ablate("3 March 2021", model="demo-translator", target="2021-03-0",
+    ...               part="cross", heads=[(1, 0)])  # doctest: +SKIP
     """
     manager = manager or get_manager()
-    source = _source(text, "The text")
-    chosen_heads = [] if heads is None else _pairs(heads, "heads", "layer, head")
-    chosen_layers, chosen_mlp = _indices(layers, "layers"), _indices(mlp, "mlp")
+    source = _checks.source(text, "The text")
+    output, stack = _checks.target(target), _checks.part(part)
+    chosen_heads = [] if heads is None else _checks.pairs(heads, "heads", "layer, head")
+    chosen_layers, chosen_mlp = _checks.indices(layers, "layers"), _checks.indices(mlp, "mlp")
     if mode not in MODES:
         raise InvalidOptionError(f"mode must be one of {', '.join(MODES)}, not {shown(mode)}.")
-    wanted = None if answers is None else _answers(answers, None)
+    wanted = None if answers is None else _checks.answers(answers, None)
     name = resolve(manager, model)
     with manager.checkout(name) as backend:
         cap = backend.ablate(source, heads=chosen_heads, layers=chosen_layers, mlp=chosen_mlp,
-                             mode=mode, answers=wanted)
-    parts = ([f"heads {', '.join(f'{la}.{h}' for la, h in chosen_heads)}"] * bool(chosen_heads)
-             + [f"attention {', '.join(map(str, chosen_layers))}"] * bool(chosen_layers)
-             + [f"MLP {', '.join(map(str, chosen_mlp))}"] * bool(chosen_mlp))
+                             mode=mode, answers=wanted, target=output, part=stack)
+    word = _PART_WORDS.get(cap.part or "", "")
+    attention = "" if cap.part == "cross" else "attention "
+    parts = ([f"{word}heads {', '.join(f'{la}.{h}' for la, h in chosen_heads)}"]
+             * bool(chosen_heads)
+             + [f"{word}{attention}{', '.join(map(str, chosen_layers))}"] * bool(chosen_layers)
+             + [f"{word}MLP {', '.join(map(str, chosen_mlp))}"] * bool(chosen_mlp))
     return Ablation(model=name, tokens=cap.texts, ablated="; ".join(parts) or "nothing",
                     mode=mode, top_ids=cap.top_ids, top_logprobs=cap.top_logprobs,
                     base_top_ids=cap.base_top_ids, base_top_logprobs=cap.base_top_logprobs,
                     answer_ids=cap.answer_ids, logprob=cap.answer_logprob,
                     base_logprob=cap.base_answer_logprob,
                     delta=cap.answer_logprob - cap.base_answer_logprob, kl=cap.kl,
-                    vocab=cap.vocab)
+                    vocab=cap.vocab, part=cap.part, source_tokens=cap.source_texts)
 
 
 def patch(clean: str | Sequence[int], corrupt: str | Sequence[int], model: str | None = None,
-          *, answers: Sequence[str | int] = (" a", " b"),
+          *, target: str | Sequence[int] | None = None, part: str | None = None,
+          answers: Sequence[str | int] = (" a", " b"),
           metric: Callable[[Any], float] | None = None, over: str = "resid",
           align: Sequence[tuple[int, int]] | None = None,
           manager: ModelManager | None = None) -> Patching:
@@ -335,18 +327,31 @@ def patch(clean: str | Sequence[int], corrupt: str | Sequence[int], model: str |
     Parameters
     ----------
     clean, corrupt : str or list of int
-        The two inputs; they must tokenize to the same length unless ``align`` is given.
+        The two inputs (an encoder–decoder's: two sources); they must tokenize to the same
+        length unless ``align`` is given (or an encoder–decoder's ``part`` is not the encoder).
     model : str, optional
+    target : str or list of int, optional
+        Encoder–decoder only: the output both runs' decoders read after the start token
+        (a text, tokenized as the model's output without its end token, or output ids).
+    part : {"encoder", "decoder", "cross"}, optional
+        Encoder–decoder only: the stack patched (default ``"encoder"``: rows are encoder
+        layers, columns source positions; ``"decoder"``: decoder layers and positions, the
+        difference arriving through cross-attention; ``"cross"``: the cross-attention's
+        output at each decoder position (``over="attn"``) or each cross head
+        (``over="heads"``)).
     answers : (str or int, str or int)
-        The default metric is logit(answers[0]) - logit(answers[1]) at the last position.
+        The default metric is logit(answers[0]) - logit(answers[1]) at the last position
+        (an encoder–decoder's: the decoder's last position).
     metric : callable, optional
-        ``metric(logits) -> float`` on one run's float32 ``[T, vocab]`` logits, instead.
+        ``metric(logits) -> float`` on one run's float32 ``[T, vocab]`` logits, instead (an
+        encoder–decoder's: ``[decoder positions, vocab]``).
     over : {"resid", "attn", "mlp", "heads"}
         What is patched: the residual stream entering each block (TransformerLens's
         ``resid_pre``), each attention or MLP output, at one position per run; or each
         head's output (before the output projection) at every position.
     align : list of (clean_pos, corrupt_pos), optional
-        Patch only these positions (inputs of different lengths).
+        Patch only these positions (inputs of different lengths; an encoder–decoder's
+        source positions, ``part="encoder"`` only).
 
     Returns
     -------
@@ -355,8 +360,12 @@ def patch(clean: str | Sequence[int], corrupt: str | Sequence[int], model: str |
     Raises
     ------
     InvalidOptionError
-        Unknown ``over``, inputs of different lengths without ``align``, an empty text,
-        answers that are not one token each, a metric equal on both runs.
+        Unknown ``over`` or ``part``, inputs of different lengths without ``align``, an
+        empty text or target, answers that are not one token each, a metric equal on both
+        runs, ``target``/``part`` on a causal model, ``over`` other than attn or heads with
+        ``part="cross"``.
+    PromptTooLongError
+        A source past the encoder's limit, a target past the decoder's.
     NotAvailableError
         A served model, an unknown architecture, or a grid that failed its self-check.
 
@@ -364,21 +373,24 @@ def patch(clean: str | Sequence[int], corrupt: str | Sequence[int], model: str |
     --------
     >>> p = lm.patch("x = 1; x", "y = 1; x", model="demo", answers=(" =", " +"))  # doctest: +SKIP
     >>> p.sanity  # doctest: +SKIP
+    >>> d = lm.patch("3 March 2021", "3 March 2022", model="demo-translator", target="202",
+    ...              answers=("1", "2"), part="decoder")  # doctest: +SKIP
     """
     manager = manager or get_manager()
-    clean_source, corrupt_source = _source(clean, "The clean text"), _source(
+    clean_source, corrupt_source = _checks.source(clean, "The clean text"), _checks.source(
         corrupt, "The corrupt text")
+    output, stack = _checks.target(target), _checks.part(part)
     if over not in OVER:
         raise InvalidOptionError(f"over must be one of {', '.join(OVER)}, not {shown(over)}.")
     if metric is not None and not callable(metric):
         raise InvalidOptionError(f"metric must be a callable metric(logits) -> float, not "
                                  f"{shown(metric)}.")
-    wanted = _answers(answers, 2) if metric is None else []
-    pairs = None if align is None else _pairs(align, "align", "clean_pos, corrupt_pos")
+    wanted = _checks.answers(answers, 2) if metric is None else []
+    pairs = None if align is None else _checks.pairs(align, "align", "clean_pos, corrupt_pos")
     if pairs is not None and not pairs:
         raise InvalidOptionError("align is empty: give at least one (clean_pos, corrupt_pos).")
     name = resolve(manager, model)
     with manager.checkout(name) as backend:
         cap = backend.patch(clean_source, corrupt_source, over=over, answers=wanted,
-                            metric=metric, align=pairs)
+                            metric=metric, align=pairs, target=output, part=stack)
     return _pictures.from_capture(Patching, cap, name, metric)

@@ -14,7 +14,10 @@ or forward pre-hook on the model's own modules, found by :func:`sites`:
   grouped-query attention needs nothing special, and the slice is the same
   whichever attention kernel (eager, sdpa) made it.
 
-Patching (:mod:`._patching_grid`) uses the same sites and hooks.
+Patching (:mod:`._patching_grid`) uses the same sites and hooks. An encoder–decoder's
+three stacks (encoder, decoder, the decoder's cross-attention) have their own
+:class:`Sites` (:mod:`._patching_seq2seq`); a run of such a model takes a pair of batches,
+(encoder ids, decoder ids), and :func:`logits` feeds both.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from typing import Any
 from ..errors import InvalidOptionError, NotAvailableError, PromptTooLongError
 
 __all__ = ["MODES", "AblationCapture", "Edit", "Hook", "Sites", "ablate", "ablation_hooks",
-           "answer_ids", "arch", "capture", "check_length", "check_parts", "head_slice", "hooks",
-           "logits", "sites", "text_config"]
+           "answer_ids", "arch", "batch_of", "capture", "check_length", "check_parts",
+           "head_slice", "hooks", "logits", "rows_of", "sites", "text_config"]
 
 #: How :func:`ablate` removes a part.
 MODES = ("zero", "mean")
@@ -56,6 +59,9 @@ class Sites:
     mlps: tuple[Any, ...]
     #: Query heads per layer.
     heads: int
+    #: Which stack these are, as errors name it ("model"; an encoder–decoder's "encoder",
+    #: "decoder" or "decoder's cross-attention").
+    stack: str = "model"
 
     @property
     def layers(self) -> int:
@@ -63,9 +69,9 @@ class Sites:
 
     def module(self, over: str, layer: int) -> tuple[Any, bool]:
         """The module patched for ``over`` at ``layer``, and whether its hook is a pre-hook."""
-        return {"resid": (self.blocks[layer], True), "attn": (self.attention[layer], False),
-                "mlp": (self.mlps[layer], False),
-                "heads": (self.projections[layer], True)}[over]
+        modules, pre = {"resid": (self.blocks, True), "attn": (self.attention, False),
+                        "mlp": (self.mlps, False), "heads": (self.projections, True)}[over]
+        return modules[layer], pre
 
 
 def _child(module: Any, names: Sequence[str]) -> Any:
@@ -178,8 +184,33 @@ def head_slice(x: Any, heads: int, head: int) -> slice:
 
 
 def logits(model: Any, ids: Any) -> Any:
-    """The model's own forward pass over a batch of ids (no cache): its logits."""
+    """The model's own forward pass over a batch of ids (no cache): its logits.
+
+    ``ids`` is a ``[batch, T]`` tensor, or for an encoder–decoder a pair of them, (encoder
+    ids, decoder ids): the logits are then the decoder's, ``[batch, decoder T, vocab]``.
+    """
+    if isinstance(ids, tuple):
+        import torch
+
+        source, decoder = ids
+        return model(input_ids=source, attention_mask=torch.ones_like(source),
+                     decoder_input_ids=decoder, use_cache=False).logits
     return model(input_ids=ids, use_cache=False).logits
+
+
+def batch_of(ids: Sequence[int], source: Sequence[int] | None, device: Any) -> Any:
+    """One run's batch: ``[1, T]`` ids, or (``[1, S]`` source, ``[1, T]`` decoder ids)."""
+    import torch
+
+    one = torch.tensor([list(ids)], device=device)
+    return one if source is None else (torch.tensor([list(source)], device=device), one)
+
+
+def rows_of(batch: Any, n: int) -> Any:
+    """``batch`` (one row) repeated ``n`` times; both halves of an encoder–decoder's pair."""
+    if isinstance(batch, tuple):
+        return tuple(t.expand(n, -1).contiguous() for t in batch)
+    return batch.expand(n, -1).contiguous()
 
 
 def capture(model: Any, batch: Any,
@@ -220,6 +251,9 @@ class AblationCapture:
     base_answer_logprob: Any
     kl: Any
     vocab: dict[int, str]
+    #: An encoder–decoder's stack that was ablated (None: a causal model) and its source.
+    part: str | None = None
+    source_texts: tuple[str, ...] = ()
 
 
 def ablation_hooks(s: Sites, *, heads: Sequence[tuple[int, int]] = (),
@@ -266,17 +300,18 @@ def _mean_keys(s: Sites, heads: Sequence[tuple[int, int]], layers: Sequence[int]
 
 def check_parts(s: Sites, heads: Sequence[tuple[int, int]], layers: Sequence[int],
                 mlp: Sequence[int]) -> None:
-    """Refuse a layer or head the model does not have."""
+    """Refuse a layer or head the model (or the stack of :class:`Sites`) does not have."""
     for what, values in (("layers", layers), ("mlp", mlp),
                          ("heads' layer", [la for la, _ in heads])):
         bad = [v for v in values if not 0 <= v < s.layers]
         if bad:
-            raise InvalidOptionError(f"{what} {bad[0]} is out of range: the model has "
+            raise InvalidOptionError(f"{what} {bad[0]} is out of range: the {s.stack} has "
                                      f"{s.layers} layers (0 to {s.layers - 1}).")
     bad = [h for _, h in heads if not 0 <= h < s.heads]
     if bad:
-        raise InvalidOptionError(f"head {bad[0]} is out of range: each layer has {s.heads} "
-                                 f"heads (0 to {s.heads - 1}).")
+        where = "" if s.stack == "model" else f" of the {s.stack}"
+        raise InvalidOptionError(f"head {bad[0]} is out of range: each layer{where} has "
+                                 f"{s.heads} heads (0 to {s.heads - 1}).")
 
 
 def check_length(n: int, context_length: int | None) -> None:
@@ -300,8 +335,14 @@ def answer_ids(model: Any, answers: Sequence[int]) -> list[int]:
 def ablate(model: Any, ids: Sequence[int], *, heads: Sequence[tuple[int, int]] = (),
            layers: Sequence[int] = (), mlp: Sequence[int] = (), mode: str = "zero",
            answers: Sequence[int] | None = None, texts: Callable[[int], str] = str,
-           top: int = 5, context_length: int | None = None) -> AblationCapture:
+           top: int = 5, context_length: int | None = None, at: Sites | None = None,
+           source: Sequence[int] | None = None) -> AblationCapture:
     """Run ``ids`` unablated and ablated; compare them at every position.
+
+    ``at`` is where the parts are (default: :func:`sites` of the model). An encoder–decoder
+    reads ``source`` with its encoder, and ``ids`` (its start token first) with its decoder:
+    the positions compared are the decoder's, and a mean is over the positions of the stack
+    ``at`` holds (the source's for the encoder).
 
     Examples
     --------
@@ -313,11 +354,10 @@ def ablate(model: Any, ids: Sequence[int], *, heads: Sequence[tuple[int, int]] =
 
     ids = [int(i) for i in ids]
     check_length(len(ids), context_length)
-    s = sites(model)
+    s = sites(model) if at is None else at
     check_parts(s, heads, layers, mlp)
     chosen = None if answers is None else answer_ids(model, answers)
-    device = next(model.parameters()).device
-    batch = torch.tensor([ids], device=device)
+    batch = batch_of(ids, source, next(model.parameters()).device)
     with torch.inference_mode():
         base, kept = capture(model, batch, _mean_keys(s, heads, layers, mlp)
                               if mode == "mean" else [])

@@ -7,6 +7,10 @@ input run with the hooks installed but patching nothing must give the model's ow
 (``torch.equal``), and the clean input with every site rewritten by its own clean value
 must give the clean logits exactly. A check that fails refuses the call.
 
+An encoder–decoder's run reads a pair, (source, decoder ids): the clean and the corrupt
+runs read two sources and the same decoder ids, and the positions patched are the source's
+(the encoder's sites) or the decoder's (its own and its cross-attention's): ``positions``.
+
 Rows per forward are bounded by :data:`BATCH_BYTES` over :func:`row_bytes` (a row's
 float32 logits, a few hidden-size streams and one layer's attention weights), and by
 :data:`MAX_ROWS`; each row's number is the same as that row run alone (tests check it).
@@ -25,11 +29,13 @@ from ._patching import (
     Hook,
     Sites,
     arch,
+    batch_of,
     capture,
     check_length,
     head_slice,
     hooks,
     logits,
+    rows_of,
     sites,
     text_config,
 )
@@ -73,6 +79,14 @@ class PatchCapture:
     rows_per_forward: int
     #: The texts of the default metric's two answer tokens (empty for a callable metric).
     answer_texts: tuple[str, ...] = ()
+    #: An encoder–decoder's decoder ids (shared by both runs) and their texts; empty if causal.
+    decoder_ids: tuple[int, ...] = ()
+    decoder_texts: tuple[str, ...] = ()
+    #: Which sequence the columns' positions index: "input" (clean's and corrupt's own) or
+    #: "decoder" (the shared decoder ids).
+    positions: str = "input"
+    #: The encoder–decoder's stack that was patched (None: a causal model).
+    part: str | None = None
 
 
 def row_bytes(model: Any, n: int) -> int:
@@ -155,8 +169,15 @@ def _pairs(clean: Sequence[int], corrupt: Sequence[int],
 def patch(model: Any, clean: Sequence[int], corrupt: Sequence[int], *, over: str = "resid",
           metric: Callable[[Any], Any], align: Sequence[tuple[int, int]] | None = None,
           texts: Callable[[int], str] = str, context_length: int | None = None,
-          batch_bytes: int = BATCH_BYTES, answer_texts: tuple[str, ...] = ()) -> PatchCapture:
+          batch_bytes: int = BATCH_BYTES, answer_texts: tuple[str, ...] = (),
+          at: Sites | None = None, decoder: Sequence[int] | None = None,
+          positions: str = "input") -> PatchCapture:
     """Patch each layer (and position, or head) of the clean run into the corrupt one.
+
+    ``at`` is where the sites are (default: :func:`sites` of the model). An encoder–decoder
+    reads ``clean`` or ``corrupt`` as its source and ``decoder`` (its start token first) in
+    both runs; ``positions="decoder"`` patches the decoder's positions (``align`` then
+    does not apply), ``"input"`` the sources'.
 
     Examples
     --------
@@ -169,11 +190,17 @@ def patch(model: Any, clean: Sequence[int], corrupt: Sequence[int], *, over: str
     clean, corrupt = [int(i) for i in clean], [int(i) for i in corrupt]
     for n in (len(clean), len(corrupt)):
         check_length(n, context_length)
-    pairs = _pairs(clean, corrupt, align)
-    s = sites(model)
+    shared = None if decoder is None else [int(i) for i in decoder]
+    on_decoder = shared is not None and positions == "decoder"
+    # The sequences whose positions are patched: the inputs', or the shared decoder's.
+    clean_seq, corrupt_seq = (shared, shared) if shared is not None and on_decoder else (
+        clean, corrupt)
+    pairs = _pairs(clean_seq, corrupt_seq, align)
+    s = sites(model) if at is None else at
     device = next(model.parameters()).device
-    clean_t = torch.tensor([clean], device=device)
-    corrupt_t = torch.tensor([corrupt], device=device)
+    clean_t, corrupt_t = ((batch_of(clean, None, device), batch_of(corrupt, None, device))
+                          if shared is None else (batch_of(shared, clean, device),
+                                                  batch_of(shared, corrupt, device)))
     columns: list[Any] = list(range(s.heads)) if over == "heads" else list(pairs)
     with torch.inference_mode():
         own_clean = logits(model, clean_t)
@@ -182,9 +209,9 @@ def patch(model: Any, clean: Sequence[int], corrupt: Sequence[int], *, over: str
         with hooks(_patch_hooks(s, over, cache, [], pairs)):  # installed, patching nothing
             unpatched = logits(model, corrupt_t)
         corrupt_equal = bool(torch.equal(unpatched, own_corrupt))
-        every = [(p, p) for p in range(len(clean))]
+        every = [(p, p) for p in range(len(clean_seq))]
         whole = [(0, la, c) for la in range(s.layers)  # clean into clean, every site at once
-                 for c in (range(s.heads) if over == "heads" else range(len(clean)))]
+                 for c in (range(s.heads) if over == "heads" else range(len(clean_seq)))]
         with hooks(_patch_hooks(s, over, cache, whole, every)):
             change = float((logits(model, clean_t).float() - own_clean.float()).abs().max())
         if not corrupt_equal or change != 0.0:
@@ -201,13 +228,13 @@ def patch(model: Any, clean: Sequence[int], corrupt: Sequence[int], *, over: str
                 "normalised effect (patched - corrupt) / (clean - corrupt) is undefined; pick "
                 "answers or a metric that tell the two runs apart.")
         jobs = [(la, c) for la in range(s.layers) for c in range(len(columns))]
-        per = max(1, min(MAX_ROWS, len(jobs), batch_bytes // max(1, row_bytes(model,
-                                                                             len(corrupt)))))
+        n = len(corrupt) + len(shared or ())
+        per = max(1, min(MAX_ROWS, len(jobs), batch_bytes // max(1, row_bytes(model, n))))
         values = np.zeros((s.layers, len(columns)), dtype=np.float64)
         forwards = 0
         for lo in range(0, len(jobs), per):
             chunk = jobs[lo : lo + per]
-            batch = corrupt_t.expand(len(chunk), -1).contiguous()
+            batch = rows_of(corrupt_t, len(chunk))
             rows = [(row, la, c) for row, (la, c) in enumerate(chunk)]
             with hooks(_patch_hooks(s, over, cache, rows, pairs)):
                 out = logits(model, batch)
@@ -220,4 +247,6 @@ def patch(model: Any, clean: Sequence[int], corrupt: Sequence[int], *, over: str
         corrupt_value=corrupt_value, clean_ids=tuple(clean), corrupt_ids=tuple(corrupt),
         clean_texts=tuple(texts(i) for i in clean), corrupt_texts=tuple(texts(i) for i in corrupt),
         heads=s.heads, clean_change=change, corrupt_equal=corrupt_equal, forwards=forwards,
-        rows_per_forward=per, answer_texts=answer_texts)
+        rows_per_forward=per, answer_texts=answer_texts, decoder_ids=tuple(shared or ()),
+        decoder_texts=tuple(texts(i) for i in shared or ()),
+        positions="decoder" if on_decoder else "input")

@@ -517,17 +517,22 @@ class Backend(abc.ABC):
 
     def ablate(self, source: str | Sequence[int], *, heads: Sequence[tuple[int, int]],
                layers: Sequence[int], mlp: Sequence[int], mode: str,
-               answers: Sequence[str | int] | None) -> Any:
+               answers: Sequence[str | int] | None, target: str | Sequence[int] | None = None,
+               part: str | None = None) -> Any:
         """Run ``source`` with heads, attention blocks or MLPs zeroed or mean-replaced
-        (hooks on the model's own modules) and compare it with the unablated run."""
+        (hooks on the model's own modules) and compare it with the unablated run. An
+        encoder–decoder's decoder reads ``target`` after its start token, and ``part`` picks
+        the stack ("encoder", "decoder", "cross"); a causal model refuses both."""
         raise NotAvailableError(
             f"The {self.kind!r} backend cannot ablate parts of a model (it needs hooks "
             "inside the model); load the model in this kernel."
         )
 
     def patch(self, clean: str | Sequence[int], corrupt: str | Sequence[int], *, over: str,
-              answers: Sequence[str | int], metric: Any, align: Any) -> Any:
-        """Patch the clean run's activations into the corrupt run, one site at a time."""
+              answers: Sequence[str | int], metric: Any, align: Any,
+              target: str | Sequence[int] | None = None, part: str | None = None) -> Any:
+        """Patch the clean run's activations into the corrupt run, one site at a time (an
+        encoder–decoder: two sources, the same decoder ids, ``part``'s sites)."""
         raise NotAvailableError(
             f"The {self.kind!r} backend cannot patch activations (it needs hooks inside the "
             "model); load the model in this kernel."

@@ -815,13 +815,19 @@ class HFBackend(Backend):
 
     def ablate(self, source: str | Sequence[int], *, heads: Sequence[tuple[int, int]],
                layers: Sequence[int], mlp: Sequence[int], mode: str,
-               answers: Sequence[str | int] | None) -> Any:
-        """Ablate heads, attention blocks or MLPs with hooks (see ``backends/_patching``)."""
-        from . import _patching
+               answers: Sequence[str | int] | None, target: str | Sequence[int] | None = None,
+               part: str | None = None) -> Any:
+        """Ablate heads, attention blocks or MLPs with hooks (see ``backends/_patching``; an
+        encoder–decoder's stacks: ``backends/_patching_seq2seq``)."""
+        from . import _patching, _patching_seq2seq
 
         self._check_generates()
         if self.seq2seq:
-            raise _s2s.unsupported(self.spec.name, "Ablation")
+            with _out_of_memory_guard(repr(self.spec.name), self.device):
+                return _patching_seq2seq.ablate(self, source, target=target, part=part,
+                                                heads=heads, layers=layers, mlp=mlp, mode=mode,
+                                                answers=answers)
+        _patching_seq2seq.refuse_causal(self.spec.name, target, part)
         ids = self._ids(source, "ablate")
         chosen = None if answers is None else self._answer_ids(answers)
         with _out_of_memory_guard(repr(self.spec.name), self.device):
@@ -830,13 +836,19 @@ class HFBackend(Backend):
                                     context_length=self.context_length)
 
     def patch(self, clean: str | Sequence[int], corrupt: str | Sequence[int], *, over: str,
-              answers: Sequence[str | int], metric: Any, align: Any) -> Any:
-        """Activation patching, batched (see ``backends/_patching_grid``)."""
-        from . import _patching_grid
+              answers: Sequence[str | int], metric: Any, align: Any,
+              target: str | Sequence[int] | None = None, part: str | None = None) -> Any:
+        """Activation patching, batched (see ``backends/_patching_grid``; an encoder–decoder's
+        stacks: ``backends/_patching_seq2seq``)."""
+        from . import _patching_grid, _patching_seq2seq
 
         self._check_generates()
         if self.seq2seq:
-            raise _s2s.unsupported(self.spec.name, "Activation patching")
+            with _out_of_memory_guard(repr(self.spec.name), self.device):
+                return _patching_seq2seq.patch(self, clean, corrupt, target=target, part=part,
+                                               over=over, answers=answers, metric=metric,
+                                               align=align)
+        _patching_seq2seq.refuse_causal(self.spec.name, target, part)
         clean_ids, corrupt_ids = self._ids(clean, "patch from"), self._ids(corrupt, "patch into")
         texts: tuple[str, ...] = ()
         if metric is None:
