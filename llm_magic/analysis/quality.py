@@ -154,7 +154,8 @@ class QualityReport:
                 f"next-token distributions, natural log (nats).</div></div>")
 
 
-def quality(model: str, *, against: str, text: str, max_tokens: int | None = None,
+def quality(model: str, *, against: str, text: str, target: str | None = None,
+            max_tokens: int | None = None,
             manager: ModelManager | None = None) -> QualityReport:
     """Compare ``model``'s next-token predictions over ``text`` with ``against``'s.
 
@@ -167,7 +168,11 @@ def quality(model: str, *, against: str, text: str, max_tokens: int | None = Non
         ``model``'s device if the budget has room for it without evicting anything
         (and unloaded after).
     text : str
-        The text both models read, tokenized as their (shared) tokenizer does.
+        The text both models read, tokenized as their (shared) tokenizer does; for
+        encoder–decoder models (a quantized translator, say), the source.
+    target : str, optional
+        Encoder–decoder models only, and needed for them: the output whose tokens both
+        decoders predict, teacher-forced (the reference's own translation, typically).
     max_tokens : int, optional
         Refuse longer texts (default 2,048 tokens; never past a model's context).
 
@@ -187,9 +192,13 @@ def quality(model: str, *, against: str, text: str, max_tokens: int | None = Non
     >>> lm.load("demo"); lm.load("demo", quantize="int4")        # doctest: +SKIP
     >>> r = lm.quality("demo-int4", against="demo", text="The import statement")  # doctest: +SKIP
     >>> print(r)                                                   # doctest: +SKIP
+    >>> lm.quality("demo-translator-int8", against="demo-translator", text="3/3/2021",
+    ...            target="2021-03-03")                            # doctest: +SKIP
     """
     manager = manager or get_manager()
     check_text(text, "The text", hint="write some text to compare the models on")
+    if target is not None:
+        check_text(target, "The target", hint="write the output both models should read")
     limit = QUALITY_MAX_TOKENS if max_tokens is None else max_tokens
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 2:
         raise InvalidOptionError(f"max_tokens must be an integer of at least 2, not {limit!r}.")
@@ -204,7 +213,7 @@ def quality(model: str, *, against: str, text: str, max_tokens: int | None = Non
         reference = _load_reference(manager, against, manager.info(name).device)
     try:
         with manager.checkout(name) as backend, manager.checkout(reference) as ref:
-            captured = backend.divergence(ref, text, max_tokens=limit)
+            captured = backend.divergence(ref, text, max_tokens=limit, target=target)
     finally:
         if loaded:
             manager.unload(reference)

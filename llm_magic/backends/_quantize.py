@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,13 +40,12 @@ from ..errors import (
     InvalidOptionError,
     MissingDependencyError,
     NotAvailableError,
-    PromptTooLongError,
 )
 from ..resources.estimate import INT4_GROUP, layer_shape, quantizable_layers
 from ._memory import release_memory
-from .base import DivergenceCapture, LoadSpec
+from .base import LoadSpec
 
-__all__ = ["Int4Linear", "Quantized", "apply", "check", "divergence", "facts", "footprint",
+__all__ = ["Int4Linear", "Quantized", "apply", "check", "facts", "footprint",
            "tensor_bytes"]
 
 log = logging.getLogger("llm_magic.hf")
@@ -338,68 +336,3 @@ def facts(model: Any, device: str, quantized: Quantized) -> dict[str, Any]:
 
 
 # -- quality: two models' distributions over one text -------------------------------------
-
-
-def divergence(backend: Any, reference: Any, text: str, *, max_tokens: int) -> DivergenceCapture:
-    """``backend``'s next-token distributions over ``text`` against ``reference``'s.
-
-    Both read the same ids in one forward pass each; the KL, the agreement and
-    the log-probabilities are float32 math, a chunk of positions at a time.
-    """
-    if not hasattr(reference, "_ids") or getattr(reference, "model", None) is None:
-        raise NotAvailableError(
-            f"{reference.spec.name!r} is served elsewhere: its full distribution is not "
-            "available here. Compare with a model loaded in this kernel."
-        )
-    ids = backend._ids(text, "compare")
-    if list(reference._ids(text, "compare")) != list(ids):
-        raise InvalidOptionError(
-            f"{backend.spec.name!r} and {reference.spec.name!r} tokenize the text differently; "
-            "their distributions cannot be compared token by token."
-        )
-    limit = min(max_tokens, backend.context_length or max_tokens,
-                reference.context_length or max_tokens)
-    if len(ids) > limit:
-        raise PromptTooLongError(
-            f"The text is {len(ids)} tokens; compare at most {limit}. Shorten it."
-        )
-    if len(ids) < 2:
-        raise InvalidOptionError("The text is one token: nothing follows it to predict.")
-    logits = _logits(backend.model, ids)
-    ref_logits = _logits(reference.model, ids)
-    if logits.shape[-1] != ref_logits.shape[-1]:
-        raise InvalidOptionError(
-            f"{backend.spec.name!r} and {reference.spec.name!r} have vocabularies of "
-            f"{logits.shape[-1]} and {ref_logits.shape[-1]} tokens; compare models that share one."
-        )
-    target = torch.tensor(ids[1:], dtype=torch.long)
-    parts = [_compare(a, b, t) for a, b, t in _chunks(logits, ref_logits, target)]
-    kl, agree, own, ref = (torch.cat(p).numpy() for p in zip(*parts, strict=True))
-    texts = backend._texts()
-    return DivergenceCapture(tuple(ids), tuple(texts(i) for i in ids), kl.astype("float64"),
-                             agree, own.astype("float64"), ref.astype("float64"))
-
-
-def _logits(model: Any, ids: list[int]) -> torch.Tensor:
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        out = model(input_ids=torch.tensor([ids], device=device), use_cache=False)
-    return out.logits[0, :-1].to("cpu")
-
-
-def _chunks(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor,
-            size: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    for start in range(0, len(t), size):
-        yield a[start:start + size], b[start:start + size], t[start:start + size]
-
-
-def _compare(logits: torch.Tensor, ref_logits: torch.Tensor,
-             target: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    with torch.inference_mode():
-        lp = torch.log_softmax(logits.float(), dim=-1)
-        ref = torch.log_softmax(ref_logits.float(), dim=-1)
-        kl = (ref.exp() * (ref - lp)).sum(-1).clamp_min(0.0)
-        agree = lp.argmax(-1) == ref.argmax(-1)
-        rows = torch.arange(len(target))
-        return kl, agree, lp[rows, target], ref[rows, target]
-

@@ -503,8 +503,10 @@ class Backend(abc.ABC):
             "'demo')."
         )
 
-    def divergence(self, reference: Backend, text: str, *, max_tokens: int) -> DivergenceCapture:
-        """Compare this model's next-token distributions over ``text`` with ``reference``'s.
+    def divergence(self, reference: Backend, text: str, *, max_tokens: int,
+                   target: str | None = None) -> DivergenceCapture:
+        """Compare this model's next-token distributions over ``text`` with ``reference``'s
+        (an encoder–decoder's: over ``target``, the output, for the source ``text``).
 
         Both read the same tokens in one forward pass each; raises
         :class:`~llm_magic.errors.InvalidOptionError` when their tokenizers or

@@ -798,14 +798,15 @@ class HFBackend(Backend):
                                      f"{self.spec.name!r} (ids 0 to {vocab - 1}).")
         return ids
 
-    def divergence(self, reference: Backend, text: str, *, max_tokens: int) -> Any:
-        """Next-token distributions over ``text`` against ``reference``'s (``_quantize``)."""
-        from . import _quantize
+    def divergence(self, reference: Backend, text: str, *, max_tokens: int,
+                   target: str | None = None) -> Any:
+        """Next-token distributions over ``text`` (an encoder–decoder's over ``target`` for
+        the source ``text``) against ``reference``'s (``_divergence``)."""
+        from . import _divergence
 
-        if self.seq2seq or getattr(reference, "seq2seq", False):
-            raise _s2s.unsupported(self.spec.name, "Comparing the distributions")
         with _out_of_memory_guard(repr(self.spec.name), self.device):
-            return _quantize.divergence(self, reference, text, max_tokens=max_tokens)
+            return _divergence.divergence(self, reference, text, max_tokens=max_tokens,
+                                          target=target)
 
     def _answer_ids(self, answers: Sequence[str | int]) -> list[int]:
         from . import _patching
