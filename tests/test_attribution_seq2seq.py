@@ -270,4 +270,3 @@ def test_the_model_keeps_its_mode(models):
     assert not model.training
     lm.attribute(SOURCE, model="t5", output=OUTPUT, manager=models)
     assert not model.training and all(p.requires_grad for p in model.parameters())
-

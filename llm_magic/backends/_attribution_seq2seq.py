@@ -163,4 +163,3 @@ def _with_counts(cap: AttributionCapture, source: int, before: int) -> Attributi
              "then the decoder's input: its start token, any forced language token, and the "
              "output tokens before each row's.")
     return replace(cap, notes=notes, source_tokens=source, prompt_tokens=before)
-

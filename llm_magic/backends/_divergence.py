@@ -116,4 +116,3 @@ def _compare(logits: torch.Tensor, ref_logits: torch.Tensor,
         agree = lp.argmax(-1) == ref.argmax(-1)
         rows = torch.arange(len(target))
         return kl, agree, lp[rows, target], ref[rows, target]
-
