@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from test_seq2seq import _build
+from _models import build_seq2seq as _build
 
 import llm_magic as lm
 from llm_magic.common.attention_seq2seq import Seq2SeqAttention

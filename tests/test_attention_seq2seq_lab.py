@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from _browser import CANVAS_PIXELS_JS
+from _models import build_seq2seq as _build
 from test_attention_lab import FITS_JS
 from test_lens_lab import NOTEBOOK7_OWN
-from test_seq2seq import _build
 
 SOURCE = "def add(a, b): return a + b"
 TARGET = "x = a <b>b</b>"

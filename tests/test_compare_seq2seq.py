@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from _models import build_seq2seq as _build
 from _models import build_tokenizer
-from test_seq2seq import _build
 
 import llm_magic as lm
 from llm_magic.analysis.compare import compare
