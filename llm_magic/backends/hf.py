@@ -912,18 +912,19 @@ class HFBackend(Backend):
 
         A seed seeds one generator that draws every row's token at each step: it
         fixes the texts of this batch (its prompts, in their order), while a row
-        need not equal its prompt generated alone with that seed.
+        need not equal its prompt generated alone with that seed. An encoder–decoder's
+        sources are padded on the right (their positions start at 0, as alone) and every
+        row's decoder starts from the same prefix: its start token, a forced language.
         """
         self._check_generates()
-        if self.seq2seq:
-            _s2s.batch_ids(self, requests)
+        prefix = _s2s.batch_ids(self, requests) if self.seq2seq else None
         torch = _torch()
         first = requests[0]
         rendered = [self.render_prompt(r) for r in requests]
         templated = rendered[0][1]
         tokenizer = self.tokenizer
         old_side, old_pad = tokenizer.padding_side, tokenizer.pad_token_id
-        tokenizer.padding_side = "left"
+        tokenizer.padding_side = "left" if prefix is None else "right"
         if tokenizer.pad_token_id is None and self.pad_id is not None:
             tokenizer.pad_token_id = self.pad_id
         try:
@@ -934,10 +935,12 @@ class HFBackend(Backend):
                 tokenizer.pad_token_id = old_pad
         width = int(inputs["input_ids"].shape[-1])
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
-        if self.seq2seq:  # the decoder writes from its own start: the source takes no room
+        if prefix is not None:  # the decoder writes after its prefix: the source takes no room
+            inputs["decoder_input_ids"] = torch.tensor([prefix] * len(requests),
+                                                       device=self.model.device)
             limit = _s2s.decoder_limit(self.model.config)
             max_new = first.max_new_tokens if limit is None else min(first.max_new_tokens,
-                                                                     limit - 1)
+                                                                     limit - len(prefix))
         else:
             max_new = self._check_length(width, first.max_new_tokens, first.explicit_length)
         kwargs = self._generate_kwargs(first, max_new)
@@ -948,7 +951,7 @@ class HFBackend(Backend):
             try:
                 out = self.model.generate(
                     **inputs, **kwargs,
-                    stopping_criteria=self._criteria(first, self._batch_new_from(width),
+                    stopping_criteria=self._criteria(first, self._batch_new_from(width, prefix),
                                                      stop_event, recorder),
                 )
             except _Interrupted:
@@ -957,7 +960,7 @@ class HFBackend(Backend):
             raise KeyboardInterrupt
         results = []
         eos = set(self.eos_ids)
-        rows = out[:, self._batch_new_from(width):].tolist()
+        rows = out[:, self._batch_new_from(width, prefix):].tolist()
         prompts = inputs["input_ids"].tolist()
         records: list[Any] = [None] * len(rows)
         if recorder is not None:
@@ -975,14 +978,15 @@ class HFBackend(Backend):
             text = tokenizer.decode(ids, skip_special_tokens=True)
             results.append(BatchResult(text, int(prompt_len), len(ids) + (reason == "eos"), reason,
                                        records=kept,
-                                       prompt_ids=tuple(prompt[width - int(prompt_len):])))
+                                       prompt_ids=tuple(prompt[: int(prompt_len)] if prefix
+                                                        else prompt[width - int(prompt_len):])))
         return results
 
 
-    def _batch_new_from(self, width: int) -> int:
+    def _batch_new_from(self, width: int, prefix: Sequence[int] | None) -> int:
         """Where a batch's new ids start in what ``generate`` returns (an encoder–decoder's
-        after its start token)."""
-        return 1 if self.seq2seq else width
+        after its decoder prefix: the start token, a forced language)."""
+        return width if prefix is None else len(prefix)
 
 
 def _quantized_facts(model: Any, device: str, quantized: Any) -> dict[str, Any]:

@@ -21,8 +21,8 @@ from ..errors import InvalidOptionError, NotAvailableError, PromptTooLongError
 from ._devices import torch_module as _torch
 from .base import GenerationRequest, ScoreCapture
 
-__all__ = ["check_source", "decoder_limit", "decoder_start", "inputs", "refuse_causal_only",
-           "score_target", "unsupported"]
+__all__ = ["batch_ids", "check_source", "decoder_limit", "decoder_start", "inputs",
+           "refuse_causal_only", "score_target"]
 
 
 def refuse_causal_only(name: str, request: GenerationRequest) -> None:
@@ -95,20 +95,32 @@ def decoder_ids(backend: Any, target: str | Sequence[int], purpose: str) -> list
     return decoder
 
 
+#: The tokenizer's named special tokens: never a language code, whatever their text.
+_NAMED = ("bos", "eos", "unk", "pad", "sep", "cls", "mask")
+
+
 def _target_lang(tokenizer: Any, name: str, lang: str) -> int:
-    """The id that starts the output in ``lang`` (mBART, NLLB, M2M: a forced first token)."""
+    """The id that starts the output in ``lang`` (mBART, NLLB, M2M: a forced first token).
+
+    A code is one of the tokenizer's language codes (``lang_code_to_id``) or a token it
+    added whole (mBART's ``fr_XX``, NLLB's ``fra_Latn``, M2M100's ``__fr__`` for ``fr``);
+    never a piece of ordinary text (``de`` is one in most vocabularies) nor the start, end,
+    padding or unknown token.
+    """
     codes = getattr(tokenizer, "lang_code_to_id", None)
     if isinstance(codes, dict) and lang in codes:
         return int(codes[lang])
-    unk = tokenizer.unk_token_id
+    added: dict[str, int] = getattr(tokenizer, "get_added_vocab", dict)()
+    whole = set(added) | set(getattr(tokenizer, "all_special_tokens", ()))
+    named = {getattr(tokenizer, f"{n}_token_id", None) for n in _NAMED}
     for candidate in (lang, f"__{lang}__"):
-        found = tokenizer.convert_tokens_to_ids(candidate)
-        if isinstance(found, int) and found != unk:
+        found = tokenizer.convert_tokens_to_ids(candidate) if candidate in whole else None
+        if isinstance(found, int) and found not in named:
             return found
     raise InvalidOptionError(
-        f"{lang!r} is not a language code of {name!r}'s tokenizer (mBART writes codes like "
-        "'fr_XX', NLLB like 'fra_Latn'); a model that translates one pair takes no "
-        "target_lang.")
+        f"{lang!r} is not a language code of {name!r}: its tokenizer has no such token "
+        "(mBART writes codes like 'fr_XX', NLLB like 'fra_Latn', M2M100 like 'fr'); a model "
+        "that translates one pair takes no target_lang.")
 
 
 def inputs(backend: Any, request: GenerationRequest, source: list[int]
@@ -146,19 +158,20 @@ def score_target(backend: Any, source: str | Sequence[int], target: str | Sequen
                                    k=logprobs)
 
 
-def unsupported(name: str, what: str) -> NotAvailableError:
-    return NotAvailableError(
-        f"{what} of {name!r}, an encoder–decoder model, is not available in this version; "
-        "generation, token records, branches, lm.score(source, target=...), the attention, "
-        "the logit lens and compare are.")
-
-
-def batch_ids(backend: Any, requests: Sequence[GenerationRequest]) -> None:
-    """Refuse what a batch on an encoder–decoder cannot take, before anything runs."""
+def batch_ids(backend: Any, requests: Sequence[GenerationRequest]) -> list[int]:
+    """The decoder prefix every row of a batch starts from: the start token, then the
+    forced language token if any (one for the batch, which shares its options). What a
+    batch on an encoder–decoder cannot take is refused here, before anything runs."""
+    name = backend.spec.name
+    langs = {request.target_lang for request in requests}
+    if len(langs) > 1:
+        raise InvalidOptionError("The prompts of a batch share their options: give one "
+                                 "target_lang, or generate each language as its own batch.")
     for request in requests:
-        refuse_causal_only(backend.spec.name, request)
-        if request.target_lang is not None:
-            raise NotAvailableError("A batch does not take target_lang yet: translate each "
-                                    "source on its own with target_lang=.")
-        check_source(backend.spec.name, len(backend._ids(request.prompt, "translate")),
-                     backend.context_length)
+        refuse_causal_only(name, request)
+        check_source(name, len(backend._ids(request.prompt, "translate")), backend.context_length)
+    prefix = [decoder_start(backend.model, backend.pad_id)]
+    lang = requests[0].target_lang
+    if lang is not None:
+        prefix.append(_target_lang(backend.tokenizer, name, lang))
+    return prefix
