@@ -61,7 +61,8 @@ def build_tiny_model(out: Path, arch: str = "gpt2", chat_template: str | None = 
 def build_seq2seq(out: Path, arch: str, **overrides) -> Path:
     """Write a tiny random T5, BART or Marian model (d_model 32, 2 + 2 layers, 4 heads) with
     a tokenizer into ``out``; its outputs never end early (end of text is suppressed).
-    ``overrides`` go to the config (``scale_embedding=True``, as real Marian checkpoints)."""
+    ``overrides`` replace config values (``scale_embedding=True``, as real Marian checkpoints;
+    ``max_position_embeddings`` / T5's ``n_positions`` for a longer context)."""
     import torch
     from transformers import (
         BartConfig,
@@ -78,19 +79,20 @@ def build_seq2seq(out: Path, arch: str, **overrides) -> Path:
     ids = dict(vocab_size=len(tok), pad_token_id=eos, eos_token_id=eos,
                decoder_start_token_id=eos)
     if arch == "t5":
-        model = T5ForConditionalGeneration(T5Config(
-            d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=8,
-            n_positions=64, **ids))
+        model = T5ForConditionalGeneration(T5Config(**{
+            **dict(d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+                   d_kv=8, n_positions=64), **ids, **overrides}))
     elif arch == "bart":
-        model = BartForConditionalGeneration(BartConfig(
-            d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-            max_position_embeddings=64, bos_token_id=eos, forced_eos_token_id=None, **ids))
+        model = BartForConditionalGeneration(BartConfig(**{
+            **dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                   decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                   max_position_embeddings=64, bos_token_id=eos, forced_eos_token_id=None),
+            **ids, **overrides}))
     else:
-        model = MarianMTModel(MarianConfig(
-            d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-            max_position_embeddings=64, **ids, **overrides))
+        model = MarianMTModel(MarianConfig(**{
+            **dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                   decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                   max_position_embeddings=64), **ids, **overrides}))
     model.generation_config.pad_token_id = eos
     model.generation_config.decoder_start_token_id = eos
     model.generation_config.forced_eos_token_id = None

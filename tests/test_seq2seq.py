@@ -13,7 +13,6 @@ from _models import build_seq2seq
 import llm_magic as lm
 from llm_magic.errors import (
     InvalidOptionError,
-    NotAvailableError,
     PromptTooLongError,
 )
 
@@ -161,7 +160,5 @@ def test_the_reverse_and_the_limits(model, manager, tiny_gpt2):
         lm.generate("   ", model=model, manager=manager)
     with pytest.raises(PromptTooLongError, match="encoder of .* reads at most 64"):
         lm.generate("word " * 200, model=model, max_new_tokens=3, manager=manager)
-    with pytest.raises(NotAvailableError, match="conversation needs a causal LM"):
-        lm.chat(model=model, manager=manager).say("Hello")
     with pytest.raises(InvalidOptionError, match="encoder–decoder model: its attention needs"):
         lm.attention(SOURCE, model=model, manager=manager)

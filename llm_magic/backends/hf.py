@@ -523,6 +523,8 @@ class HFBackend(Backend):
         """The text the model sees and whether it already carries special tokens."""
         if self.seq2seq:
             _s2s.refuse_causal_only(self.spec.name, request)
+            if request.messages is not None:  # a conversation: its transcript is the source
+                return _kept.transcript(request.messages), False
             return request.prompt, False
         if request.target_lang is not None:
             raise InvalidOptionError(
@@ -669,13 +671,18 @@ class HFBackend(Backend):
         kwargs = self._generate_kwargs(request, room)
         recorder = self._processors(request, kwargs)
         kwargs["stopping_criteria"] = self._criteria(request, len(prefix), stop_event, recorder)
-        return HFJob(self, inputs, kwargs, stop_event, recorder, lead, decoder_prefix=prefix)
+        job = HFJob(self, inputs, kwargs, stop_event, recorder, lead, decoder_prefix=prefix)
+        if request.keep is not None:  # a conversation's turn: nothing kept, all computed
+            job.reused_tokens, job.cache_note = 0, _s2s.REREAD
+        return job
 
     def render_ids(self, request: GenerationRequest) -> list[int]:
         text, templated = self.render_prompt(request)
         return list(self._encode([text], templated)["input_ids"][0].tolist())
 
     def cache_bytes_for(self, tokens: int) -> int:
+        if self.seq2seq:  # nothing is kept between an encoder–decoder's turns
+            return 0
         torch = _torch()
         size = torch.empty((), dtype=getattr(self.model, "dtype", torch.float32)).element_size()
         return _kept.bytes_for(self.model.config, size, tokens)

@@ -17,25 +17,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import InvalidOptionError, NotAvailableError, PromptTooLongError
+from ..errors import InvalidOptionError, PromptTooLongError
 from ._devices import torch_module as _torch
 from .base import GenerationRequest, ScoreCapture
 
-__all__ = ["batch_ids", "check_source", "decoder_limit", "decoder_start", "inputs",
+__all__ = ["REREAD", "batch_ids", "check_source", "decoder_limit", "decoder_start", "inputs",
            "refuse_causal_only", "score_target"]
 
 
+#: A conversation's footer on an encoder–decoder: why no token is reused.
+REREAD = ("an encoder–decoder reads the whole conversation again each turn (its encoder "
+          "reads both ways, so no cache can be kept)")
+
+
 def refuse_causal_only(name: str, request: GenerationRequest) -> None:
-    """Refuse what only a causal model takes: a conversation, a chat template, a system text."""
-    if request.messages is not None or request.keep is not None:
-        raise NotAvailableError(
-            f"{name!r} is an encoder–decoder model: a conversation needs a causal LM. "
-            "Translate (or summarise) cell by cell, each source on its own.")
+    """Refuse what only a causal model takes: a chat template, a system text outside a
+    conversation (a conversation's transcript is the source: ``_kept.transcript``)."""
     if request.chat:
         raise InvalidOptionError(
             f"Chat templates do not apply to {name!r}, an encoder–decoder model: it reads "
             "the source as given. Drop chat=True (`--chat`).")
-    if request.system:
+    if request.system and request.messages is None:
         raise InvalidOptionError(
             f"A system prompt does not apply to {name!r}, an encoder–decoder model: put any "
             "instruction (a T5 task prefix, say) in the text itself.")

@@ -187,7 +187,10 @@ class Conversation:
             return request, 0
         if limit is None:
             return dataclasses.replace(request, prefix_ids=tuple(ids)), len(ids)
-        room = min(request.max_new_tokens, max(1, limit // 4)) if self.trim else 1
+        # An encoder–decoder's reply is the decoder's: the source (the transcript) takes
+        # the whole encoder.
+        room = 0 if getattr(backend, "seq2seq", False) else min(
+            request.max_new_tokens, max(1, limit // 4)) if self.trim else 1
         assert request.messages is not None
         messages = list(request.messages)
         dropped = 0
