@@ -160,7 +160,8 @@ def served_demo(tmp_path_factory: pytest.TempPathFactory):
 #: so the run does not end on one worker still busy with a long file.
 _LONG_FIRST = ("test_widgets_lab", "test_tokens_lab", "test_playground_lab", "test_warmup",
                "test_history", "test_lab", "test_compare_lab", "test_lens_lab",
-               "test_tokens_why_lab", "test_attention_seq2seq_lab", "test_widgets",
+               "test_tokens_why_lab", "test_attention_seq2seq_lab", "test_causes_seq2seq_lab",
+               "test_seq2seq_families", "test_patching_seq2seq", "test_widgets",
                "test_attention_lab", "test_subshells", "test_unload_memory", "test_make_lab",
                "test_wheel", "test_kernel", "test_history_conversations", "test_openai_backend",
                "test_seq2seq", "test_tokens_why", "test_lens_seq2seq", "test_conversation",

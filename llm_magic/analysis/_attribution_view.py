@@ -78,7 +78,7 @@ def _cell(value: float, end: float, row: str, column: str, unit: str) -> str:
     rgb = colour(value, end)
     title = f"{column} → {row}: {value:+.6g} ({unit})"
     return (f"<td title='{escape(title, quote=True)}' style='background:{hex_colour(rgb)};"
-            f"color:{ink(rgb)};padding:1px 3px'>{escape(_number(value))}</td>")
+            f"color:{ink(rgb)};padding:1px 3px;white-space:nowrap'>{escape(_number(value))}</td>")
 
 
 def html(attribution: Any) -> str:
