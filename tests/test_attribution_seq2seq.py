@@ -116,6 +116,7 @@ def test_integrated_gradients_and_occlusion_against_their_definitions(models, na
     error = abs(float(np.nansum(ig.scores[0].astype(np.float64))) - gap) / abs(gap)
     assert math.isclose(float(ig.completeness[0]), error, rel_tol=1e-3, abs_tol=1e-6)
     assert math.isclose(float(ig.value[0]), at_x, rel_tol=1e-5, abs_tol=1e-6)
+    assert math.isclose(float(ig.baseline_value[0]), at_0, rel_tol=1e-5, abs_tol=1e-6)
     occ = lm.attribute(SOURCE, model=name, output=OUTPUT, positions=k, method="occlusion",
                        manager=models)
     for j in (0, S - 1, S, S + 1):  # first and last source token, the start token, an output

@@ -88,6 +88,9 @@ class Attribution:
         An encoder–decoder's: how many of the input tokens are the source (read by the
         encoder); the decoder's start token (and any forced language token) follow, then
         the output.
+    baseline_value : numpy.ndarray or None
+        Integrated gradients only: f of each row at the baseline, in nats (the scores of a
+        row add up to ``value - baseline_value``, within the completeness error).
     """
 
     scores: np.ndarray
@@ -105,6 +108,7 @@ class Attribution:
     model: str
     prompt_tokens: int | None = None
     source_tokens: int | None = None
+    baseline_value: np.ndarray | None = None
 
     @property
     def unit(self) -> str:
@@ -427,7 +431,7 @@ def _result(cap: Any, method: str, name: str, prompt_tokens: int | None,
         completeness=cap.completeness, baseline=cap.baseline,
         notes=(*cap.notes, *notes), model=name,
         prompt_tokens=prompt_tokens if cap.prompt_tokens is None else cap.prompt_tokens,
-        source_tokens=cap.source_tokens)
+        source_tokens=cap.source_tokens, baseline_value=cap.baseline_value)
     if result.completeness is not None:
         worst = float(max(result.completeness))
         if not worst <= COMPLETENESS_TOLERANCE:
