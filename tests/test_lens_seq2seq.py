@@ -197,7 +197,7 @@ def test_refusals_each_in_one_line(built, manager, tiny_gpt2):
     with pytest.raises(InvalidOptionError, match="past the logit lens cap of 3"):
         lm.logit_lens(SOURCE, target=TARGET, model="bart", max_tokens=3, manager=manager)
     forced = dataclasses.replace(gen, params={**gen.params, "target_lang": "fr_XX"})
-    with pytest.raises(NotAvailableError, match="forced language token"):
+    with pytest.raises(InvalidOptionError, match="'fr_XX' is not a language code of 'bart'"):
         lm.logit_lens(forced, manager=manager)
     manager.load(str(tiny_gpt2), name="causal", dtype="float32")
     with pytest.raises(InvalidOptionError, match="'causal' is a causal LM"):

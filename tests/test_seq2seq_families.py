@@ -270,12 +270,12 @@ def test_attention_of_a_generation_is_exact(arch, manager):
         assert np.array_equal(a, b)
 
 
-def test_a_forced_generation_without_its_capture_is_refused_in_one_line(coded, manager):
-    gen = lm.generate(SOURCE, model=coded, max_new_tokens=3, logprobs=1,
+def test_a_forced_generation_without_its_ids_is_refused_in_one_line(coded, manager):
+    gen = lm.generate(SOURCE, model=coded, max_new_tokens=3,
                       target_lang=CODES[coded][0], manager=manager)
     for call in (lambda: lm.attention(gen, manager=manager),
                  lambda: lm.logit_lens(gen, manager=manager)):
-        with pytest.raises(NotAvailableError, match="forced") as info:
+        with pytest.raises(NotAvailableError, match="logprobs=1") as info:
             call()
         assert "\n" not in str(info.value)
 

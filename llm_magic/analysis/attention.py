@@ -63,17 +63,14 @@ def _check_target(target: Any) -> None:
                                  f"{type(target).__name__} {str(target)[:40]!r}.")
 
 
-def _from_generation(gen: Any) -> tuple[str, list[int], list[int], int]:
-    """A generation's model, source (prompt) ids, output ids and prompt length."""
-    if gen.prompt_ids is None or gen.tokens is None:
+def _from_generation(gen: Any) -> tuple[list[int], list[int], int, str | None]:
+    """A generation's source (prompt) ids, output ids, prompt length and forced language."""
+    if gen.prompt_ids is None or gen.tokens is None or any(r.id is None for r in gen.tokens):
         raise NotAvailableError(
             "This generation did not keep its token ids: generate with logprobs=1 (its "
             "token records), or with attention=True (then gen.attention is the capture).")
-    if gen.params.get("target_lang") and gen.attention is None:
-        raise NotAvailableError(
-            "This generation forced a target language: its capture needs the forced token; "
-            "generate with attention=True (then gen.attention is the capture).")
-    return gen.model, list(gen.prompt_ids), [int(r.id) for r in gen.tokens], len(gen.prompt_ids)
+    lang = (getattr(gen, "params", None) or {}).get("target_lang")
+    return list(gen.prompt_ids), [int(r.id) for r in gen.tokens], len(gen.prompt_ids), lang
 
 
 def attention(text: Any, model: str | None = None, *,
@@ -90,7 +87,8 @@ def attention(text: Any, model: str | None = None, *,
         encoder–decoder. A :class:`~llm_magic.Generation` (with its token
         records, ``logprobs=K``) is looked at whole: its prompt and output ids
         (an encoder–decoder's source, and its output after the decoder's start
-        token); its model unless ``model`` names another.
+        token and the language code ``target_lang=`` forced, if any); its model
+        unless ``model`` names another.
     model : str, optional
         A loaded model's name, or a source to load (a directory, a cached hub id,
         ``"demo"``): causal LMs and encoders (BERT-style) alike. The default
@@ -125,14 +123,14 @@ def attention(text: Any, model: str | None = None, *,
     limit = max_tokens_or_cap(max_tokens)
     _check_target(target)
     source: str | list[int] = text
-    prompt_tokens = None
+    prompt_tokens, lang = None, None
     if hasattr(text, "prompt_ids") and hasattr(text, "tokens"):
         if target is not None:
             raise InvalidOptionError("A generation brings its own output: drop target=.")
         model = model or text.model
         if text.attention is not None and model == text.model and max_tokens is None:
             return text.attention  # type: ignore[no-any-return]
-        _, ids, output, prompt_tokens = _from_generation(text)
+        ids, output, prompt_tokens, lang = _from_generation(text)
         source, target = ids, output
     else:
         check_text(text, "The text", hint="write some text to look at")
@@ -140,6 +138,8 @@ def attention(text: Any, model: str | None = None, *,
     with manager.checkout(name) as backend:
         if prompt_tokens is not None and not getattr(backend, "seq2seq", False):
             source, target = [*source, *(target or [])], None
+        elif lang is not None:  # the decoder read the forced code after its start token
+            target = [backend.language_id(lang), *(target or [])]
         return capture(backend, source, name, max_tokens=limit, target=target,
                        prompt_tokens=prompt_tokens)
 

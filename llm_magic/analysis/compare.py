@@ -29,7 +29,8 @@ next tokens differ, or a sampled token is not the greedy one) is marked.
 
 Encoder–decoder models (two translation models, or one with several settings)
 are cross-scored the same way, each column's output teacher-forced as the
-output for the source, after each decoder's own start token. A comparison
+output for the source, after each decoder's own start token (and its own id
+of the language code a column forced with ``target_lang=``). A comparison
 mixing them with causal or served models is refused before anything runs:
 the one reads an output for a source, the others a continuation.
 
@@ -53,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 from ..backends.base import Backend
 from ..common import views as _views
 from ..common.text import check_text
-from ..errors import InvalidOptionError, LLMMagicError, NotAvailableError
+from ..errors import InvalidOptionError, LLMMagicError
 from ..generation import generate
 from ..manager import ModelManager, get_manager
 from ._align import Piece, boundaries, by_characters, by_tokens, compatible
@@ -448,12 +449,15 @@ def _read_by(manager: ModelManager, column: int, gen: Generation, reader: str,
 @dataclass(frozen=True)
 class _Read:
     """How a model reads a column's text: ``ids`` after nothing (a causal model: the prompt's
-    and the output's) or, for an encoder–decoder, the output's ids for ``source``. ``n``:
-    where the output starts in the scored sequence (after the decoder's start token: 1)."""
+    and the output's) or, for an encoder–decoder, the output's ids for ``source``, after the
+    language code ``lang`` (``target_lang=``) where the column forced one: each model reads
+    its own id of that code. ``n``: where the output starts in the scored sequence (after
+    the decoder's start token: 1; after the start token and the code: 2)."""
 
     ids: list[int]
     n: int
     source: str | tuple[int, ...] | None = None
+    lang: str | None = None
 
 
 def _read(manager: ModelManager, gen: Generation) -> _Read | None:
@@ -463,16 +467,14 @@ def _read(manager: ModelManager, gen: Generation) -> _Read | None:
     if manager.info(gen.model).kind != "seq2seq":
         return _Read([*gen.prompt_ids, *output], len(gen.prompt_ids))
     lang = gen.params.get("target_lang")
-    if lang is not None:
-        raise NotAvailableError(f"its output follows a forced language token (target_lang="
-                                f"{lang!r}), which cross-scoring does not read yet.")
-    return _Read(output, 1, tuple(gen.prompt_ids))
+    return _Read(output, 1 if lang is None else 2, tuple(gen.prompt_ids), lang)
 
 
 def _score(manager: ModelManager, name: str, read: _Read) -> Any:
     with manager.checkout(name) as backend:
         if read.source is not None:  # an encoder–decoder's output, for its source
-            return backend.score_target(read.source, read.ids, logprobs=_TOP)
+            ids = read.ids if read.lang is None else [backend.language_id(read.lang), *read.ids]
+            return backend.score_target(read.source, ids, logprobs=_TOP)
         return backend.score(read.ids, logprobs=_TOP, max_tokens=len(read.ids) + 1)
 
 
@@ -499,7 +501,8 @@ def _against(manager: ModelManager, column: int, gen: Generation, read: _Read, o
     if read.source is None:
         scored = _score(manager, other, _Read(_encode(theirs, text), 0))
     else:  # the output as the other model writes it, for the source as it reads it
-        scored = _score(manager, other, _Read(_encode(theirs, text, target=True), 1, gen.prompt))
+        scored = _score(manager, other, _Read(_encode(theirs, text, target=True), n, gen.prompt,
+                                              read.lang))
     their_text, their_ends = boundaries(list(scored.ids), decode_theirs)
     agreed = _common_prefix(text, their_text)
     their_ends = [e if e <= agreed else -1 for e in their_ends]

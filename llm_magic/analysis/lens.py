@@ -88,7 +88,8 @@ class LensMap:
         The size of the model's output vocabulary.
     prompt_tokens : int or None
         For a generation, how many of the tokens were the prompt (of an
-        encoder–decoder's: 1, the decoder's start token).
+        encoder–decoder's: 1, the decoder's start token; 2 with the language
+        code ``target_lang=`` forced after it).
     check : float
         How far the lens of the last block was from the model's own logits.
     source : str or None
@@ -327,21 +328,24 @@ def _check_target(target: Any) -> str | tuple[int, ...] | None:
 
 
 def _pair(source: Any, name: str, target: str | Sequence[int] | None
-          ) -> tuple[str | Sequence[int], str | Sequence[int] | None, int | None]:
+          ) -> tuple[str | Sequence[int], str | Sequence[int] | None, int | None, str | None]:
     """An encoder–decoder's source and output: a text and ``target``, or a generation's
-    source ids and output ids (its prompt and text when ids are missing), and the prefix."""
+    source ids and output ids (its prompt and text when ids are missing), the prefix's
+    length, and the language code forced after the decoder's start token (None: none)."""
     if isinstance(source, str):
-        return source, target, None
+        return source, target, None, None
     lang = (getattr(source, "params", None) or {}).get("target_lang")
-    if lang is not None:
-        raise NotAvailableError(
-            f"This generation's output follows a forced language token (target_lang={lang!r}), "
-            "and the logit lens of such an output is not available in this version.")
     prompt_ids = getattr(source, "prompt_ids", None)
     new_ids = [getattr(r, "id", None) for r in getattr(source, "tokens", None) or ()]
     if getattr(source, "model", None) == name and prompt_ids and new_ids and None not in new_ids:
-        return tuple(prompt_ids), tuple(int(i) for i in new_ids if i is not None), 1
-    return source.prompt, source.text, 1
+        return (tuple(prompt_ids), tuple(int(i) for i in new_ids if i is not None),
+                1 if lang is None else 2, lang)
+    if lang is not None:
+        raise NotAvailableError(
+            f"This generation's output follows a forced language token (target_lang={lang!r}), "
+            f"and its token ids are not at hand for {name!r}: generate it with logprobs=1 and "
+            "look at it with its own model.")
+    return source.prompt, source.text, 1, None
 
 
 def logit_lens(text_or_generation: Any, model: str | None = None, top: int = 5,
@@ -411,12 +415,14 @@ def logit_lens(text_or_generation: Any, model: str | None = None, top: int = 5,
     output: str | Sequence[int] | None = _check_target(target)
     name = resolve(manager, model,
                    of=None if isinstance(text_or_generation, str) else text_or_generation)
-    text = None
+    text, lang = None, None
     if manager.info(name).kind == "seq2seq":
-        source, output, prompt_tokens = _pair(text_or_generation, name, output)
+        source, output, prompt_tokens, lang = _pair(text_or_generation, name, output)
         text = getattr(text_or_generation, "prompt", text_or_generation)
     else:
         source, prompt_tokens = _sequence(text_or_generation, name)
     with manager.checkout(name) as backend:
+        if lang is not None:  # the decoder read the forced code after its start token
+            output = (backend.language_id(lang), *(output or ()))
         captured = backend.logit_lens(source, top=top, max_tokens=limit, target=output)
     return LensMap.from_capture(captured, name, prompt_tokens, source=text)

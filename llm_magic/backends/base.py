@@ -562,6 +562,12 @@ class Backend(abc.ABC):
         """The id of ``text`` when it is exactly one token of this model's vocabulary."""
         raise NotAvailableError(f"The {self.kind!r} backend does not expose its vocabulary.")
 
+    def language_id(self, lang: str) -> int:
+        """The id of the language token that ``target_lang=lang`` forces after the decoder's
+        start token (mBART's ``fr_XX``, NLLB's ``fra_Latn``, M2M100's ``fr``)."""
+        raise NotAvailableError(f"The {self.kind!r} backend cannot tell which token forces "
+                                f"the language {lang!r}; load a translation model in this kernel.")
+
     # -- conversation caches (see ``GenerationRequest.keep``) ---------------
 
     #: The caches kept between a conversation's turns (None: this backend keeps none).

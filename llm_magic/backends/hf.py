@@ -912,6 +912,13 @@ class HFBackend(Backend):
             )
         return int(ids[0])
 
+    def language_id(self, lang: str) -> int:
+        """The id ``target_lang=lang`` forces after the decoder's start token (``seq2seq``)."""
+        if not self.seq2seq:
+            raise InvalidOptionError(f"target_lang applies to translation models; "
+                                     f"{self.spec.name!r} is a causal LM.")
+        return _s2s._target_lang(self.tokenizer, self.spec.name, lang)
+
     def generate_batch(
         self, requests: Sequence[GenerationRequest], stop_event: threading.Event
     ) -> list[BatchResult]:

@@ -210,6 +210,8 @@ def rerun_options(row: HistoryRow) -> dict[str, Any]:
     }
     if p.get("explicit_length", True) and p.get("max_new_tokens") is not None:
         options["max_new_tokens"] = p["max_new_tokens"]
+    if p.get("target_lang") is not None:  # a translation's forced language code
+        options["target_lang"] = p["target_lang"]
     return options
 
 
@@ -226,6 +228,8 @@ def branch_params(row: HistoryRow) -> dict[str, Any]:
     p = row.params
     params = {key: p.get(key) for key in _OPTIONS}
     params["logprobs_mode"] = params["logprobs_mode"] or "raw"
+    if p.get("target_lang") is not None:  # a translation's forced language code
+        params["target_lang"] = p["target_lang"]
     total = p.get("max_new_tokens")
     if total is not None and row.branch_at is not None:
         total += row.branch_at + 1
