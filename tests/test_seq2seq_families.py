@@ -470,3 +470,21 @@ def test_cells_with_target_lang_equal_the_python_calls(built):
         lm.get_manager().last_generation = None
         shell.run_line_magic("unload_ext", "llm_magic")
         shell.user_ns.pop("_llm", None)
+
+
+def test_a_conversation_forces_its_language_every_turn(coded, manager):
+    """target_lang as a conversation's option: each turn's reply starts after the code, as
+    transformers' forced_bos_token_id writes it from the whole transcript."""
+    backend = manager.backend(coded)
+    lang = CODES[coded][0]
+    conv = lm.chat(model=coded, manager=manager, max_new_tokens=4, target_lang=lang,
+                   logprobs=1)
+    first = conv.say("import os")
+    second = conv.say("class A:")
+    source = f"User: import os\nAssistant:{first.text}\nUser: class A:\nAssistant:"
+    assert list(second.prompt_ids) == _src(backend, source)
+    assert [r.id for r in second.tokens] == _raw(backend, source, 4, _code_id(backend, coded))
+    assert second.params["target_lang"] == lang
+    with pytest.raises(InvalidOptionError, match="not a language code"):
+        lm.chat(model=coded, manager=manager, target_lang="xx_YY").say("import os")
+

@@ -51,7 +51,7 @@ __all__ = ["Conversation", "ConversationTable", "Turn", "chat", "conversations",
 TRIMS = (None, "oldest")
 #: Options a conversation keeps for its turns (each turn may override them).
 OPTIONS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "chat",
-           "logprobs", "logprobs_mode", "attention")
+           "logprobs", "logprobs_mode", "attention", "target_lang")
 #: The stop a plain transcript needs: the model would otherwise write the user's next line.
 TRANSCRIPT_STOP = "\nUser:"
 
