@@ -96,7 +96,7 @@ class Scores:
         return view(self)._repr_mimebundle_(include=include, exclude=exclude)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
-        return (f"<Scores of {self.model!r}: {len(self.ids)} tokens, log-probability "
+        return (f"<Scores of {self.model!r}: {len(self.tokens)} tokens scored, log-probability "
                 f"{self.logprob:.3f}, perplexity {self.perplexity:.2f}>")
 
 
