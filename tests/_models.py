@@ -11,21 +11,30 @@ def _corpus() -> list[str]:
     return [t for _, t in sorted(pydoc_data.topics.topics.items())][:60]
 
 
-def build_tokenizer(out: Path, vocab_size: int = 512, chat_template: str | None = None):
+def build_tokenizer(out: Path, vocab_size: int = 512, chat_template: str | None = None,
+                    codes: list[str] | None = None, texts: list[str] | None = None):
+    """A byte-level BPE trained on ``texts`` (default: Python's topic docs), saved to ``out``.
+
+    ``codes``: language codes trained in as special tokens after a ``<pad>`` token, at low
+    ids as real mBART/NLLB/M2M100 checkpoints have them (M2M100 offsets its positions by
+    the pad id).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    specials = ["<|endoftext|>"] + ([] if codes is None else ["<pad>", *codes])
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+        vocab_size=vocab_size, special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(_corpus() if texts is None else texts, trainer=trainer)
+    extra = {} if codes is None else {"pad_token": "<pad>", "additional_special_tokens": codes}
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
+        unk_token="<|endoftext|>", **extra,
     )
     if chat_template:
         fast.chat_template = chat_template

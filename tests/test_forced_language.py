@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _models import _corpus
+from _models import _corpus, build_tokenizer
+from test_attention_seq2seq import _reference as _eager
 from test_seq2seq_families import _build
 
 import llm_magic as lm
@@ -47,21 +48,8 @@ def _other_tokenizer(path: Path) -> Path:
     """A BPE trained on other text (so other merges), with the same special tokens and
     codes at the same ids and the same size: the model reads it, and compare aligns the
     two models on characters."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    codes = ["en_XX", "fr_XX", "de_DE"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512, special_tokens=["<|endoftext|>", "<pad>", *codes],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([t[::-1] for t in _corpus()] + [SOURCE] * 3, trainer=trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
-                            eos_token="<|endoftext|>", unk_token="<|endoftext|>",
-                            pad_token="<pad>", additional_special_tokens=codes
-                            ).save_pretrained(path)
+    build_tokenizer(path, 512, codes=["en_XX", "fr_XX", "de_DE"],
+                    texts=[t[::-1] for t in _corpus()] + [SOURCE] * 3)
     return path
 
 
@@ -100,25 +88,6 @@ def _logits(backend, source: list[int], decoder: list[int]) -> torch.Tensor:
     with torch.inference_mode():
         return backend.model(input_ids=torch.tensor([source]),
                              decoder_input_ids=torch.tensor([decoder])).logits[0].float()
-
-
-def _eager(backend, source: list[int], decoder: list[int]) -> dict[str, list[np.ndarray]]:
-    """transformers' own weights: a teacher-forced eager forward, output_attentions=True."""
-    m = backend.model
-    before = m.config._attn_implementation
-    m.set_attn_implementation("eager")
-    try:
-        with torch.inference_mode():
-            out = m(input_ids=torch.tensor([source]), decoder_input_ids=torch.tensor([decoder]),
-                    output_attentions=True, use_cache=False)
-    finally:
-        m.set_attn_implementation(before)
-    return {"encoder": [a[0].numpy() for a in out.encoder_attentions],
-            "decoder": [a[0].numpy() for a in out.decoder_attentions],
-            "cross": [a[0].numpy() for a in out.cross_attentions]}
-
-
-# -- the attention ------------------------------------------------------------------------
 
 
 def test_attention_of_a_forced_generation_is_the_decoder_read_after_the_code(mbart, manager):

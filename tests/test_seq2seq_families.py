@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _models import _corpus
+from _models import build_tokenizer
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from test_attention_seq2seq import HALF, _float32_capture
@@ -34,24 +34,8 @@ CODES = {"mbart": ("fr_XX", "fr_XX"), "m2m100": ("fr", "__fr__")}
 
 
 def _tokenizer(out: Path, codes: list[str]):
-    """_models.build_tokenizer's BPE with a pad token and the language codes trained in as
-    special tokens: low ids, as real checkpoints have (M2M100 offsets its positions by the
-    pad id)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512, special_tokens=["<|endoftext|>", "<pad>", *codes],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_corpus(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
-                                   eos_token="<|endoftext|>", unk_token="<|endoftext|>",
-                                   pad_token="<pad>", additional_special_tokens=codes)
-    fast.save_pretrained(out)
-    return fast
+    """_models.build_tokenizer's BPE with the language codes as special tokens."""
+    return build_tokenizer(out, 512, codes=codes)
 
 
 def _build(out: Path, arch: str) -> Path:
