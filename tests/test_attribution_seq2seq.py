@@ -271,3 +271,17 @@ def test_the_model_keeps_its_mode(models):
     assert not model.training
     lm.attribute(SOURCE, model="t5", output=OUTPUT, manager=models)
     assert not model.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_the_completeness_warning_names_the_row_and_its_nats(models):
+    """A relative error can be large on a row whose f barely moves from the baseline; the
+    warning says which row and how many nats, as the result's own numbers give them."""
+    with pytest.warns(lm.LLMMagicWarning, match="miss completeness by") as caught:
+        a = lm.attribute(SOURCE, model="bart", output=OUTPUT, method="integrated_gradients",
+                         steps=1, manager=models)
+    row = int(np.argmax(a.completeness))
+    gap = float(a.value[row] - a.baseline_value[row])
+    off = abs(float(np.nansum(a.scores[row])) - gap)
+    message = str(caught[0].message)
+    assert f"output token {row}: {off:.3g} nats off" in message
+    assert f"f(x) - f(baseline) = {gap:.3g} nats" in message and "\n" not in message

@@ -432,13 +432,21 @@ def _result(cap: Any, method: str, name: str, prompt_tokens: int | None,
         notes=(*cap.notes, *notes), model=name,
         prompt_tokens=prompt_tokens if cap.prompt_tokens is None else cap.prompt_tokens,
         source_tokens=cap.source_tokens, baseline_value=cap.baseline_value)
-    if result.completeness is not None:
-        worst = float(max(result.completeness))
+    completeness = result.completeness
+    if completeness is not None:
+        import numpy as np
+
+        row = max(range(len(completeness)), key=lambda r: float(completeness[r]))
+        worst = float(completeness[row])
         if not worst <= COMPLETENESS_TOLERANCE:
             shown_ = "infinite" if math.isinf(worst) else f"{100 * worst:.2f}%"
+            gap = (float(result.value[row] - result.baseline_value[row])
+                   if result.baseline_value is not None else math.nan)
+            off = abs(float(result.scores[row][~np.isnan(result.scores[row])].sum()) - gap)
             warnings.warn(
                 f"Integrated gradients of {name!r} miss completeness by {shown_} (over "
-                f"{100 * COMPLETENESS_TOLERANCE:.0f}%): the scores do not add up to f(x) - "
+                f"{100 * COMPLETENESS_TOLERANCE:.0f}%; output token {row}: {off:.3g} nats off "
+                f"f(x) - f(baseline) = {gap:.3g} nats): the scores do not add up to f(x) - "
                 "f(baseline). Raise steps= for a closer sum.", LLMMagicWarning,
                 stacklevel=outside_stacklevel())
     return result
