@@ -330,3 +330,34 @@ def test_the_start_event_carries_the_model_facts_and_progress(manager, gpt2, tin
     assert pending.request.max_new_tokens == 12 and pending.prompt == "Hello"
     assert progress and progress[-1][1] <= g.stats.new_tokens
     assert all(g.text.startswith(t) for t, _ in progress)
+
+
+def test_the_first_streamed_piece_does_not_wait_for_the_poll(manager, monkeypatch):
+    """The worker wakes the caller until text shows: with the drain's poll interval set to
+    an hour, the first text still reaches the stream while the model is held mid-generation
+    (and the rest arrives when the worker ends). The demo model writes whole characters,
+    which a random one may not."""
+    from llm_magic.generation import stream
+
+    manager.load("demo", name="gpt2")
+    monkeypatch.setattr(stream, "POLL", 3600.0)
+    got, release = [], threading.Event()
+    model = manager.backend("gpt2").model
+    calls = []
+
+    def hold(_module, _args, _output):  # the 3rd forward waits until the first piece is seen
+        calls.append(1)
+        if len(calls) == 4:
+            assert release.wait(30), "the first streamed piece never reached the sink"
+
+    def sink(text):
+        got.append(text)
+        release.set()
+
+    handle = model.transformer.h[0].register_forward_hook(hold)
+    try:
+        g = generate("The import statement", model="gpt2", max_new_tokens=6, stream=sink,
+                     manager=manager)
+    finally:
+        handle.remove()
+    assert release.is_set() and "".join(got) == g.text

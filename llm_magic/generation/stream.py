@@ -1,9 +1,11 @@
 """Between the worker that generates and the thread that called it: the channel, the
 drain, the stop-string trimmer and the sink that receives streamed text.
 
-The worker appends to a :class:`Channel` without waking anyone; the calling
-thread drains it every :data:`POLL` seconds, feeds a :class:`StopTrimmer` and the
-sink, and stops the worker on an interrupt or when the sink fails.
+The worker appends to a :class:`Channel`, waking the calling thread for each
+piece until streamed text first shows (so the first token appears at once);
+after that the caller drains it every :data:`POLL` seconds, feeds a
+:class:`StopTrimmer` and the sink, and stops the worker on an interrupt or when
+the sink fails.
 """
 
 from __future__ import annotations
@@ -96,19 +98,24 @@ def sink(stream: bool | Sink | Callable[[str], Any] | None) -> Callable[[str], A
 class Channel:
     """The worker's queue to the caller's thread.
 
-    The worker appends without waking anyone; the caller drains it every
-    ``POLL`` seconds (or at the end). Waking the kernel thread for every token
-    would cost measurable tokens/s through thread switches and the GIL.
+    The worker wakes the caller (``started``) until the caller has shown text,
+    and then appends without waking anyone; the caller drains it every ``POLL`` seconds
+    (or at the end). Waking the kernel thread for every token would cost
+    measurable tokens/s through thread switches and the GIL.
     """
 
     def __init__(self) -> None:
         self.items: collections.deque[tuple[float, Any]] = collections.deque()
         self.done = threading.Event()
+        self.started = threading.Event()  # a piece is in (or the worker ended); the caller
+        # clears it while it waits for the first text
         self.error: BaseException | None = None
         self.ended: float | None = None
 
     def put(self, chunk: Any) -> None:
         self.items.append((time.perf_counter(), chunk))
+        if not self.started.is_set():
+            self.started.set()
 
     def run(self, job: Any) -> None:
         try:
@@ -118,6 +125,7 @@ class Channel:
         finally:
             self.ended = time.perf_counter()
             self.done.set()
+            self.started.set()
 
     def drain(self) -> list[tuple[float, Any]]:
         out = []
@@ -144,7 +152,12 @@ def drain(worker: threading.Thread, channel: Channel, job: Any, trimmer: StopTri
     worker.start()
     try:
         while True:
-            finished = channel.done.wait(POLL)
+            if incremental and not trimmer.sent:  # until text shows, each new piece wakes us
+                channel.started.wait(POLL)
+                channel.started.clear()  # before the drain: a piece put after it wakes again
+                finished = channel.done.is_set()
+            else:
+                finished = channel.done.wait(POLL)
             chunks = channel.drain()
             if chunks and out.first is None:
                 out.first = chunks[0][0] - t0
