@@ -250,25 +250,48 @@ def _stream(args: Any, kwargs: Any, n: int) -> Any:
     return None
 
 
+class _Entered:
+    """What each block was handed in one forward pass, as its pre-hooks (:meth:`hook`) see it.
+
+    ``streams[i]``: the (1, n, hidden) stream entering block i; ``prints[i]``: a copy of it
+    at the checked positions, as handed over (:func:`_check_streams` compares the two);
+    ``order``: which block ran, in turn, then whatever the caller's other hooks append.
+    """
+
+    def __init__(self, blocks: int, n: int, at: list[int]) -> None:
+        self.n, self.at = n, at
+        self.streams: list[Any] = [None] * blocks
+        self.prints: list[Any] = [None] * blocks
+        self.order: list[int] = []
+
+    def hook(self, i: int) -> Any:
+        def entering(_module: Any, args: Any, kwargs: Any) -> None:
+            self.order.append(i)
+            stream = self.streams[i] = _stream(args, kwargs, self.n)
+            if stream is not None:
+                self.prints[i] = stream[0, self.at].clone()
+        return entering
+
+    def install(self, blocks: Sequence[Any]) -> list[Any]:
+        """A pre-hook on each block; the handles, to remove."""
+        return [block.register_forward_pre_hook(self.hook(i), with_kwargs=True)
+                for i, block in enumerate(blocks)]
+
+    def check(self, model: Any, final: Any) -> None:
+        """:func:`_check_streams` over what was seen, ``final`` the stream to the head."""
+        _check_streams(model, self.order, self.streams, self.prints, final, self.at, self.n)
+
+
 def _forward(model: Any, ids: list[int], at: list[int], trunk: _Trunk) -> _Pass:
     """One forward pass with hooks on the blocks and the final norm (see the module's doc)."""
     import torch
 
     n, blocks = len(ids), len(trunk.blocks)
     device = next(model.parameters()).device
-    entered: list[Any] = [None] * blocks
-    prints: list[Any] = [None] * blocks  # each stream at the checked positions, as handed over
+    entered = _Entered(blocks, n, at)
+    order = entered.order  # then ``blocks``: into the final norm, and ``blocks + 1``: out of it
+    # (or of the projection after it), to the head
     seen: dict[str, Any] = {}
-    order: list[int] = []  # which block ran, in turn; then ``blocks``: into the final norm,
-    # and ``blocks + 1``: out of it (or of the projection after it), to the head
-
-    def entering(i: int) -> Any:
-        def hook(_module: Any, args: Any, kwargs: Any) -> None:
-            order.append(i)
-            entered[i] = _stream(args, kwargs, n)
-            if entered[i] is not None:
-                prints[i] = entered[i][0, at].clone()
-        return hook
 
     def into_norm(_module: Any, args: Any, kwargs: Any) -> None:
         order.append(blocks)
@@ -284,8 +307,7 @@ def _forward(model: Any, ids: list[int], at: list[int], trunk: _Trunk) -> _Pass:
     keep_some = "logits_to_keep" in inspect.signature(model.forward).parameters
     if keep_some:  # the model's head over the checked positions only, not T x vocab
         kwargs["logits_to_keep"] = torch.tensor(at, device=device)
-    hooks = [block.register_forward_pre_hook(entering(i), with_kwargs=True)
-             for i, block in enumerate(trunk.blocks)]
+    hooks = entered.install(trunk.blocks)
     hooks.append(trunk.path[0].register_forward_pre_hook(into_norm, with_kwargs=True))
     hooks.append(trunk.path[-1].register_forward_hook(out_of_path))
     try:
@@ -296,8 +318,8 @@ def _forward(model: Any, ids: list[int], at: list[int], trunk: _Trunk) -> _Pass:
     logits = out.logits[0] if keep_some else out.logits[0, at]
     del out
     final: Any = seen.get("final")
-    _check_streams(model, order, entered, prints, final, at, n)
-    return _Pass(hidden=[h[0] for h in entered] + [final[0]], raw=seen.get("raw"),
+    entered.check(model, final)
+    return _Pass(hidden=[h[0] for h in entered.streams] + [final[0]], raw=seen.get("raw"),
                  real=logits.float())
 
 

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import InvalidOptionError, NotAvailableError
-from ._lens import _arch, _check_streams, _float32, _Head, _Pass, _stream, _Trunk, check_size, grid
+from ._lens import _arch, _Entered, _float32, _Head, _Pass, _stream, _Trunk, check_size, grid
 from .base import LensCapture
 
 __all__ = ["decoder_trunk", "lens", "lens_of"]
@@ -116,18 +116,9 @@ def _forward(model: Any, source: list[int], decoder: list[int], at: list[int],
 
     n, blocks = len(decoder), len(trunk.blocks)
     device = next(model.parameters()).device
-    entered: list[Any] = [None] * blocks
-    prints: list[Any] = [None] * blocks
+    entered = _Entered(blocks, n, at)
+    order = entered.order
     seen: dict[str, Any] = {}
-    order: list[int] = []
-
-    def entering(i: int) -> Any:
-        def hook(_module: Any, args: Any, kwargs: Any) -> None:
-            order.append(i)
-            entered[i] = _stream(args, kwargs, n)
-            if entered[i] is not None:
-                prints[i] = entered[i][0, at].clone()
-        return hook
 
     def first(output: Any) -> Any:
         found = getattr(output, "last_hidden_state", None)
@@ -145,8 +136,7 @@ def _forward(model: Any, source: list[int], decoder: list[int], at: list[int],
         final = first(output)
         seen["final"] = final if isinstance(final, torch.Tensor) else None
 
-    hooks = [block.register_forward_pre_hook(entering(i), with_kwargs=True)
-             for i, block in enumerate(trunk.blocks)]
+    hooks = entered.install(trunk.blocks)
     hooks.append(trunk.blocks[-1].register_forward_hook(out_of_last))
     hooks.append(_decoder(model).register_forward_hook(out_of_decoder))
     ids = torch.tensor([source], device=device)
@@ -159,8 +149,9 @@ def _forward(model: Any, source: list[int], decoder: list[int], at: list[int],
     logits = out.logits[0, at].float()
     del out
     final: Any = seen.get("final")
-    _check_streams(model, order, entered, prints, final, at, n)
-    return _Pass(hidden=[h[0] for h in entered] + [final[0]], raw=seen.get("raw"), real=logits)
+    entered.check(model, final)
+    return _Pass(hidden=[h[0] for h in entered.streams] + [final[0]], raw=seen.get("raw"),
+                 real=logits)
 
 
 def lens(model: Any, tokenizer: Any, source: Sequence[int], decoder: Sequence[int], *,

@@ -39,6 +39,7 @@ __all__ = [
     "build_corpus",
     "iter_documents",
     "main",
+    "save_tokenizer",
     "split_corpus",
     "train",
     "train_tokenizer",
@@ -604,7 +605,7 @@ def train(
         val_loss = _evaluate(model, val_ids, context, batch_size)
         model.eval()
         model.save_pretrained(out, safe_serialization=True)
-        _save_tokenizer(tokenizer, out)
+        save_tokenizer(tokenizer, out)
         greedy = _continue(model, tokenizer, seed=None)
         sampled = _continue(model, tokenizer, seed=seed)
         weights = out / "model.safetensors"
@@ -650,7 +651,7 @@ def train(
             hf_logging.enable_progress_bar()
 
 
-def _save_tokenizer(tokenizer, out: Path) -> None:
+def save_tokenizer(tokenizer, out: Path) -> None:
     """Save ``tokenizer`` so that transformers 4.x and 5.x both load it as a fast tokenizer.
 
     transformers 5 records its own ``TokenizersBackend`` class, which 4.x does not know; the

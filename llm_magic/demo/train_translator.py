@@ -34,6 +34,7 @@ from typing import Any
 
 from . import _dates
 from ._date_tokenizer import BOS, EOS, PAD, build_tokenizer
+from .train import save_tokenizer
 
 __all__ = ["TrainResult", "build_tokenizer", "main", "train", "translate"]
 
@@ -107,17 +108,6 @@ def _load() -> float:
         return os.getloadavg()[0]
     except (AttributeError, OSError):  # pragma: no cover - not on this platform
         return 0.0
-
-
-def _portable_tokenizer_config(path: Path) -> None:
-    """Name the tokenizer class that transformers 4 and 5 both know.
-
-    transformers 5 writes ``TokenizersBackend``, which transformers 4 cannot load; both load a
-    ``tokenizer.json`` as ``PreTrainedTokenizerFast``.
-    """
-    config = json.loads(path.read_text(encoding="utf-8"))
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _batch(tokenizer, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
@@ -234,8 +224,7 @@ def train(out_dir: Path | str = DEFAULT_OUT, *, steps: int = DEFAULT_STEPS, seed
         samples = dict(zip(SAMPLES, translate(model, tokenizer, SAMPLES), strict=True))
 
         model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        _portable_tokenizer_config(out / "tokenizer_config.json")
+        save_tokenizer(tokenizer, out)
         weights = out / "model.safetensors"
         weights.chmod(0o644)  # written through a private temporary file
         result = TrainResult(
